@@ -1,0 +1,30 @@
+# SplitLab: `make run` starts the dashboard, `make test` runs every test. Both install what is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 8501
+
+.PHONY: install run test test-fast bench worker clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+bench: install
+	$(PY) -m engine bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache

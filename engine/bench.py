@@ -1,0 +1,114 @@
+"""``python -m engine bench``: what one round costs against the same arithmetic done centrally.
+
+For n clients with batch b, one round of Parallel SL does the arithmetic of one LeNet-5
+training step on n*b samples, split into n lower-model passes. A centralized step on the same
+n*b samples is therefore the limit, and ``round / centralized`` is the overhead of simulating
+the clients. LocFedMix-SL adds n*n_s*b mixed samples through the upper model and an InfoPro
+decoder pass on the n*b smashed samples; its reference adds exactly that work, done in one
+large batch each.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional as F
+
+from engine.config import validate_config
+from engine.data import load_dataset
+from engine.models import InfoProDecoder, split_lenet5
+from engine.presets import deep_merge, get_preset
+from engine.round import run_round
+from engine.runtime import tune_allocator
+from engine.state import TrainState
+
+BATCH = 64
+SHAPE = (3, 32, 32)
+WARMUP = 2
+
+
+def median_time(fn: Callable[[], None], repeats: int) -> float:
+    """Median wall seconds of ``fn`` after a warm-up."""
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def round_state(preset: str, n: int, num_partners: int, device: str) -> TrainState:
+    cfg = validate_config(deep_merge(get_preset(preset).overrides(), {
+        "num_clients": n, "batch_size": BATCH, "rounds": 10**6, "device": device,
+        "data": {"dataset": "synthetic", "partition": "iid"},
+        "mixup": {"num_partners": num_partners}, "optim": {"name": "sgd", "lr": 0.01}}))
+    data = load_dataset("synthetic", synthetic_shape=SHAPE, synthetic_train=max(4096, n * BATCH), seed=0)
+    return TrainState(cfg, data)
+
+
+def reference_step(n: int, num_partners: int, device: str, mixup: bool) -> Callable[[], None]:
+    """One centralized LeNet-5 SGD step on n*b samples (plus, for LocFedMix-SL, the mixed upper
+    pass and the decoder pass, each as one large batch)."""
+    lower, upper = split_lenet5(SHAPE, 10, 1)
+    lower, upper = lower.to(device), upper.to(device)
+    decoder = InfoProDecoder((6, 14, 14), SHAPE).to(device)
+    params = [*lower.parameters(), *upper.parameters(), *decoder.parameters()]
+    opt = torch.optim.SGD(params, lr=0.01)
+    x = torch.rand(n * BATCH, *SHAPE, device=device)
+    y = torch.randint(0, 10, (n * BATCH,), device=device)
+    mixed = torch.rand(n * num_partners * BATCH, 6, 14, 14, device=device)
+    soft = torch.softmax(torch.rand(len(mixed), 10, device=device), -1)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        s = lower(x)
+        loss = F.cross_entropy(upper(s), y)
+        if mixup:
+            loss = loss + F.mse_loss(decoder(s), x)
+            loss = loss - (soft * F.log_softmax(upper(mixed), -1)).sum(-1).mean()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bench_one(n: int, num_partners: int, repeats: int, device: str) -> dict:
+    par = round_state("parallel_sl", n, num_partners, device)
+    lfm = round_state("locfedmix_sl", n, num_partners, device)
+    out = {"n": n, "batch": BATCH, "num_partners": num_partners,
+           "centralized_s": median_time(reference_step(n, num_partners, device, False), repeats),
+           "parallel_sl_s": median_time(lambda: run_round(par), repeats),
+           "centralized_plus_mixup_s": median_time(reference_step(n, num_partners, device, True), repeats),
+           "locfedmix_sl_s": median_time(lambda: run_round(lfm), repeats)}
+    out["parallel_sl_ratio"] = out["parallel_sl_s"] / out["centralized_s"]
+    out["locfedmix_sl_ratio"] = out["locfedmix_sl_s"] / out["centralized_plus_mixup_s"]
+    return out
+
+
+def run_bench(clients: str = "20,100", repeats: int = 5, as_json: bool = False, device: str = "cpu",
+              num_partners: int | None = None) -> list[dict]:
+    tune_allocator()
+    rows = []
+    for n in [int(c) for c in clients.split(",")]:
+        ns = num_partners if num_partners is not None else min(5, n - 1)
+        rows.append(bench_one(n, ns, repeats, device))
+        if not as_json:
+            r = rows[-1]
+            print(f"n={n:>4} b={BATCH} n_s={ns}: centralized {r['centralized_s'] * 1e3:8.1f} ms | "
+                  f"Parallel SL round {r['parallel_sl_s'] * 1e3:8.1f} ms = {r['parallel_sl_ratio']:.2f}x | "
+                  f"LocFedMix-SL round {r['locfedmix_sl_s'] * 1e3:8.1f} ms = {r['locfedmix_sl_ratio']:.2f}x "
+                  f"of centralized + mixup + decoder ({r['centralized_plus_mixup_s'] * 1e3:.1f} ms)", flush=True)
+    meta = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "repeats": repeats}
+    if as_json:
+        print(json.dumps({"meta": meta, "results": rows}, indent=1))
+    return rows

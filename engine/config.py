@@ -1,0 +1,241 @@
+"""One validated run configuration, shared by the CLI, the worker and the dashboard.
+
+Every field carries its help text (``description``), which doubles as CLI and UI help.
+Defaults follow the LocFedMix-SL paper (b = 64, plain SGD at eta = 0.004, T = 10,000);
+the ``demo`` profile in :mod:`engine.presets` swaps in settings that learn in minutes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from engine.data import DATASETS
+
+SCHEDULES = ("parallel", "sequential")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+PARTITIONS = ("paper", "iid", "dirichlet")
+REGULARIZERS = ("infopro", "norm", "classifier")
+
+
+class ConfigError(ValueError):
+    """A configuration the engine refuses, with one readable line per problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    dataset: str = Field("fashion-mnist", description=f"data set: one of {', '.join(DATASETS)}")
+    data_dir: str | None = Field(None, description="folder holding the data (else SPLITLAB_DATA, ./data, ../shared/data)")
+    download: bool = Field(False, description="download the data set if it is not found (needs network)")
+    partition: Literal["paper", "iid", "dirichlet"] = Field(
+        "paper", description="paper: each client samples m items at random (may overlap); iid: disjoint shards; dirichlet: label skew")
+    samples_per_client: int | None = Field(
+        None, ge=1, description="m, items per client (paper default: N/5, i.e. 12,000 of 60,000 for Fashion-MNIST)")
+    dirichlet_beta: float = Field(0.5, gt=0, description="Dirichlet concentration beta (smaller = more label skew)")
+    eval_subset: int = Field(1000, ge=1, description="test images used for the live curves (the full test set is used at the end)")
+
+
+class MixupConfig(_Section):
+    enabled: bool = Field(False, description="③ smashed-data mixup at the server")
+    num_partners: int | None = Field(None, ge=0, description="n_s, partners per client (0..n-1; default n//2)")
+    alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(alpha, beta): alpha")
+    beta: float = Field(1.0, gt=0, description="lambda ~ Beta(alpha, beta): beta")
+    per_sample: bool = Field(False, description="draw one lambda per sample instead of one per client pair")
+    reduction: Literal["sum", "mean"] = Field("sum", description="combine the partners' losses by sum (paper) or mean")
+    variant: Literal["mixup", "cutmix"] = Field("mixup", description="mixup (convex combination) or cutmix (element-wise mask)")
+    grad_to_clients: bool = Field(False, description="let the mixup gradient also flow back to the mixed clients")
+
+
+class LocalLossConfig(_Section):
+    enabled: bool = Field(False, description="④ a local loss on each client")
+    kind: Literal["infopro", "norm", "classifier"] = Field(
+        "infopro", description="infopro: decoder + MSE to the input; norm: |theta*||x|| - ||s|||; classifier: small head + CE")
+    average_aux: bool = Field(False, description="④': also average the auxiliary networks in ⑤")
+    weight: float = Field(1.0, ge=0, description="weight of the local loss in the client's objective")
+    norm_theta: float = Field(1.0, gt=0, description="theta of the norm regulariser")
+
+
+class AveragingConfig(_Section):
+    enabled: bool = Field(False, description="⑤ federated averaging of the lower models")
+    interval: int = Field(1, ge=1, description="T_c, average every T_c rounds")
+
+
+class SplitLrConfig(_Section):
+    enabled: bool = Field(False, description="SGLR SplitLr: server learning rate eta_s = eta * n^alpha")
+    alpha: float = Field(0.5, ge=0, le=2, description="alpha in eta_s = eta * n^alpha (0..2)")
+
+
+class SplitAvgConfig(_Section):
+    enabled: bool = Field(False, description="SGLR SplitAvg: active clients receive the mean cut-layer gradient")
+    fraction: float = Field(0.5, gt=0, le=1, description="phi, fraction of clients drawn active each round (0 < phi <= 1)")
+    phase: Literal["all", "first", "last"] = Field("all", description="average in all rounds, or only the first/last part")
+    phase_fraction: float = Field(0.5, gt=0, le=1, description="length of the averaging phase as a fraction of the rounds")
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "momentum", "adam"] = Field("sgd", description="optimiser: sgd, momentum (SGD with momentum), adam")
+    lr: float = Field(0.004, gt=0, description="learning rate eta (clients; and server unless SplitLr)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum for the momentum optimiser")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+
+
+class RunConfig(_Section):
+    """Everything that defines a run. Build it with :func:`build_config`."""
+
+    name: str = Field("", description="a label for the run")
+    seed: int = Field(0, ge=0, description="one seed for every random choice")
+    num_clients: int = Field(10, ge=1, le=1000, description="n, number of clients")
+    rounds: int = Field(10_000, ge=1, description="T, training rounds (a round: every client updates once)")
+    batch_size: int = Field(64, ge=1, le=4096, description="b, per-client batch size")
+    schedule: Literal["parallel", "sequential"] = Field("parallel", description="parallel (①) or sequential Vanilla SL")
+    global_backward: bool = Field(True, description="② the server sends each client its cut-layer gradient")
+    model: Literal["lenet5"] = Field("lenet5", description="network architecture")
+    cut_layer: int = Field(1, ge=1, le=4, description="cut after block k of LeNet-5 (1: conv+pool, the paper's cut; 4: fc2)")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0, ...")
+    eval_every: int = Field(10, ge=1, description="evaluate every this many rounds")
+    eval_max_clients: int = Field(10, ge=1, description="at most this many distinct client models evaluated during training")
+    target_acc: float = Field(0.75, gt=0, le=1, description="accuracy target for 'rounds to target'")
+    image_every: int = Field(0, ge=0, description="record InfoPro reconstructions every K rounds (0: never)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    mixup: MixupConfig = Field(default_factory=MixupConfig)
+    local_loss: LocalLossConfig = Field(default_factory=LocalLossConfig)
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
+    split_lr: SplitLrConfig = Field(default_factory=SplitLrConfig)
+    split_avg: SplitAvgConfig = Field(default_factory=SplitAvgConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_num_partners(cls, data: Any) -> Any:
+        """n_s defaults to n // 2 (the paper grows n_s with n), resolved so stored configs are explicit."""
+        if isinstance(data, dict):
+            mixup = data.get("mixup")
+            if isinstance(mixup, BaseModel):
+                mixup = mixup.model_dump()
+            mixup = dict(mixup) if isinstance(mixup, dict) else {}
+            n = data.get("num_clients", 10)
+            if mixup.get("num_partners") is None and isinstance(n, int) and n >= 1:
+                mixup["num_partners"] = min(n - 1, n // 2)
+                data = {**data, "mixup": mixup}
+        return data
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "RunConfig":
+        n = self.num_clients
+        if self.data.dataset not in DATASETS:
+            raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}, got {self.data.dataset!r}")
+        if self.mixup.num_partners is not None and not 0 <= self.mixup.num_partners <= n - 1:
+            raise ValueError(f"mixup.num_partners (n_s) must be between 0 and n-1 = {n - 1}, got {self.mixup.num_partners}")
+        if self.mixup.enabled and self.schedule == "sequential":
+            raise ValueError("mixup needs the parallel schedule: a sequential step holds one client's smashed data")
+        return self
+
+    # ---- derived values, computed from the fields -------------------------------------
+    @property
+    def server_lr(self) -> float:
+        """eta_s: eta, or eta * n^alpha with SplitLr."""
+        if self.split_lr.enabled:
+            return self.optim.lr * self.num_clients ** self.split_lr.alpha
+        return self.optim.lr
+
+    def techniques(self) -> list[str]:
+        """The technique codes of this config, as ``--techniques`` takes them (1, 2, 3, 4, 4p, 5)."""
+        codes = ["1"]
+        if self.schedule == "parallel" and self.global_backward:
+            codes.append("2")
+        if self.mixup.enabled:
+            codes.append("3")
+        if self.local_loss.enabled:
+            codes.append("4p" if self.local_loss.average_aux and self.averaging.enabled else "4")
+        if self.averaging.enabled:
+            codes.append("5")
+        return codes
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but switch a step off or do nothing."""
+        out = []
+        if self.schedule == "parallel" and not self.global_backward and not self.local_loss.enabled:
+            out.append("without ② or ④ the clients receive no learning signal: their lower models never change")
+        if self.local_loss.average_aux and not self.averaging.enabled:
+            out.append("④' (average_aux) has no effect without ⑤ averaging")
+        if self.mixup.enabled and self.mixup.num_partners == 0:
+            out.append("mixup with n_s = 0 mixes nothing: it equals no mixup")
+        if self.split_avg.enabled and not self.global_backward:
+            out.append("SplitAvg averages cut-layer gradients, but ② is off: it has no effect")
+        if self.schedule == "sequential" and self.averaging.enabled:
+            out.append("Vanilla SL already shares one lower model: averaging changes nothing")
+        return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(lines)
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    """Build a :class:`RunConfig` from a (nested) dict, raising :class:`ConfigError` with readable lines."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def config_errors(data: dict[str, Any]) -> dict[str, str]:
+    """Field path -> message for every problem in ``data`` (empty when valid). Used by forms."""
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as err:
+        out = {}
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "config"
+            out[loc] = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        return out
+    return {}
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data['a']['b'] = value`` for ``dotted = 'a.b'``, creating sections as needed."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {key} is not a section")
+    node[leaf] = value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``base`` with ``override`` merged in, section by section."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def field_help() -> dict[str, str]:
+    """Dotted field path -> description, for CLI and UI help."""
+    out: dict[str, str] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                out[prefix + name] = field.description or ""
+
+    walk(RunConfig, "")
+    return out

@@ -1,0 +1,119 @@
+"""One training round, read like the paper's Algorithm 4.
+
+forward every client -> server losses (+ mixup) -> one server step -> cut-layer gradients
+(+ SplitAvg) -> client steps (+ local losses) -> end-of-round hooks (averaging every T_c).
+Vanilla SL is the same step run once per client with one shared lower model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from engine.state import TrainState
+from engine.techniques import StepBatch
+
+
+@dataclass
+class RoundLosses:
+    """Mean training-loss terms of a round: L (server), L~ (mixup), L^ (local)."""
+
+    loss: float = 0.0
+    mixup: float = 0.0
+    local: float = 0.0
+
+
+def run_round(state: TrainState) -> RoundLosses:
+    """Train one round (every client updates once) and return its loss terms."""
+    t = state.round + 1
+    totals = RoundLosses()
+    groups = state.schedule_groups()
+    for clients in groups:
+        step = run_step(state, clients, t)
+        totals.loss += step.loss / len(groups)
+        totals.mixup += step.mixup / len(groups)
+        totals.local += step.local / len(groups)
+    for tech in state.techniques:
+        tech.end_round(state, t)
+    state.round = t
+    return totals
+
+
+def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
+    """Serve ``clients`` together: forward, one server update, their client updates."""
+    cfg = state.cfg
+    x, y = state.next_batches(clients)
+    k, b = y.shape
+    smashed = [state.lowers[i](x[j]) for j, i in enumerate(clients)]            # ① forward
+    needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
+    server_in = torch.cat(smashed).detach().requires_grad_(needs_grad)
+    state.ledger.smashed(k * b, server_in[0].numel())
+    weights = state.weights[clients] / state.weights[clients].sum()
+    batch = StepBatch(clients, x, server_in, y.reshape(-1), weights, t)
+    losses = server_step(state, batch)
+    client_step(state, batch, smashed, losses)
+    if state.sequential:  # Vanilla SL: the lower model is handed to the next client
+        state.ledger.model_exchange(1, [state.lowers[0]])
+    return losses
+
+
+def server_step(state: TrainState, batch: StepBatch) -> RoundLosses:
+    """Server losses sum_i delta_i (L_i + L~_i), backpropagated into w_s (and the cut layer), one step."""
+    k, b = batch.num_clients, batch.batch_size
+    state.server_opt.zero_grad(set_to_none=True)
+    per_client = F.cross_entropy(state.upper(batch.smashed), batch.labels, reduction="none").view(k, b).mean(1)
+    loss = (batch.weights * per_client).sum()
+    loss.backward()
+    mixup = 0.0
+    for tech in state.techniques:
+        for extra in tech.server_extra_losses(state, batch):                    # ③ mixup
+            extra.backward()
+            mixup += extra.item()
+    lr = state.cfg.optim.lr
+    for tech in state.techniques:
+        lr = tech.server_lr(state, lr)                                           # SplitLr
+    for group in state.server_opt.param_groups:
+        group["lr"] = lr
+    state.server_opt.step()
+    return RoundLosses(loss=loss.item(), mixup=mixup)
+
+
+def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor], losses: RoundLosses) -> None:
+    """Cut-layer gradients down (②), local losses (④), one update of every client model."""
+    if state.client_opt is None:
+        return
+    k, b = batch.num_clients, batch.batch_size
+    tensors: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    if batch.smashed.grad is not None and state.cfg.global_backward:
+        # the server's gradient is w.r.t. sum_i delta_i L_i: divide delta_i out to get dL_i/ds_i
+        shape = (k, b, *batch.smashed.shape[1:])
+        cut = batch.smashed.grad.view(shape) / batch.weights.view(k, *[1] * (len(shape) - 1))
+        messages = k
+        for tech in state.techniques:
+            cut, messages = tech.cut_grads(state, batch, cut, messages)         # SplitAvg
+        state.ledger.grads(messages, b, batch.smashed[0].numel())
+        tensors, grads = smashed, list(cut)
+    local = local_losses(state, batch, smashed)
+    if local is not None:
+        tensors, grads = [*tensors, local], [*grads, torch.ones_like(local)]
+        losses.local = local.item() / k
+    if not tensors:
+        return
+    state.client_opt.zero_grad(set_to_none=True)
+    torch.autograd.backward(tensors, grads)
+    state.client_opt.step()
+
+
+def local_losses(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]) -> torch.Tensor | None:
+    """Sum over the step's clients of every technique's local loss (None when there is none)."""
+    total = None
+    for j, i in enumerate(batch.clients):
+        y = batch.labels[j * batch.batch_size:(j + 1) * batch.batch_size]
+        for tech in state.techniques:
+            term = tech.client_loss(state, i, smashed[j], batch.inputs[j], y)
+            if term is not None:
+                total = term if total is None else total + term
+    return total

@@ -1,0 +1,170 @@
+"""Everything a run holds between rounds, and how it is built from a config and saved exactly."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config import RunConfig
+from engine.data import Dataset, load_dataset, partition
+from engine.ledger import Ledger
+from engine.models import make_aux, smashed_shape, split_lenet5
+from engine.techniques import Technique, active_techniques
+
+# Fixed offsets give each source of randomness its own stream from the one seed.
+# The paper's "each client samples m items": 12,000 of 60,000 (Fashion-MNIST), 5,000 of 50,000 (CIFAR-10).
+PAPER_SAMPLES_PER_CLIENT = {"fashion-mnist": 12_000, "cifar10": 5_000}
+SEED_INIT, SEED_SPLIT, SEED_BATCHES, SEED_TECHNIQUES, SEED_EVAL = 0, 1, 2, 3, 4
+
+
+@dataclass
+class ClientData:
+    """A client's training indices, its current shuffled order and how far it has walked."""
+
+    indices: np.ndarray
+    order: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    cursor: int = 0
+
+    def next_batch(self, b: int, rng: np.random.Generator) -> np.ndarray:
+        """The next b indices, reshuffling whenever the client's data run out."""
+        out = []
+        while b > 0:
+            if self.cursor >= len(self.order):
+                self.order, self.cursor = rng.permutation(self.indices), 0
+            take = self.order[self.cursor:self.cursor + b]
+            out.append(take)
+            self.cursor += len(take)
+            b -= len(take)
+        return np.concatenate(out)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: RunConfig, lr: float) -> torch.optim.Optimizer:
+    """The configured optimiser over ``params``. Elementwise, so one optimiser over many clients'
+    parameters updates each client exactly as its own optimiser would."""
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
+    momentum = o.momentum if o.name == "momentum" else 0.0
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=o.weight_decay)
+
+
+def unique_modules(modules: list[nn.Module]) -> list[nn.Module]:
+    seen, out = set(), []
+    for m in modules:
+        if id(m) not in seen:
+            seen.add(id(m))
+            out.append(m)
+    return out
+
+
+class TrainState:
+    """Models, optimisers, client data, random generators and counters of one run."""
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset | None = None):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.dataset = dataset or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download, seed=cfg.seed)
+        self.num_classes = self.dataset.num_classes
+        self.in_shape = self.dataset.input_shape
+        self.round = 0
+        self.rng = np.random.default_rng([cfg.seed, SEED_TECHNIQUES])
+        self.data_rng = np.random.default_rng([cfg.seed, SEED_BATCHES])
+        self.torch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + SEED_TECHNIQUES)
+        self.ledger = Ledger()
+        self._build_clients()
+        self._build_models()
+        self.techniques: list[Technique] = active_techniques(cfg)
+        self.train_x = self.dataset.train_x.to(self.device)
+        self.train_y = self.dataset.train_y.to(self.device)
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _build_clients(self) -> None:
+        cfg = self.cfg
+        labels = self.dataset.train_y.numpy()
+        m = cfg.data.samples_per_client
+        if m is None and cfg.data.partition == "paper":
+            m = PAPER_SAMPLES_PER_CLIENT.get(cfg.data.dataset, len(labels) // 5)
+        parts = partition(labels, cfg.num_clients, cfg.data.partition, np.random.default_rng([cfg.seed, SEED_SPLIT]),
+                          samples_per_client=m, beta=cfg.data.dirichlet_beta)
+        self.clients = [ClientData(np.asarray(p, dtype=np.int64)) for p in parts]
+        sizes = torch.tensor([len(p) for p in parts], dtype=torch.float32)
+        self.weights = (sizes / sizes.sum()).to(self.device)
+
+    def _build_models(self) -> None:
+        cfg, n = self.cfg, self.cfg.num_clients
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed * 7919 + SEED_INIT)
+            lower, self.upper = split_lenet5(self.in_shape, self.num_classes, cfg.cut_layer)
+            self.smashed_shape = smashed_shape(lower, self.in_shape)
+            aux = None
+            if cfg.local_loss.enabled:
+                aux = make_aux(cfg.local_loss.kind, self.smashed_shape, self.in_shape, self.num_classes,
+                               cfg.local_loss.norm_theta)
+        self.sequential = cfg.schedule == "sequential"
+        # Every client starts from the same lower model; Vanilla SL passes one model around.
+        self.lowers = [lower] * n if self.sequential else [copy.deepcopy(lower) for _ in range(n)]
+        self.auxes = [copy.deepcopy(aux) for _ in range(n)] if aux is not None else None
+        for m in [self.upper, *self.lowers, *(self.auxes or [])]:
+            m.to(self.device)
+        self.server_opt = make_optimizer(list(self.upper.parameters()), cfg, cfg.optim.lr)
+        client_params = [p for m in self.client_modules() for p in m.parameters()]
+        self.client_opt = make_optimizer(client_params, cfg, cfg.optim.lr) if client_params else None
+
+    # ---- helpers -----------------------------------------------------------------------
+    @property
+    def num_clients(self) -> int:
+        return self.cfg.num_clients
+
+    def client_modules(self) -> list[nn.Module]:
+        """Every distinct module on the client side (lower models, then auxiliary networks)."""
+        return unique_modules(self.lowers) + unique_modules(self.auxes or [])
+
+    def schedule_groups(self) -> list[list[int]]:
+        """Clients served together: all at once (parallel) or one after another (sequential)."""
+        ids = list(range(self.num_clients))
+        return [[i] for i in ids] if self.sequential else [ids]
+
+    def next_batches(self, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs [k, b, C, H, W] and labels [k, b] of the clients' next batches."""
+        b = self.cfg.batch_size
+        idx = np.stack([self.clients[i].next_batch(b, self.data_rng) for i in clients])
+        idx = torch.as_tensor(idx, device=self.device)
+        return self.train_x[idx], self.train_y[idx]
+
+    # ---- exact save / restore ----------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit: models, optimisers, data cursors, RNGs, bytes."""
+        return {
+            "round": self.round,
+            "upper": self.upper.state_dict(),
+            "lowers": [m.state_dict() for m in unique_modules(self.lowers)],
+            "auxes": [m.state_dict() for m in self.auxes] if self.auxes else None,
+            "server_opt": self.server_opt.state_dict(),
+            "client_opt": self.client_opt.state_dict() if self.client_opt else None,
+            "clients": [(c.order.copy(), c.cursor) for c in self.clients],
+            "rng": self.rng.bit_generator.state,
+            "data_rng": self.data_rng.bit_generator.state,
+            "torch_gen": self.torch_gen.get_state(),
+            "ledger": vars(self.ledger).copy(),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.round = sd["round"]
+        self.upper.load_state_dict(sd["upper"])
+        for m, s in zip(unique_modules(self.lowers), sd["lowers"], strict=True):
+            m.load_state_dict(s)
+        for m, s in zip(self.auxes or [], sd["auxes"] or [], strict=True):
+            m.load_state_dict(s)
+        self.server_opt.load_state_dict(sd["server_opt"])
+        if self.client_opt:
+            self.client_opt.load_state_dict(sd["client_opt"])
+        for c, (order, cursor) in zip(self.clients, sd["clients"], strict=True):
+            c.order, c.cursor = np.asarray(order, dtype=np.int64), int(cursor)
+        self.rng.bit_generator.state = sd["rng"]
+        self.data_rng.bit_generator.state = sd["data_rng"]
+        self.torch_gen.set_state(sd["torch_gen"])
+        self.ledger = Ledger(**sd["ledger"])

@@ -1,0 +1,43 @@
+"""⑤ Federated averaging of the lower models every T_c rounds: w_c = sum_i delta_i w_c,i.
+
+With ④' the auxiliary networks are averaged too, BatchNorm statistics included.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.techniques.base import Technique, register
+
+
+@torch.no_grad()
+def average_into(modules: list[nn.Module], weights: torch.Tensor) -> None:
+    """Replace every module's floating-point state by the weighted average over ``modules``."""
+    states = [m.state_dict() for m in modules]
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            continue  # e.g. BatchNorm's num_batches_tracked: kept as it is
+        stacked = torch.stack([s[key] for s in states])
+        avg = torch.tensordot(weights.to(stacked.dtype), stacked, dims=1)
+        for s in states:
+            s[key].copy_(avg)
+
+
+@register
+class Averaging(Technique):
+    name = "averaging"
+
+    def describe(self) -> str:
+        aux = " (+ auxiliary networks)" if self.cfg.local_loss.enabled and self.cfg.local_loss.average_aux else ""
+        return f"⑤ average the lower models{aux} every T_c={self.cfg.averaging.interval} round(s)"
+
+    def end_round(self, state, round_: int) -> None:
+        if round_ % self.cfg.averaging.interval != 0 or state.sequential:
+            return
+        average_into(state.lowers, state.weights)
+        models = [state.lowers[0]]
+        if self.cfg.local_loss.enabled and self.cfg.local_loss.average_aux:
+            average_into(state.auxes, state.weights)
+            models.append(state.auxes[0])
+        state.ledger.model_exchange(state.num_clients, models)

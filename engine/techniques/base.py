@@ -1,0 +1,88 @@
+"""The technique interface: hooks named after the steps of a round, no-ops by default.
+
+A technique overrides only the step it changes (Flower's ``Strategy`` style):
+
+- ``server_extra_losses``: more server-side loss terms, yielded in chunks (mixup ③)
+- ``cut_grads``: the cut-layer gradients each client receives (SplitAvg)
+- ``client_loss``: a local loss on a client's smashed data (④)
+- ``server_lr``: the server's learning rate (SplitLr)
+- ``end_round``: work after every client has stepped (averaging ⑤, every T_c rounds)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.state import TrainState
+
+
+@dataclass
+class StepBatch:
+    """What the server holds during one step: the clients served, their smashed data and labels."""
+
+    clients: list[int]          # client ids in this step (all of them when parallel)
+    inputs: torch.Tensor        # [k, b, C, H, W] raw inputs (client side; used by local losses)
+    smashed: torch.Tensor       # [k*b, ...] the server's copy (a leaf when ② needs its gradient)
+    labels: torch.Tensor        # [k*b]
+    weights: torch.Tensor       # [k] delta_i renormalised over the step's clients
+    round: int                  # 1-based round number
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.clients)
+
+    @property
+    def batch_size(self) -> int:
+        return self.labels.shape[0] // len(self.clients)
+
+
+class Technique:
+    """Base class: every hook is a no-op. Subclasses set ``name`` and override what they change."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: "RunConfig"):
+        self.cfg = cfg
+
+    def describe(self) -> str:
+        """One line for the UI and the CLI."""
+        return self.name
+
+    def server_extra_losses(self, state: "TrainState", batch: StepBatch) -> Iterator[torch.Tensor]:
+        """Extra server loss terms, already weighted; each is backpropagated as it is yielded."""
+        return iter(())
+
+    def cut_grads(self, state: "TrainState", batch: StepBatch, grads: torch.Tensor,
+                  messages: int) -> tuple[torch.Tensor, int]:
+        """(gradients sent to the step's clients [k, b, ...], number of distinct gradient messages)."""
+        return grads, messages
+
+    def client_loss(self, state: "TrainState", client: int, smashed: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor | None:
+        """A loss computed on the client from its own smashed data (None: no local loss)."""
+        return None
+
+    def server_lr(self, state: "TrainState", lr: float) -> float:
+        return lr
+
+    def end_round(self, state: "TrainState", round_: int) -> None:
+        """Called once after every client stepped in round ``round_`` (1-based)."""
+
+
+REGISTRY: dict[str, type[Technique]] = {}
+
+
+def register(cls: type[Technique]) -> type[Technique]:
+    """Class decorator: add a technique to the registry under its ``name``; duplicates are refused."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in REGISTRY:
+        raise ValueError(f"technique {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls

@@ -1,0 +1,25 @@
+"""④ A local loss on each client's smashed data (InfoPro reconstruction, norm, or a classifier).
+
+Client i updates its auxiliary network with grad L^_i and its lower model with grad (L^_i + L_i),
+the second term only where ② sends a gradient. ④' also averages the auxiliary networks in ⑤.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.techniques.base import Technique, register
+
+
+@register
+class LocalLoss(Technique):
+    name = "local_loss"
+
+    def describe(self) -> str:
+        loc = self.cfg.local_loss
+        prime = "④'" if loc.average_aux and self.cfg.averaging.enabled else "④"
+        return f"{prime} local {loc.kind} loss (weight {loc.weight:g})"
+
+    def client_loss(self, state, client: int, smashed: torch.Tensor, x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor | None:
+        return self.cfg.local_loss.weight * state.auxes[client].loss(smashed, x, y)

@@ -1,0 +1,46 @@
+"""SGLR's SplitAvg: a fraction phi of the clients, drawn each round, share one averaged gradient.
+
+Every active client receives the mean of the active clients' cut-layer gradients (one broadcast)
+and backpropagates it through its own lower model with its own input; inactive clients receive
+their own gradient. An optional phase limits the averaging to the first or last part of training.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.techniques.base import StepBatch, Technique, register
+
+
+def in_phase(phase: str, phase_fraction: float, round_: int, rounds: int) -> bool:
+    """Whether averaging applies in round ``round_`` (1-based) of ``rounds``."""
+    edge = phase_fraction * rounds
+    if phase == "first":
+        return round_ <= edge
+    if phase == "last":
+        return round_ > rounds - edge
+    return True
+
+
+@register
+class SplitAvg(Technique):
+    name = "split_avg"
+
+    def describe(self) -> str:
+        a = self.cfg.split_avg
+        phase = "" if a.phase == "all" else f", {a.phase} {a.phase_fraction:.0%} of rounds"
+        return f"SplitAvg: phi={a.fraction:g} of clients share the mean cut-layer gradient{phase}"
+
+    def draw_active(self, state, k: int) -> list[int]:
+        """The active clients of this step: round(phi * k) of them, at least one."""
+        num = max(1, round(self.cfg.split_avg.fraction * k))
+        return sorted(state.rng.choice(k, num, replace=False).tolist())
+
+    def cut_grads(self, state, batch: StepBatch, grads: torch.Tensor, messages: int) -> tuple[torch.Tensor, int]:
+        a, k = self.cfg.split_avg, grads.shape[0]
+        if not in_phase(a.phase, a.phase_fraction, batch.round, self.cfg.rounds):
+            return grads, messages
+        active = torch.as_tensor(self.draw_active(state, k), device=grads.device)
+        grads = grads.clone()
+        grads[active] = grads[active].mean(0, keepdim=True)
+        return grads, messages - len(active) + 1  # inactive unicasts + one broadcast

@@ -1,0 +1,197 @@
+"""The training loop: rounds, evaluation, callbacks, exact checkpoints.
+
+The loop never asks which preset it runs; techniques act through their hooks and bytes are
+counted by the ledger. Callers (CLI, worker) observe it through a :class:`Callbacks` object.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import RunConfig
+from engine.data import Dataset
+from engine.evaluate import Evaluator, reconstruction_snapshot
+from engine.round import RoundLosses, run_round
+from engine.runtime import tune_allocator
+from engine.state import TrainState
+
+CHECKPOINT_VERSION = 1
+
+
+class Callbacks:
+    """What a caller sees of a run. Every method is optional; the defaults do nothing."""
+
+    def on_round(self, trainer: "Trainer", losses: RoundLosses) -> None:
+        """After every round (progress, heartbeats, checkpoints)."""
+
+    def on_eval(self, trainer: "Trainer", record: dict[str, Any]) -> None:
+        """After every evaluation step, with the history row just added."""
+
+    def on_images(self, trainer: "Trainer", round_: int, snapshot: dict) -> None:
+        """Every ``image_every`` rounds, with :func:`engine.evaluate.reconstruction_snapshot`."""
+
+    def should_stop(self, trainer: "Trainer") -> bool:
+        """Checked between rounds: True stops the run (cancel)."""
+        return False
+
+
+@dataclass
+class _Running:
+    """Loss terms and wall time accumulated since the last evaluation."""
+
+    rounds: int = 0
+    loss: float = 0.0
+    mixup: float = 0.0
+    local: float = 0.0
+    wall: float = 0.0
+
+    def add(self, losses: RoundLosses, wall: float) -> None:
+        self.rounds += 1
+        self.loss += losses.loss
+        self.mixup += losses.mixup
+        self.local += losses.local
+        self.wall += wall
+
+    def metrics(self) -> dict[str, float]:
+        r = max(self.rounds, 1)
+        return {"train_loss": self.loss / r, "train_loss_mixup": self.mixup / r,
+                "train_loss_local": self.local / r, "round_s": self.wall / r}
+
+
+@dataclass
+class Trainer:
+    """Runs a config round by round; ``history`` holds one row per evaluation step."""
+
+    cfg: RunConfig
+    dataset: Dataset | None = None
+    state: TrainState = field(init=False)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    final: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        tune_allocator()
+        if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.cfg.device!r} requested but CUDA is not available here")
+        self.state = TrainState(self.cfg, self.dataset)
+        self.evaluator = Evaluator(self.state)
+        self._running = _Running()
+
+    @property
+    def round(self) -> int:
+        return self.state.round
+
+    def run(self, callbacks: Callbacks | None = None) -> dict[str, Any]:
+        """Train until ``cfg.rounds`` (or a stop request); return the result dict (config, history, summary)."""
+        cb = callbacks or Callbacks()
+        while self.state.round < self.cfg.rounds:
+            if cb.should_stop(self):
+                return self.result(stopped=True)
+            self.step(cb)
+        if self.final is None:
+            self.final = self.evaluator.final(self.state).metrics()
+        return self.result()
+
+    def step(self, cb: Callbacks) -> None:
+        """One round, then the evaluation and images that fall due after it."""
+        start = time.perf_counter()
+        losses = run_round(self.state)
+        wall = time.perf_counter() - start
+        self.wall_s += wall
+        self._running.add(losses, wall)
+        t = self.state.round
+        if t % self.cfg.eval_every == 0 or t == self.cfg.rounds:
+            record = self.evaluate_now()
+            cb.on_eval(self, record)
+        if self.cfg.image_every and t % self.cfg.image_every == 0:
+            cb.on_images(self, t, self.snapshot())
+        cb.on_round(self, losses)
+
+    def evaluate_now(self) -> dict[str, Any]:
+        """Evaluate on the live subset and append a history row."""
+        record = {"round": self.state.round, **self.evaluator.live(self.state).metrics(),
+                  **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
+        self._running = _Running()
+        self.history.append(record)
+        return record
+
+    def snapshot(self, num_clients: int = 3) -> dict:
+        clients = self.evaluator.live_clients[:num_clients]
+        return reconstruction_snapshot(self.state, clients)
+
+    # ---- results -----------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        accs = [row["test_acc"] for row in self.history]
+        target = next((row["round"] for row in self.history if row["test_acc"] >= self.cfg.target_acc), None)
+        out = {
+            "rounds_done": self.state.round,
+            "final_test_acc": self.final["test_acc"] if self.final else (accs[-1] if accs else None),
+            "best_test_acc": max(accs) if accs else None,
+            "rounds_to_target": target,
+            "target_acc": self.cfg.target_acc,
+            "wall_s": self.wall_s,
+            **self.state.ledger.as_metrics(),
+        }
+        if self.final:
+            out.update({f"final_{k}": v for k, v in self.final.items() if k != "test_acc"})
+        return out
+
+    def result(self, stopped: bool = False) -> dict[str, Any]:
+        """The JSON written by ``engine run --out``: config, history, summary."""
+        summary = self.summary()
+        summary["stopped"] = stopped
+        return {"config": self.cfg.model_dump(mode="json"), "history": list(self.history), "summary": summary}
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": CHECKPOINT_VERSION, "config": self.cfg.model_dump(mode="json"),
+                "state": self.state.state_dict(), "history": list(self.history), "wall_s": self.wall_s,
+                "running": vars(self._running).copy(), "final": self.final}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {sd.get('version')} is not {CHECKPOINT_VERSION}")
+        if sd["config"] != self.cfg.model_dump(mode="json"):
+            raise ValueError("checkpoint was written for a different config")
+        self.state.load_state_dict(sd["state"])
+        self.history = list(sd["history"])
+        self.wall_s = sd["wall_s"]
+        self._running = _Running(**sd["running"])
+        self.final = sd["final"]
+
+    def checkpoint_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.state_dict(), buf)
+        return buf.getvalue()
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.checkpoint_bytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def from_checkpoint(cls, data: bytes | str | os.PathLike, dataset: Dataset | None = None) -> "Trainer":
+        """Rebuild a trainer exactly as it was when the checkpoint was written."""
+        raw = data if isinstance(data, bytes) else Path(data).read_bytes()
+        sd = torch.load(io.BytesIO(raw), weights_only=False)
+        trainer = cls(RunConfig.model_validate(sd["config"]), dataset)
+        trainer.load_state_dict(sd)
+        return trainer
