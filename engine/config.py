@@ -7,6 +7,7 @@ the ``demo`` profile in :mod:`engine.presets` swaps in settings that learn in mi
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -215,13 +216,14 @@ def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """A new dict: ``base`` with ``override`` merged in, section by section."""
-    out = dict(base)
+    """A new dict: ``base`` with ``override`` merged in, section by section. Neither input is
+    shared with the result, so the result can be changed freely (presets are module constants)."""
+    out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 

@@ -93,11 +93,12 @@ TABLE3_ROWS: dict[int, Preset] = {p.table3_row: p for p in _PRESETS if p.table3_
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's settings are RunConfig's defaults: b = 64, SGD at eta = 0.004, T = 10,000, mixup sum.
     "paper": {},
-    # Learns in minutes on a CPU (measured: 10 clients on Fashion-MNIST, > 75 % in 300 rounds).
-    # The mean over partners keeps the momentum-SGD server step stable with mixup (sum diverges).
+    # Learns in minutes on a CPU. Measured on Fashion-MNIST, LocFedMix-SL, 10 clients, 300 rounds:
+    # Adam 1e-3 reached 81 % steadily; momentum SGD at 0.05 and 0.02 reached 76-78 % but swung
+    # between 10 % and 70 % on the way. The mean over partners keeps the server step in scale.
     "demo": {
         "rounds": 300, "eval_every": 10, "image_every": 50,
-        "optim": {"name": "momentum", "lr": 0.05},
+        "optim": {"name": "adam", "lr": 0.001},
         "mixup": {"reduction": "mean"},
     },
 }

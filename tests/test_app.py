@@ -6,7 +6,7 @@ from engine.presets import PRESETS
 
 
 def test_app_renders_presets_and_latency_plot():
-    at = AppTest.from_file("app.py", default_timeout=60).run()
+    at = AppTest.from_file("../app.py", default_timeout=60).run()
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["preset"]) == list(PRESETS)
