@@ -73,9 +73,9 @@ def evaluate(state: TrainState, clients: list[int], x: torch.Tensor, y: torch.Te
     """Evaluate the given clients' models, each distinct lower model once."""
     acc, loss = {}, {}
     for group in distinct_models(state.lowers, clients):
-        a, l = evaluate_model(state.lowers[group[0]], state.upper, x, y)
+        group_acc, group_loss = evaluate_model(state.lowers[group[0]], state.upper, x, y)
         for i in group:
-            acc[i], loss[i] = a, l
+            acc[i], loss[i] = group_acc, group_loss
     return EvalResult(acc, loss)
 
 

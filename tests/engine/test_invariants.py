@@ -16,7 +16,7 @@ from engine.state import TrainState
 from engine.techniques.split_avg import SplitAvg
 from engine.trainer import Trainer
 
-from tests.engine.test_round_matches_reference import tiny_dataset
+from tests.helpers import tiny_dataset
 
 
 def config(techniques: str = "1,2", **overrides):

@@ -15,22 +15,15 @@ import torch
 from torch.nn import functional as F
 
 from engine.config import validate_config
-from engine.data import Dataset
 from engine.presets import deep_merge, techniques_to_config
 from engine.round import run_round
 from engine.state import TrainState
 from engine.techniques.mixup import Mixup
 from engine.techniques.split_avg import SplitAvg
+from tests.helpers import tiny_dataset
 
 LR = 0.05
 TOL = 1e-6
-
-
-def tiny_dataset(seed: int = 0, n: int = 96) -> Dataset:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 16, 16, generator=g)
-    y = torch.randint(0, 4, (n,), generator=g)
-    return Dataset("synthetic", x, y, x[:16], y[:16], ("a", "b", "c", "d"))
 
 
 def make_config(techniques: str, **overrides):
@@ -229,7 +222,7 @@ def test_vanilla_sl_matches_sequential_reference(monkeypatch):
     run_round(state)
     run_round(state)
     assert len(rec.batches) == 2 * cfg.num_clients
-    for clients, x, y in rec.batches:
+    for _, x, y in rec.batches:
         s = lower(x[0])
         loss = F.cross_entropy(upper(s), y[0])
         gs = torch.autograd.grad(loss, list(upper.parameters()) + list(lower.parameters()))

@@ -1,0 +1,80 @@
+"""Helpers shared by the storage and worker tests: tiny configs, throwaway databases, worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from engine.config import RunConfig, validate_config
+from engine.presets import deep_merge
+from storage import db as storage_db
+from storage.db import Database
+from storage.queries import create_run
+
+ROOT = Path(__file__).resolve().parents[2]
+WALL_CLOCK = ("wall_s", "round_s")
+
+# LocFedMix-SL on synthetic data: mixup, InfoPro decoders and averaging all draw on the RNGs and optimisers.
+TINY = {"num_clients": 3, "rounds": 20, "batch_size": 8, "eval_every": 5, "image_every": 10, "seed": 2,
+        "data": {"dataset": "synthetic", "eval_subset": 64}, "optim": {"name": "momentum", "lr": 0.05},
+        "mixup": {"enabled": True, "num_partners": 1, "reduction": "mean"},
+        "local_loss": {"enabled": True, "average_aux": True}, "averaging": {"enabled": True}}
+
+
+def tiny_config(**overrides: Any) -> RunConfig:
+    return validate_config(deep_merge(TINY, overrides))
+
+
+def without_wall_clock(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
+
+
+def queue(db: Database, cfg: RunConfig) -> int:
+    with db.write() as session:
+        return create_run(session, cfg)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A fresh SQLite database file in ``tmp_path``, closed afterwards."""
+    url = f"sqlite:///{tmp_path / 'splitlab.db'}"
+    yield storage_db.connect(url)
+    storage_db.close(url)
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """One torch thread, as the worker processes get: fast on a shared machine, and results are
+    bit-identical only between runs with the same thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def worker_process(db_url: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``worker --db URL ARGS`` in a process of its own (one torch thread), its log captured."""
+    command = [sys.executable, "-c", "from storage.cli import main; raise SystemExit(main())",
+               "worker", "--db", db_url, *args]
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.Popen(command, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"condition not met within {timeout} s")

@@ -1,0 +1,111 @@
+"""Opening a database: the URL, SQLite's settings, and schema versions (created, upgraded or refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, inspect, select, text, update
+
+from storage import db as storage_db
+from storage.cli import main as queue_main
+from storage.db import SchemaVersionError, connect, resolve_db_url
+from storage.models import SCHEMA_VERSION, Run, RunStatus, SchemaVersion
+from storage.queries import get_run
+from tests.storage.support import queue, tiny_config
+
+
+@pytest.fixture
+def url(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'lab.db'}"
+    yield url
+    storage_db.close(url)
+
+
+def set_stored_version(url: str, version: int) -> None:
+    with connect(url).write() as session:
+        session.execute(update(SchemaVersion).values(version=version))
+    storage_db.close(url)
+
+
+def test_db_url_comes_from_the_flag_then_the_environment_then_the_default(monkeypatch):
+    monkeypatch.setenv("SPLITLAB_DB", "postgresql://lab@db/splitlab")
+    assert resolve_db_url("sqlite:///flag.db") == "sqlite:///flag.db"
+    assert resolve_db_url(None) == "postgresql://lab@db/splitlab"
+    monkeypatch.delenv("SPLITLAB_DB")
+    assert resolve_db_url(None) == "sqlite:///splitlab.db"
+
+
+def test_a_plain_path_means_a_sqlite_file():
+    assert resolve_db_url("runs/lab.db") == "sqlite:///runs/lab.db"
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_foreign_keys(url):
+    with connect(url).read() as session:
+        settings = {name: session.execute(text(f"PRAGMA {name}")).scalar()
+                    for name in ("journal_mode", "busy_timeout", "foreign_keys")}
+    assert settings == {"journal_mode": "wal", "busy_timeout": storage_db.SQLITE_BUSY_TIMEOUT_MS, "foreign_keys": 1}
+
+
+def test_a_new_database_gets_every_table_and_the_current_schema_version(url):
+    database = connect(url)
+    with database.read() as session:
+        assert session.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION]
+        tables = set(inspect(session.connection()).get_table_names())
+    assert {"runs", "metrics", "images", "checkpoints", "schema_version"} <= tables
+
+
+def test_opening_an_existing_database_keeps_its_runs(url):
+    run_id = queue(connect(url), tiny_config())
+    storage_db.close(url)
+    with connect(url).read() as session:
+        assert get_run(session, run_id).status == RunStatus.QUEUED
+
+
+def test_a_newer_schema_version_is_refused_with_a_clear_message(url):
+    connect(url)
+    set_stored_version(url, SCHEMA_VERSION + 1)
+    with pytest.raises(SchemaVersionError) as refused:
+        connect(url)
+    message = str(refused.value)
+    assert f"schema version {SCHEMA_VERSION + 1}" in message and f"reads version {SCHEMA_VERSION}" in message
+
+
+def test_the_cli_reports_a_refused_schema_in_one_line(url, capsys):
+    connect(url)
+    set_stored_version(url, 99)
+    assert queue_main(["status", "1", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: database") and "schema version 99" in err and err.count("\n") == 1
+
+
+def test_an_unknown_older_version_is_refused(url):
+    connect(url)
+    set_stored_version(url, 0)
+    with pytest.raises(SchemaVersionError, match="schema version 0"):
+        connect(url)
+
+
+def test_splitlab_tables_without_a_schema_version_are_refused(url):
+    connect(url)
+    with connect(url).write() as session:
+        session.execute(SchemaVersion.__table__.delete())
+        SchemaVersion.__table__.drop(session.connection())
+    storage_db.close(url)
+    with pytest.raises(SchemaVersionError, match="no schema version"):
+        connect(url)
+
+
+def test_an_older_version_is_upgraded_by_its_migration(url, monkeypatch):
+    connect(url)
+    storage_db.close(url)
+
+    def add_run_notes(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE runs ADD COLUMN notes TEXT"))
+
+    monkeypatch.setattr(storage_db, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(storage_db, "MIGRATIONS", {SCHEMA_VERSION: add_run_notes})
+    with connect(url).read() as session:
+        assert session.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION + 1]
+        columns = {c["name"] for c in inspect(session.connection()).get_columns(Run.__tablename__)}
+    assert "notes" in columns
