@@ -1,38 +1,81 @@
-"""SplitLab's dashboard entry point (``make run``).
+"""SplitLab's dashboard (``make run``): the sidebar, the navigation, and a worker when none is alive.
 
-Pages read only through ``storage/`` and the engine's pure modules (config, presets, latency);
-training happens in the worker. This first version shows the algorithms and the latency model.
+Pages hold only UI. They read and write through ``storage`` and the engine's pure modules;
+training happens in a separate worker process (``python -m engine worker``), never here.
 """
 
 from __future__ import annotations
 
-import pandas as pd
-import plotly.express as px
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import streamlit as st
 
-from engine.latency import LatencyParams, latency_curves
-from engine.presets import PRESETS, TECHNIQUE_CODES
+from pages import common
+from storage import queries
 
-st.set_page_config(page_title="SplitLab", layout="wide")
-st.title("SplitLab")
-st.caption("Parallel split learning, one technique at a time: Vanilla SL, SplitFed, LocSplitFed, "
-           "LocFedMix-SL and SGLR on one engine.")
+ROOT = Path(__file__).resolve().parent
+LIVE_WORKER_S = 30  # a worker whose heartbeat is newer than this counts as alive
 
-st.subheader("Algorithms")
-st.dataframe(pd.DataFrame([{"preset": p.name, "algorithm": p.title, "techniques": p.techniques,
-                            "Table 3 row": p.table3_row, "what it does": p.description}
-                           for p in PRESETS.values()]), hide_index=True, width="stretch")
-st.markdown("  \n".join(f"`{code}` {text}" for code, text in TECHNIQUE_CODES.items()))
-st.info("Train any of them from a terminal: `python -m engine run --preset locfedmix_sl --out run.json`.")
 
-st.subheader("Latency model (the paper's Table 4 and Fig. 8)")
-c1, c2, c3 = st.columns(3)
-rounds = c1.number_input("rounds T", 1, 100_000, 10_000)
-interval = c2.number_input("averaging interval T_c", 1, 100_000, 1)
-max_n = c3.number_input("largest n", 2, 1000, 100)
-params = LatencyParams(t_comp=1.0, t_comm=1.0, smashed_size=64 * 6 * 14 * 14, lower_size=156,
-                       aux_size=793, avg_interval=int(interval))
-rows = pd.DataFrame(latency_curves(list(range(1, int(max_n) + 1)), int(rounds), params))
-fig = px.line(rows, x="n", y="latency", color="method", facet_col="ratio", log_y=True,
-              labels={"latency": "latency (units of T_comm)"})
-st.plotly_chart(fig, width="stretch")
+def autostart_disabled() -> bool:
+    return os.environ.get("SPLITLAB_NO_WORKER", "") not in ("", "0", "false") or common.readonly()
+
+
+@st.cache_resource(show_spinner=False)
+def start_worker(db_url: str) -> subprocess.Popen:
+    """Start one background worker for this server (once; it outlives page reloads)."""
+    log = open(os.environ.get("SPLITLAB_WORKER_LOG", ROOT / "worker.log"), "ab")  # noqa: SIM115 (the child owns it)
+    return subprocess.Popen([sys.executable, "-m", "engine", "worker", "--db", db_url], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def live_workers() -> list[queries.WorkerInfo]:
+    with common.db().read() as s:
+        return queries.live_workers(s, LIVE_WORKER_S)
+
+
+def ensure_worker() -> None:
+    if autostart_disabled() or live_workers():
+        return
+    proc = start_worker(common.db().url)
+    if proc.poll() is not None:  # it died: let the next page load try again, and say so
+        start_worker.clear()
+        st.sidebar.error(f"The background worker exited (code {proc.returncode}); see worker.log.")
+
+
+def sidebar() -> None:
+    st.sidebar.title("SplitLab")
+    st.sidebar.caption("Parallel split learning, one technique at a time.")
+    if common.readonly():
+        st.sidebar.info("Read-only: result pages only.")
+        return
+    workers = live_workers()
+    if workers:
+        for w in workers:
+            doing = f"training run #{w.run_id}" if w.run_id else "idle, waiting for runs"
+            st.sidebar.success(f"Worker {w.worker_id}: {doing}")
+    elif autostart_disabled():
+        st.sidebar.warning("No worker is running. Start one: `python -m engine worker`")
+    else:
+        st.sidebar.info("Starting a worker…")
+    st.sidebar.caption(f"Database: `{common.db().display_url()}`")
+
+
+st.set_page_config(page_title="SplitLab", page_icon=":material/call_split:", layout="wide")
+ensure_worker()
+sidebar()
+pages = [
+    st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=not common.readonly()),
+    st.Page("pages/runs.py", title="Runs", icon=":material/list:", default=common.readonly()),
+    st.Page("pages/live.py", title="Live", icon=":material/show_chart:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:"),
+    st.Page("pages/infopro.py", title="InfoPro", icon=":material/image:"),
+    st.Page("pages/latency.py", title="Latency", icon=":material/timer:"),
+    st.Page("pages/run.py", title="Result page", icon=":material/link:", url_path="run"),
+]
+if common.readonly():
+    pages = pages[1:]
+st.navigation(pages).run()

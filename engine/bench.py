@@ -24,7 +24,7 @@ from engine.data import load_dataset
 from engine.models import InfoProDecoder, split_lenet5
 from engine.presets import deep_merge, get_preset
 from engine.round import run_round
-from engine.runtime import tune_allocator
+from engine.runtime import flush_denormals, tune_allocator
 from engine.state import TrainState
 
 BATCH = 64
@@ -97,6 +97,7 @@ def bench_one(n: int, num_partners: int, repeats: int, device: str) -> dict:
 def run_bench(clients: str = "20,100", repeats: int = 5, as_json: bool = False, device: str = "cpu",
               num_partners: int | None = None) -> list[dict]:
     tune_allocator()
+    flush_denormals()
     rows = []
     for n in [int(c) for c in clients.split(",")]:
         ns = num_partners if num_partners is not None else min(5, n - 1)

@@ -1,4 +1,4 @@
-"""The command line: ``python -m engine presets | run | bench``.
+"""The command line: ``python -m engine presets | run | bench | worker | submit | status | export | cancel``.
 
 Bad input exits with code 2 and one line naming the field and what is allowed.
 """
@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-s", type=int, default=None, help="mixup partners (default n//2)")
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(func=cmd_bench)
+    # The queue commands (worker, submit, status, export, cancel) live with the database code;
+    # the engine's core never imports storage, only this front door does.
+    from storage.cli import add_queue_commands
+    add_queue_commands(sub)
     return parser
 
 

@@ -9,6 +9,19 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _tuned = False
 
 
+def flush_denormals() -> bool:
+    """Treat subnormal floats as zero on the CPU.
+
+    Adam's second-moment estimates of near-zero gradients decay into subnormal numbers, which
+    x86 CPUs handle in microcode: measured here, a 3-client LocFedMix-SL round on synthetic data
+    went from 1.7 s to 0.05 s. The values involved are below 1e-38, far under float32 precision
+    for anything the model computes, so results are unaffected in practice.
+    """
+    import torch
+
+    return torch.set_flush_denormal(True)
+
+
 def tune_allocator(trim_threshold: int = 1 << 30) -> bool:
     """Keep freed memory in glibc's heap instead of returning it to the kernel.
 

@@ -20,7 +20,7 @@ from engine.config import RunConfig
 from engine.data import Dataset
 from engine.evaluate import Evaluator, reconstruction_snapshot
 from engine.round import RoundLosses, run_round
-from engine.runtime import tune_allocator
+from engine.runtime import flush_denormals, tune_allocator
 from engine.state import TrainState
 
 CHECKPOINT_VERSION = 1
@@ -79,6 +79,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         tune_allocator()
+        flush_denormals()
         if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.cfg.device!r} requested but CUDA is not available here")
         self.state = TrainState(self.cfg, self.dataset)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, inspect, select, text, update
+from sqlalchemy import inspect, select, text, update
 
 from storage import db as storage_db
 from storage.cli import main as queue_main
 from storage.db import SchemaVersionError, connect, resolve_db_url
-from storage.models import SCHEMA_VERSION, Run, RunStatus, SchemaVersion
+from storage.models import SCHEMA_VERSION, RunStatus, SchemaVersion, WorkerRecord
 from storage.queries import get_run
 from tests.storage.support import queue, tiny_config
 
@@ -96,16 +96,24 @@ def test_splitlab_tables_without_a_schema_version_are_refused(url):
         connect(url)
 
 
-def test_an_older_version_is_upgraded_by_its_migration(url, monkeypatch):
-    connect(url)
-    storage_db.close(url)
-
-    def add_run_notes(conn: Connection) -> None:
-        conn.execute(text("ALTER TABLE runs ADD COLUMN notes TEXT"))
-
-    monkeypatch.setattr(storage_db, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setattr(storage_db, "MIGRATIONS", {SCHEMA_VERSION: add_run_notes})
+def columns_by_table(url: str) -> dict[str, list[tuple[str, str, bool]]]:
     with connect(url).read() as session:
-        assert session.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION + 1]
-        columns = {c["name"] for c in inspect(session.connection()).get_columns(Run.__tablename__)}
-    assert "notes" in columns
+        inspector = inspect(session.connection())
+        return {table: [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)]
+                for table in sorted(inspector.get_table_names())}
+
+
+def test_a_version_1_database_is_upgraded_to_the_current_schema_and_keeps_its_runs(tmp_path, url):
+    old_url = f"sqlite:///{tmp_path / 'v1.db'}"
+    run_id = queue(connect(old_url), tiny_config())
+    with connect(old_url).write() as session:  # back to version 1: no workers table
+        WorkerRecord.__table__.drop(session.connection())
+        session.execute(update(SchemaVersion).values(version=1))
+    storage_db.close(old_url)
+    try:
+        assert columns_by_table(old_url) == columns_by_table(url)
+        with connect(old_url).read() as session:
+            assert session.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION]
+            assert get_run(session, run_id).status == RunStatus.QUEUED
+    finally:
+        storage_db.close(old_url)

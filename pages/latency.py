@@ -1,0 +1,49 @@
+"""Latency: the paper's Table 4 model against n (its Fig. 8), and what finished runs exchanged."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from engine.latency import LatencyParams, latency_curves
+from pages import common
+from pages.figures import latency_figure
+
+st.header("Latency model")
+st.caption("Only client compute T_comp and uplink T_comm count; the server is infinitely fast and n clients "
+           "share the uplink, so uploading together takes n·T_comm (the paper's Table 4).")
+c1, c2, c3, c4 = st.columns(4)
+rounds = c1.number_input("rounds T", 1, 1_000_000, 10_000)
+interval = c2.number_input("LocFedMix-SL T_c", 1, 1_000_000, 1)
+max_n = c3.number_input("largest n", 2, 2000, 100)
+t_comm = c4.number_input("T_comm (s, one client uploading |s| alone)", 0.0001, 1000.0, 0.01, format="%.4f")
+c5, c6, c7 = st.columns(3)
+smashed = c5.number_input("|s|: b smashed samples (elements)", 1, 10**9, 64 * 6 * 14 * 14)
+lower = c6.number_input("|w_c|: lower model (parameters)", 1, 10**9, 156)
+aux = c7.number_input("|ŵ_c|: auxiliary network (parameters)", 0, 10**9, 793)
+params = LatencyParams(t_comp=t_comm, t_comm=t_comm, smashed_size=smashed, lower_size=lower, aux_size=aux,
+                       avg_interval=int(interval))
+st.plotly_chart(latency_figure(latency_curves(range(1, int(max_n) + 1), int(rounds), params)), key="fig8")
+st.caption("Panels: T_comp : T_comm = 10:1, 1:1, 1:10. Defaults: LeNet-5 cut after conv1+pool "
+           "(|s| = 64·6·14·14, |w_c| = 156, InfoPro decoder |ŵ_c| = 793).")
+
+st.subheader("Bytes exchanged by finished runs")
+runs = common.runs_frame()
+finished = runs.loc[runs["status"] == "finished"]
+if finished.empty:
+    st.info("No finished runs yet.")
+    st.stop()
+rows = []
+for _, r in finished.iterrows():
+    h = common.history(int(r["id"]))
+    if h.empty:
+        continue
+    last = h.iloc[-1]
+    for key, kind in (("bytes_smashed_up", "smashed up"), ("bytes_grads_down", "gradients down"),
+                      ("bytes_model_up", "models up"), ("bytes_model_down", "models down")):
+        rows.append({"run": common.run_label(r), "kind": kind, "MB": last[key] / 1e6,
+                     "MB per round": last[key] / 1e6 / max(int(last["round"]), 1)})
+df = pd.DataFrame(rows)
+per_round = st.toggle("per round", True)
+st.plotly_chart(px.bar(df, x="run", y="MB per round" if per_round else "MB", color="kind"), key="bytes")

@@ -1,0 +1,194 @@
+"""New run: choose a preset or any combination of the techniques, check it, queue it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from engine.config import DATASETS, RunConfig, config_errors, deep_merge, field_help, validate_config
+from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
+from pages import common
+from pages.figures import beta_density
+from storage import queries
+
+HELP = field_help()
+# Which section of the form a field's error is shown under.
+SECTION_OF = {"data": "data", "num_clients": "scale", "rounds": "scale", "batch_size": "scale", "seed": "scale",
+              "optim": "scale", "eval_every": "scale", "image_every": "scale", "mixup": "knobs",
+              "averaging": "knobs", "local_loss": "knobs", "cut_layer": "knobs"}
+
+
+def section_of(field: str) -> str:
+    """The form section for an error's field path (whole-config errors go under the techniques)."""
+    return SECTION_OF.get(field.split(".")[0], "techniques")
+
+
+def preset_defaults(preset: str) -> RunConfig:
+    """The demo profile with a preset's techniques switched on."""
+    return validate_config(deep_merge(PROFILES["demo"], PRESETS[preset].overrides()))
+
+
+def technique_controls(base: RunConfig) -> dict[str, Any]:
+    """① ... ⑤, SplitLr and SplitAvg; returns the config overrides they choose."""
+    st.markdown("**Techniques**")
+    c1, c2 = st.columns(2)
+    sequential = c1.toggle("① sequential (Vanilla SL)", base.schedule == "sequential", help=HELP["schedule"])
+    backward = c1.checkbox("② global-gradient backward", base.global_backward, help=HELP["global_backward"],
+                           disabled=sequential)
+    mixup = c1.checkbox("③ smashed-data mixup", base.mixup.enabled, help=HELP["mixup.enabled"])
+    local = c1.checkbox("④ local loss", base.local_loss.enabled, help=HELP["local_loss.enabled"])
+    average_aux = c1.checkbox("④' average the auxiliary networks too", base.local_loss.average_aux,
+                              help=HELP["local_loss.average_aux"], disabled=not local)
+    averaging = c1.checkbox("⑤ lower-model averaging", base.averaging.enabled, help=HELP["averaging.enabled"])
+    split_lr = c2.checkbox("SGLR SplitLr", base.split_lr.enabled, help=HELP["split_lr.enabled"])
+    lr_alpha = c2.slider("SplitLr α (η_s = η·n^α)", 0.0, 2.0, float(base.split_lr.alpha), 0.05, disabled=not split_lr)
+    split_avg = c2.checkbox("SGLR SplitAvg", base.split_avg.enabled, help=HELP["split_avg.enabled"])
+    phi = c2.slider("SplitAvg φ (fraction of active clients)", 0.05, 1.0, float(base.split_avg.fraction), 0.05,
+                    disabled=not split_avg)
+    return {
+        "schedule": "sequential" if sequential else "parallel",
+        "global_backward": True if sequential else backward,
+        "mixup": {"enabled": mixup},
+        "local_loss": {"enabled": local, "average_aux": average_aux},
+        "averaging": {"enabled": averaging},
+        "split_lr": {"enabled": split_lr, "alpha": lr_alpha},
+        "split_avg": {"enabled": split_avg, "fraction": phi},
+    }
+
+
+def data_controls(base: RunConfig) -> dict[str, Any]:
+    st.markdown("**Data**")
+    c1, c2, c3 = st.columns(3)
+    dataset = c1.selectbox("data set", DATASETS, DATASETS.index(base.data.dataset), help=HELP["data.dataset"])
+    partition = c2.selectbox("partition", ["paper", "iid", "dirichlet"], help=HELP["data.partition"])
+    beta = c3.number_input("Dirichlet β", 0.01, 100.0, float(base.data.dirichlet_beta), help=HELP["data.dirichlet_beta"],
+                           disabled=partition != "dirichlet")
+    per_client = c3.number_input("items per client (0: default)", 0, 60_000, 0, help=HELP["data.samples_per_client"])
+    return {"data": {"dataset": dataset, "partition": partition, "dirichlet_beta": beta,
+                     "samples_per_client": per_client or None}}
+
+
+def scale_controls(base: RunConfig) -> dict[str, Any]:
+    st.markdown("**Scale and optimiser**")
+    c1, c2, c3, c4 = st.columns(4)
+    n = c1.number_input("clients n", 1, 1000, base.num_clients, help=HELP["num_clients"])
+    rounds = c2.number_input("rounds T", 1, 100_000, base.rounds, help=HELP["rounds"])
+    batch = c3.number_input("batch size b", 1, 4096, base.batch_size, help=HELP["batch_size"])
+    seed = c4.number_input("seed", 0, 2**31 - 1, base.seed, help=HELP["seed"])
+    optimizer = c1.selectbox("optimiser", ["adam", "momentum", "sgd"], ["adam", "momentum", "sgd"].index(base.optim.name),
+                             help=HELP["optim.name"])
+    lr = c2.number_input("learning rate η", 0.0, 10.0, float(base.optim.lr), format="%.4f", step=0.0005,
+                         help=HELP["optim.lr"])
+    eval_every = c3.number_input("evaluate every (rounds)", 1, 10_000, base.eval_every, help=HELP["eval_every"])
+    image_every = c4.number_input("images every (rounds, 0: never)", 0, 10_000, base.image_every,
+                                  help=HELP["image_every"])
+    return {"num_clients": int(n), "rounds": int(rounds), "batch_size": int(batch), "seed": int(seed),
+            "optim": {"name": optimizer, "lr": lr}, "eval_every": int(eval_every), "image_every": int(image_every)}
+
+
+def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str, Any]:
+    """n_s (bounded by n-1), the λ distribution with its density, mixup vs CutMix, T_c, the regulariser."""
+    st.markdown("**Technique settings**")
+    c1, c2, c3 = st.columns(3)
+    mixup_on = choice["mixup"]["enabled"]
+    default_ns = min(base.mixup.num_partners or 0, max(n - 1, 0)) if base.mixup.num_partners is not None else n // 2
+    num_partners = c1.slider("n_s, mixup partners per client", 0, max(n - 1, 1), min(default_ns, max(n - 1, 0)),
+                             help=HELP["mixup.num_partners"], disabled=not mixup_on or n < 2)
+    variant = c1.radio("mixing", ["mixup", "cutmix"], horizontal=True, disabled=not mixup_on, help=HELP["mixup.variant"])
+    reduction = c1.radio("over partners", ["mean", "sum"], ["mean", "sum"].index(base.mixup.reduction),
+                         horizontal=True, disabled=not mixup_on, help=HELP["mixup.reduction"])
+    alpha = c2.number_input("λ ~ Beta(α, β): α", 0.05, 20.0, float(base.mixup.alpha), 0.05, disabled=not mixup_on)
+    beta = c2.number_input("λ ~ Beta(α, β): β", 0.05, 20.0, float(base.mixup.beta), 0.05, disabled=not mixup_on)
+    c2.plotly_chart(beta_density(alpha, beta), key="beta_density", config={"displayModeBar": False})
+    interval = c3.number_input("T_c, average every (rounds)", 1, 100_000, base.averaging.interval,
+                               disabled=not choice["averaging"]["enabled"], help=HELP["averaging.interval"])
+    kind = c3.selectbox("local loss", ["infopro", "classifier", "norm"],
+                        ["infopro", "classifier", "norm"].index(base.local_loss.kind),
+                        disabled=not choice["local_loss"]["enabled"], help=HELP["local_loss.kind"])
+    cut = c3.selectbox("cut after LeNet-5 block", [1, 2, 3, 4], base.cut_layer - 1, help=HELP["cut_layer"])
+    return {"mixup": {"num_partners": int(num_partners), "variant": variant, "reduction": reduction,
+                      "alpha": alpha, "beta": beta},
+            "averaging": {"interval": int(interval)}, "local_loss": {"kind": kind}, "cut_layer": int(cut)}
+
+
+def queue(config: RunConfig) -> int:
+    with common.db().write() as s:
+        run_id = queries.create_run(s, config)
+    common.clear_caches()
+    return run_id
+
+
+def new_run_form() -> None:
+    preset = st.selectbox("start from a preset", list(PRESETS), list(PRESETS).index("locfedmix_sl"),
+                          format_func=lambda p: f"{PRESETS[p].title} ({PRESETS[p].techniques})")
+    base = preset_defaults(preset)
+    st.caption(PRESETS[preset].description)
+    slots = {}
+    with st.container(border=True, key=f"form_{preset}"):
+        name = st.text_input("name", PRESETS[preset].title)
+        choice = technique_controls(base)
+        slots["techniques"] = st.empty()
+        data = data_controls(base)
+        slots["data"] = st.empty()
+        scale = scale_controls(base)
+        slots["scale"] = st.empty()
+        knobs = technique_knobs(base, scale["num_clients"], choice)
+        slots["knobs"] = st.empty()
+    raw = deep_merge(deep_merge(deep_merge(deep_merge({"name": name}, choice), data), scale), knobs)
+    errors = config_errors(raw)
+    by_section: dict[str, list[str]] = {}
+    for field, message in errors.items():
+        by_section.setdefault(section_of(field), []).append(f"**{field}**: {message}")
+    for section, lines in by_section.items():
+        slots[section].error("  \n".join(lines))
+    if not errors:
+        cfg = validate_config(raw)
+        for warning in cfg.warnings():
+            st.warning(warning)
+        st.caption(f"techniques {common.technique_codes(cfg.model_dump())} · "
+                   f"{cfg.num_clients} clients × {cfg.rounds} rounds × b={cfg.batch_size}")
+    if st.button("Queue run", type="primary", disabled=bool(errors), key="submit"):
+        run_id = queue(validate_config(raw))
+        st.switch_page("pages/live.py", query_params={"run": str(run_id)})
+
+
+def sweep_form() -> None:
+    """A grid of technique combinations x n, queued at once (how the paper's Table 3 is built)."""
+    rows = st.multiselect("technique combinations (Table 3 rows)", list(TABLE3_ROWS), list(TABLE3_ROWS),
+                          format_func=lambda r: f"row {r}: {TABLE3_ROWS[r].title} ({TABLE3_ROWS[r].techniques})")
+    c1, c2, c3, c4 = st.columns(4)
+    ns_text = c1.text_input("clients n (comma-separated)", "5,10,20")
+    rounds = c2.number_input("rounds", 1, 100_000, 200, key="sweep_rounds")
+    dataset = c3.selectbox("data set", DATASETS, DATASETS.index("fashion-mnist"), key="sweep_dataset")
+    seed = c4.number_input("seed", 0, 2**31 - 1, 0, key="sweep_seed")
+    try:
+        ns = sorted({int(v) for v in ns_text.split(",") if v.strip()})
+    except ValueError:
+        st.error("**clients n**: whole numbers separated by commas, e.g. 10,20,40")
+        return
+    configs, problems = [], []
+    for row in rows:
+        for n in ns:
+            raw = deep_merge(deep_merge(PROFILES["demo"], techniques_to_config(TABLE3_ROWS[row].techniques)), {
+                "name": f"T3 row {row} n={n}", "num_clients": n, "rounds": int(rounds), "seed": int(seed),
+                "data": {"dataset": dataset}})
+            problems += [f"row {row}, n={n}: {f}: {m}" for f, m in config_errors(raw).items()]
+            configs.append(raw)
+    for p in problems:
+        st.error(p)
+    st.caption(f"{len(configs)} runs: {len(rows)} combinations × {len(ns)} values of n")
+    if st.button("Queue sweep", disabled=bool(problems) or not configs, key="submit_sweep"):
+        ids = [queue(validate_config(c)) for c in configs]
+        st.success(f"queued runs {ids[0]}–{ids[-1]}; they appear on the Compare page as they finish")
+
+
+st.header("New run")
+if common.readonly():
+    st.info("This is a read-only deployment: runs cannot be submitted here.")
+    st.stop()
+single, sweep = st.tabs(["One run", "Sweep (techniques × n)"])
+with single:
+    new_run_form()
+with sweep:
+    sweep_form()

@@ -1,0 +1,76 @@
+"""A run's read-only result page, reached by a link (``?run=42``): config, curves, snapshots,
+summary, and downloads (CSV, JSON, standalone HTML report)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from pages import common
+from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
+from pages.images import snapshot_grid
+from pages.report import run_report
+
+run_id = common.query_run_id()
+runs = common.runs_frame()
+if run_id is None:
+    if runs.empty:
+        st.info("No runs yet.")
+        st.stop()
+    labels = {int(r["id"]): common.run_label(r) for _, r in runs.iterrows()}
+    run_id = st.selectbox("run", list(labels), format_func=labels.get)
+    st.query_params["run"] = str(run_id)
+run = common.run_info(run_id)
+if run is None:
+    st.error(f"There is no run #{run_id} in this database.")
+    st.stop()
+
+st.header(f"Run #{run['id']}: {run['name']}")
+status = run["status"]
+st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · techniques "
+           f"{common.technique_codes(run['config'])} · {run['config']['num_clients']} clients · "
+           f"{run['config']['data']['dataset']} · link: `?run={run['id']}`")
+if run["error"]:
+    st.error(run["error"])
+history = with_simulated_latency(common.history(run_id), run["config"])
+summary = run.get("summary") or {}
+m = st.columns(4)
+m[0].metric("final test accuracy", f"{summary['final_test_acc']:.4f}" if summary.get("final_test_acc") else "–")
+m[1].metric("best (live subset)", f"{summary['best_test_acc']:.4f}" if summary.get("best_test_acc") else "–")
+m[2].metric(f"rounds to {run['config']['target_acc']:.0%}", summary.get("rounds_to_target") or "–")
+m[3].metric("wall time", common.fmt_seconds(summary.get("wall_s")))
+
+if history.empty:
+    st.info("No evaluation step recorded yet.")
+else:
+    label = f"#{run['id']} {run['name']}"
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(learning_curves({label: history}, "test_acc"), key="acc")
+    c2.plotly_chart(learning_curves({label: history}, "test_loss"), key="loss")
+    c3, c4 = st.columns(2)
+    c3.plotly_chart(loss_terms(history), key="terms")
+    c4.plotly_chart(communication(history), key="comm")
+
+rounds = common.image_rounds(run_id)
+snapshots = common.images(run_id, rounds[-1]) if rounds else []
+if snapshots:
+    st.subheader(f"InfoPro snapshots, round {rounds[-1]}")
+    cols = st.columns(len(snapshots))
+    for col, rec in zip(cols, snapshots):
+        col.image(snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction), caption=f"client {rec.client}")
+
+with st.expander("Configuration"):
+    st.json(run["config"])
+if summary:
+    with st.expander("Summary"):
+        st.dataframe(pd.DataFrame([{"figure": k, "value": str(v)} for k, v in summary.items()]), hide_index=True)
+
+d1, d2, d3 = st.columns(3)
+d1.download_button("metrics (CSV)", common.history(run_id).to_csv(index=False), f"splitlab-run-{run_id}.csv",
+                   "text/csv", key="csv")
+d2.download_button("config, history, summary (JSON)", json.dumps(common.export(run_id), indent=1),
+                   f"splitlab-run-{run_id}.json", "application/json", key="json")
+d3.download_button("standalone report (HTML)", run_report(run, common.history(run_id), snapshots),
+                   f"splitlab-run-{run_id}.html", "text/html", key="html")

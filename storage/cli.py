@@ -1,0 +1,190 @@
+"""The queue commands: ``worker``, ``submit``, ``status``, ``export``, ``cancel``.
+
+``python -m engine`` adds them with :func:`add_queue_commands`; :func:`main` runs them alone
+(``python -c "from storage.cli import main; raise SystemExit(main())" worker --once``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.cli import UsageError, _Parser, add_run_arguments, config_from_args
+from engine.config import ConfigError
+from engine.data import DatasetNotFound
+from storage.db import DB_ENV_VAR, DEFAULT_DB_URL, Database, StorageError, connect, resolve_db_url
+from storage.queries import RunInfo, create_run, export_result, get_run, latest_metrics, request_cancel
+from storage.worker import Worker, WorkerOptions
+
+Command = Callable[[argparse.Namespace], int]
+SHOWN_METRICS = ("test_acc", "test_loss", "train_loss", "bytes_up", "bytes_down")
+
+
+def add_queue_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``worker``, ``submit``, ``status``, ``export`` and ``cancel`` to a CLI's subcommands."""
+    worker = _add_command(sub, "worker", "train queued runs until stopped", cmd_worker)
+    worker.add_argument("--once", action="store_true", help="exit when no run is queued instead of waiting")
+    worker.add_argument("--stale-after", type=float, default=WorkerOptions.stale_after, metavar="SECONDS",
+                        help="take over a running run whose heartbeat is older than this (default %(default)s)")
+    worker.add_argument("--checkpoint-every", type=int, default=WorkerOptions.checkpoint_every, metavar="ROUNDS",
+                        help="checkpoint a run every this many rounds (default %(default)s)")
+    worker.add_argument("--poll", type=float, default=WorkerOptions.poll, metavar="SECONDS",
+                        help="seconds between looks at an empty queue, when an idle worker also reports itself alive "
+                             "(default %(default)s)")
+    worker.add_argument("--worker-id", help="this worker's name in the runs table (default host:pid)")
+    submit = _add_command(sub, "submit", "queue a run (the flags of run); prints its id", cmd_submit)
+    add_run_arguments(submit)
+    status = _add_command(sub, "status", "a run's state, progress and latest metrics", cmd_status)
+    status.add_argument("run_id", type=int, metavar="RUN_ID")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    export = _add_command(sub, "export", "write a run's config, history and summary as JSON (as run --out)",
+                          cmd_export)
+    export.add_argument("run_id", type=int, metavar="RUN_ID")
+    export.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
+    cancel = _add_command(sub, "cancel", "cancel a queued or running run", cmd_cancel)
+    cancel.add_argument("run_id", type=int, metavar="RUN_ID")
+
+
+def _add_command(sub: argparse._SubParsersAction, name: str, help_text: str, func: Command) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--db", metavar="URL",
+                        help=f"database URL or SQLite file (else ${DB_ENV_VAR}, else {DEFAULT_DB_URL})")
+    parser.set_defaults(func=_reporting_storage_errors(func))
+    return parser
+
+
+def _reporting_storage_errors(func: Command) -> Command:
+    """Database problems (unknown schema, no such run, unreachable server) end as one line, exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (StorageError, SQLAlchemyError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapper
+
+
+def _database(args: argparse.Namespace) -> Database:
+    return connect(resolve_db_url(args.db))
+
+
+# ---- commands -------------------------------------------------------------------------------
+def cmd_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        options = WorkerOptions(stale_after=args.stale_after, checkpoint_every=args.checkpoint_every, poll=args.poll,
+                                once=args.once)
+    except ValueError as err:
+        raise UsageError(f"worker: {err}") from None
+    db = _database(args)
+    worker = Worker(db, options, args.worker_id)
+    logging.getLogger("splitlab.worker").info("worker %s on %s", worker.worker_id, db.display_url())
+    with _stopping_on_signals(worker):
+        worker.run()
+    return 0
+
+
+@contextmanager
+def _stopping_on_signals(worker: Worker) -> Iterator[None]:
+    """SIGINT / SIGTERM: finish the round, checkpoint, queue the run again and exit. A second SIGINT quits now."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if worker.shutdown.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        print("stopping: a run in progress is checkpointed after this round and queued again", file=sys.stderr)
+        worker.stop()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    for warning in cfg.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    with _database(args).write() as session:
+        run_id = create_run(session, cfg)
+    print(run_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _database(args).read() as session:
+        run = get_run(session, args.run_id)
+        latest = latest_metrics(session, args.run_id)
+    if args.json:
+        print(json.dumps({**run.as_dict(), "latest_metrics": latest}, indent=1))
+    else:
+        print(describe_run(run, latest))
+    return 0
+
+
+def describe_run(run: RunInfo, latest: dict[str, Any] | None) -> str:
+    """A few lines for people: state, progress, latest metrics, error."""
+    title = f"run {run.id}" + (f" ({run.name})" if run.name else "")
+    lines = [f"{title}: {run.status.value}, round {run.last_round}/{run.rounds} ({run.progress:.0%})"]
+    if run.worker_id and not run.status.is_terminal:
+        lines.append(f"worker {run.worker_id}, last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC")
+    if run.cancel_requested and not run.status.is_terminal:
+        lines.append("cancel requested")
+    if latest is not None:
+        shown = "  ".join(f"{key} {latest[key]:.4g}" for key in SHOWN_METRICS)
+        lines.append(f"latest (round {latest['round']}): {shown}")
+    if run.error:
+        lines.append(f"error: {run.error}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _database(args).read() as session:
+        result = export_result(session, args.run_id)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    if result["summary"] is None:
+        print(f"warning: run {args.run_id} has not ended: the summary is null", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _database(args).write() as session:
+        status = request_cancel(session, args.run_id)
+    if status.is_terminal:
+        print(f"run {args.run_id} is {status.value}")
+    else:
+        print(f"run {args.run_id}: cancel requested; its worker stops at the next round")
+    return 0
+
+
+# ---- standalone entry point -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="splitlab-queue", description="SplitLab's run queue")
+    add_queue_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one queue command, as ``python -m engine`` does; bad input exits with code 2."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except (UsageError, ConfigError, DatasetNotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

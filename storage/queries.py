@@ -1,0 +1,393 @@
+"""Every read and write of a SplitLab database, as plain functions taking a ``Session``.
+
+The caller owns the session and its transaction (:meth:`storage.db.Database.read` and
+:meth:`~storage.db.Database.write`); nothing here commits. Results are dataclasses, dicts or
+DataFrames, never live ORM objects.
+
+The functions a worker calls on the run it trains take its ``worker_id`` and raise
+:class:`RunLost` when the run is no longer its own (taken over after a stale heartbeat, or
+deleted), so a worker that was presumed dead can never write over its successor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Select, delete, select, update
+from sqlalchemy.orm import Session
+
+from storage.arrays import pack_client_snapshot, unpack_client_snapshot
+from storage.db import StorageError
+from storage.models import METRIC_COLUMNS, Checkpoint, Image, Metric, Run, RunStatus, WorkerRecord
+
+if TYPE_CHECKING:  # only a type here: reading the database needs no torch
+    from engine.config import RunConfig
+
+
+class RunNotFound(StorageError):
+    """No run has this id."""
+
+
+class RunLost(StorageError):
+    """The run is no longer held by this worker (another worker took it over, or it was deleted)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as the queue and the dashboard see it."""
+
+    id: int
+    name: str
+    status: RunStatus
+    config: dict[str, Any]
+    seed: int
+    rounds: int
+    last_round: int
+    attempts: int
+    worker_id: str | None
+    heartbeat_at: datetime | None
+    cancel_requested: bool
+    error: str | None
+    summary: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the rounds done, 0..1."""
+        return self.last_round / self.rounds
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: times as ISO 8601 (UTC), the status as its name, progress added."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, datetime):
+                out[key] = value.isoformat() + "Z"
+        out["status"] = self.status.value
+        out["progress"] = self.progress
+        return out
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as it last reported itself."""
+
+    worker_id: str
+    run_id: int | None  # the run it trains; None while it waits for one
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    """What a worker learns when it reports it is alive."""
+
+    owned: bool             # False: the run was taken over or deleted; stop without writing
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    round: int
+    data: bytes
+    saved_at: datetime
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One client's reconstruction snapshot at one round (images as float32 in [0, 1])."""
+
+    round: int
+    client: int
+    inputs: np.ndarray                    # [k, C, H, W]
+    labels: np.ndarray                    # [k]
+    smashed: np.ndarray                   # [k, channels, h, w] or [k, d]
+    reconstruction: np.ndarray | None  # [k, C, H, W]; None without an InfoPro decoder
+    mse: float | None
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC datetime every table stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# ---- the queue ------------------------------------------------------------------------------
+def create_run(session: Session, cfg: RunConfig) -> int:
+    """Queue a run of ``cfg``; returns its id."""
+    run = Run(name=cfg.name, status=RunStatus.QUEUED, config=cfg.model_dump(mode="json"), seed=cfg.seed,
+              rounds=cfg.rounds, created_at=utcnow())
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def claim_next_run(session: Session, worker_id: str) -> RunInfo | None:
+    """Move the oldest queued run to running for ``worker_id``; None when nothing is queued.
+    Either way the worker is recorded as alive (training that run, or idle).
+
+    Atomic when called in a :meth:`~storage.db.Database.write` transaction: SQLite holds the
+    write lock from its start; PostgreSQL locks the row and other workers skip it.
+    """
+    run = session.scalars(_oldest_queued()).first()
+    if run is not None:
+        now = utcnow()
+        run.status, run.worker_id, run.heartbeat_at = RunStatus.RUNNING, worker_id, now
+        run.started_at = run.started_at or now
+        run.attempts += 1
+    _worker_alive(session, worker_id, run.id if run else None)
+    return None if run is None else _info(run)
+
+
+def requeue_stale_runs(session: Session, stale_after: float) -> list[int]:
+    """Queue again the running runs whose heartbeat is older than ``stale_after`` seconds; their ids.
+
+    Their checkpoints stay, so the next worker resumes them. A stale run whose cancel was
+    requested is marked cancelled instead. Heartbeats are worker clock times: the workers'
+    clocks must agree to well within ``stale_after`` (NTP does).
+    """
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    stale = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)
+                            .with_for_update(skip_locked=True)).all()
+    requeued = []
+    for run in stale:
+        run.worker_id, run.heartbeat_at = None, None
+        if run.cancel_requested:
+            run.status, run.finished_at = RunStatus.CANCELLED, utcnow()
+        else:
+            run.status = RunStatus.QUEUED
+            requeued.append(run.id)
+    session.flush()
+    return requeued
+
+
+def heartbeat(session: Session, run_id: int, worker_id: str, last_round: int) -> HeartbeatReply:
+    """Record that ``worker_id`` is alive and has done ``last_round`` rounds of its run; report whether to stop."""
+    result = session.execute(
+        update(Run).where(Run.id == run_id, Run.worker_id == worker_id, Run.status == RunStatus.RUNNING)
+        .values(heartbeat_at=utcnow(), last_round=last_round))
+    owned = result.rowcount == 1
+    _worker_alive(session, worker_id, run_id if owned else None)
+    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+    return HeartbeatReply(owned=owned, cancel_requested=bool(cancel))
+
+
+def live_workers(session: Session, max_age: float) -> list[WorkerInfo]:
+    """The workers that reported themselves alive in the last ``max_age`` seconds, by id."""
+    cutoff = utcnow() - timedelta(seconds=max_age)
+    records = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= cutoff)
+                              .order_by(WorkerRecord.worker_id))
+    return [WorkerInfo(w.worker_id, w.run_id, w.started_at, w.heartbeat_at) for w in records]
+
+
+def forget_stale_workers(session: Session, stale_after: float) -> None:
+    """Remove the workers silent for more than ``stale_after`` seconds (killed, or their machine gone)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    session.execute(delete(WorkerRecord).where(WorkerRecord.heartbeat_at < cutoff))
+
+
+def remove_worker(session: Session, worker_id: str) -> None:
+    """A worker that exits removes itself."""
+    session.execute(delete(WorkerRecord).where(WorkerRecord.worker_id == worker_id))
+
+
+def request_cancel(session: Session, run_id: int) -> RunStatus:
+    """Cancel a run: a queued one at once, a running one at its worker's next round. Returns the status now."""
+    run = _locked_run(session, run_id)
+    if run.status == RunStatus.QUEUED:
+        run.status, run.finished_at = RunStatus.CANCELLED, utcnow()
+    elif run.status == RunStatus.RUNNING:
+        run.cancel_requested = True
+    session.flush()
+    return run.status
+
+
+def release_run(session: Session, run_id: int, worker_id: str, last_round: int) -> None:
+    """Give a running run back to the queue (the worker is shutting down; its checkpoint is current)."""
+    run = _owned_run(session, run_id, worker_id)
+    run.status, run.worker_id, run.heartbeat_at, run.last_round = RunStatus.QUEUED, None, None, last_round
+
+
+def mark_finished(session: Session, run_id: int, worker_id: str, summary: dict[str, Any], last_round: int) -> None:
+    """The run completed: store its summary and drop its checkpoint, which nothing needs any more."""
+    _close(session, run_id, worker_id, RunStatus.FINISHED, summary=summary, last_round=last_round)
+    session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+
+
+def mark_cancelled(session: Session, run_id: int, worker_id: str, summary: dict[str, Any], last_round: int) -> None:
+    """The run stopped on request, after ``last_round`` rounds."""
+    _close(session, run_id, worker_id, RunStatus.CANCELLED, summary=summary, last_round=last_round)
+
+
+def mark_failed(session: Session, run_id: int, worker_id: str, error: str) -> None:
+    """The run raised ``error`` (a readable message); its metrics so far stay."""
+    _close(session, run_id, worker_id, RunStatus.FAILED, error=error)
+
+
+def delete_run(session: Session, run_id: int) -> None:
+    """Delete a run with its metrics, images and checkpoint (a worker training it stops at its next heartbeat)."""
+    if session.execute(delete(Run).where(Run.id == run_id)).rowcount == 0:
+        raise RunNotFound(f"no run with id {run_id}")
+
+
+# ---- what a worker records -------------------------------------------------------------------
+def append_metrics(session: Session, run_id: int, worker_id: str, rows: Iterable[dict[str, Any]]) -> None:
+    """Store evaluation steps (the engine's history rows); figures without a column go to ``extra``."""
+    _owned_run(session, run_id, worker_id)
+    for row in rows:
+        extra = {key: value for key, value in row.items() if key not in METRIC_COLUMNS}
+        session.add(Metric(run_id=run_id, **{key: row[key] for key in METRIC_COLUMNS}, extra=extra or None))
+    session.flush()
+
+
+def append_images(session: Session, run_id: int, worker_id: str, round_: int, snapshot: dict) -> None:
+    """Store a :func:`engine.evaluate.reconstruction_snapshot`, one row per client shown."""
+    _owned_run(session, run_id, worker_id)
+    for client, entry in snapshot["clients"].items():
+        arrays = pack_client_snapshot(snapshot["inputs"], snapshot["labels"], entry)
+        session.add(Image(run_id=run_id, round=round_, client=int(client), arrays=arrays, mse=entry.get("mse")))
+    session.flush()
+
+
+def save_checkpoint(session: Session, run_id: int, worker_id: str, round_: int, data: bytes) -> None:
+    """Replace the run's checkpoint. Commit it with the metrics up to ``round_`` so the two always agree."""
+    _owned_run(session, run_id, worker_id)
+    session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
+    session.add(Checkpoint(run_id=run_id, round=round_, data=data, saved_at=utcnow()))
+    session.flush()
+
+
+def load_checkpoint(session: Session, run_id: int) -> StoredCheckpoint | None:
+    """The run's latest checkpoint, or None."""
+    checkpoint = session.get(Checkpoint, run_id)
+    if checkpoint is None:
+        return None
+    return StoredCheckpoint(round=checkpoint.round, data=checkpoint.data, saved_at=checkpoint.saved_at)
+
+
+def rewind_to_checkpoint(session: Session, run_id: int, worker_id: str) -> StoredCheckpoint | None:
+    """Before training a claimed run: drop metric and image rows after its checkpoint (all of them
+    without one), so the resumed run adds each evaluation step exactly once. Returns the checkpoint."""
+    run = _owned_run(session, run_id, worker_id)
+    checkpoint = load_checkpoint(session, run_id)
+    kept = checkpoint.round if checkpoint else 0
+    session.execute(delete(Metric).where(Metric.run_id == run_id, Metric.round > kept))
+    session.execute(delete(Image).where(Image.run_id == run_id, Image.round > kept))
+    run.last_round = kept
+    session.flush()
+    return checkpoint
+
+
+# ---- what the dashboard and the CLI read -------------------------------------------------------
+def get_run(session: Session, run_id: int) -> RunInfo:
+    """The run with this id; :class:`RunNotFound` if there is none."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id}")
+    return _info(run)
+
+
+def list_runs(session: Session, statuses: Iterable[RunStatus] | None = None, limit: int | None = None) -> list[RunInfo]:
+    """Runs, newest first, optionally only those in ``statuses``."""
+    query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if statuses is not None:
+        query = query.where(Run.status.in_(list(statuses)))
+    return [_info(run) for run in session.scalars(query)]
+
+
+def history_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
+    """The run's evaluation steps by round, as the engine's ``history`` rows."""
+    metrics = session.scalars(select(Metric).where(Metric.run_id == run_id).order_by(Metric.round))
+    return [_history_row(metric) for metric in metrics]
+
+
+def run_history(session: Session, run_id: int) -> pd.DataFrame:
+    """The run's evaluation steps as a DataFrame, one row per step, one column per figure."""
+    rows = history_rows(session, run_id)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(METRIC_COLUMNS))
+
+
+def latest_metrics(session: Session, run_id: int) -> dict[str, Any] | None:
+    """The run's last evaluation step, or None before its first."""
+    metric = session.scalars(select(Metric).where(Metric.run_id == run_id)
+                             .order_by(Metric.round.desc()).limit(1)).first()
+    return None if metric is None else _history_row(metric)
+
+
+def image_rounds(session: Session, run_id: int) -> list[int]:
+    """The rounds at which the run recorded reconstruction snapshots."""
+    return list(session.scalars(select(Image.round).where(Image.run_id == run_id).distinct().order_by(Image.round)))
+
+
+def run_images(session: Session, run_id: int, round_: int | None = None) -> list[ImageRecord]:
+    """The run's snapshots (of one round, if given), by round then client."""
+    query = select(Image).where(Image.run_id == run_id).order_by(Image.round, Image.client)
+    if round_ is not None:
+        query = query.where(Image.round == round_)
+    return [_image_record(image) for image in session.scalars(query)]
+
+
+def export_result(session: Session, run_id: int) -> dict[str, Any]:
+    """The JSON ``engine run --out`` writes: config, history, summary (None until the run ends)."""
+    run = get_run(session, run_id)
+    return {"config": run.config, "history": history_rows(session, run_id), "summary": run.summary}
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _info(run: Run) -> RunInfo:
+    return RunInfo(**{f.name: getattr(run, f.name) for f in fields(RunInfo)})
+
+
+def _history_row(metric: Metric) -> dict[str, Any]:
+    return {**{key: getattr(metric, key) for key in METRIC_COLUMNS}, **(metric.extra or {})}
+
+
+def _image_record(image: Image) -> ImageRecord:
+    arrays = unpack_client_snapshot(image.arrays)
+    return ImageRecord(round=image.round, client=image.client, inputs=arrays["inputs"], labels=arrays["labels"],
+                       smashed=arrays["smashed"], reconstruction=arrays.get("reconstruction"), mse=image.mse)
+
+
+def _oldest_queued() -> Select[tuple[Run]]:
+    """The oldest queued run, locked; PostgreSQL skips rows other workers hold (SQLite ignores FOR UPDATE)."""
+    return select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(1).with_for_update(skip_locked=True)
+
+
+def _locked_run(session: Session, run_id: int) -> Run:
+    """The run, its row locked against concurrent changes until the transaction ends (PostgreSQL;
+    SQLite's write transaction already excludes other writers)."""
+    run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()).first()
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id}")
+    return run
+
+
+def _owned_run(session: Session, run_id: int, worker_id: str) -> Run:
+    """The run, if ``worker_id`` holds it; else :class:`RunLost`."""
+    run = session.scalars(select(Run).where(Run.id == run_id).with_for_update()).first()
+    if run is None or run.status != RunStatus.RUNNING or run.worker_id != worker_id:
+        raise RunLost(f"run {run_id} is no longer held by worker {worker_id}")
+    return run
+
+
+def _worker_alive(session: Session, worker_id: str, run_id: int | None) -> None:
+    now = utcnow()
+    record = session.get(WorkerRecord, worker_id)
+    if record is None:
+        record = WorkerRecord(worker_id=worker_id, started_at=now)
+        session.add(record)
+    record.heartbeat_at, record.run_id = now, run_id
+    session.flush()
+
+
+def _close(session: Session, run_id: int, worker_id: str, status: RunStatus, **values: Any) -> None:
+    run = _owned_run(session, run_id, worker_id)
+    run.status, run.finished_at = status, utcnow()
+    for key, value in values.items():
+        setattr(run, key, value)
+    session.flush()

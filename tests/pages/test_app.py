@@ -1,0 +1,50 @@
+"""The entry point: navigation, the sidebar's worker state, read-only mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from storage import queries
+from storage.db import close, connect
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def db_url(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    monkeypatch.setenv("SPLITLAB_DB", url)
+    monkeypatch.setenv("SPLITLAB_NO_WORKER", "1")
+    monkeypatch.delenv("SPLITLAB_READONLY", raising=False)
+    st.cache_data.clear()
+    yield url
+    close(url)
+
+
+def test_app_opens_on_new_run_and_says_no_worker_runs(db_url):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert at.header[0].value == "New run"
+    assert any("No worker is running" in w.value for w in at.sidebar.warning)
+
+
+def test_sidebar_shows_a_live_worker(db_url):
+    with connect(db_url).write() as s:
+        assert queries.claim_next_run(s, "lab:42") is None  # an idle worker looking for work
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert any("lab:42" in m.value and "idle" in m.value for m in at.sidebar.success)
+
+
+def test_read_only_app_opens_on_runs_and_starts_nothing(db_url, monkeypatch):
+    monkeypatch.setenv("SPLITLAB_READONLY", "1")
+    monkeypatch.delenv("SPLITLAB_NO_WORKER")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert at.header[0].value == "Runs"
+    assert any("Read-only" in m.value for m in at.sidebar.info)
+    with connect(db_url).read() as s:
+        assert queries.live_workers(s, 60) == []

@@ -1,0 +1,173 @@
+"""Every page through ``streamlit.testing.v1.AppTest`` against a real SQLite database.
+
+A finished run is trained for real by the worker (tiny synthetic data) before the pages read it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from engine.config import validate_config
+from storage import queries
+from storage.db import close, connect
+from storage.worker import Worker, WorkerOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 60
+TINY = {"num_clients": 3, "rounds": 6, "batch_size": 8, "eval_every": 2, "image_every": 3,
+        "data": {"dataset": "synthetic", "eval_subset": 32}, "optim": {"name": "adam", "lr": 0.001},
+        "mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
+        "averaging": {"enabled": True}}
+
+
+@pytest.fixture
+def db_url(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'pages.db'}"
+    monkeypatch.setenv("SPLITLAB_DB", url)
+    monkeypatch.setenv("SPLITLAB_NO_WORKER", "1")
+    monkeypatch.delenv("SPLITLAB_READONLY", raising=False)
+    st.cache_data.clear()
+    yield url
+    st.cache_data.clear()
+    close(url)
+
+
+@pytest.fixture
+def finished_run(db_url) -> int:
+    """One LocFedMix-SL run on synthetic data, trained to the end by a real worker."""
+    db = connect(db_url)
+    with db.write() as s:
+        run_id = queries.create_run(s, validate_config({**TINY, "name": "tiny lfm"}))
+    assert Worker(db, WorkerOptions(once=True, poll=0.1)).run() == 1
+    with db.read() as s:
+        assert queries.get_run(s, run_id).status.value == "finished"
+    return run_id
+
+
+def page(name: str, run_id: int | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
+    if run_id is not None:
+        at.query_params["run"] = str(run_id)
+    return at.run()
+
+
+def runs_in_db(url: str) -> list[queries.RunInfo]:
+    with connect(url).read() as s:
+        return queries.list_runs(s)
+
+
+def test_new_run_has_every_control(db_url):
+    at = page("new_run")
+    assert not at.exception
+    labels = {w.label for w in [*at.number_input, *at.slider, *at.selectbox, *at.checkbox, *at.toggle, *at.radio]}
+    for expected in ("clients n", "rounds T", "batch size b", "learning rate η", "seed", "n_s, mixup partners per client",
+                     "λ ~ Beta(α, β): α", "λ ~ Beta(α, β): β", "T_c, average every (rounds)", "local loss",
+                     "③ smashed-data mixup", "④' average the auxiliary networks too", "SGLR SplitAvg",
+                     "SplitLr α (η_s = η·n^α)", "partition", "data set", "optimiser", "mixing", "over partners"):
+        assert expected in labels, expected
+    assert len(at.get("plotly_chart")) >= 1  # the live Beta density
+
+
+def test_new_run_bounds_n_s_by_n_minus_one(db_url):
+    at = page("new_run")
+    n_input = next(w for w in at.number_input if w.label == "clients n")
+    n_input.set_value(4).run()
+    slider = next(w for w in at.slider if w.label.startswith("n_s"))
+    assert slider.max == 3
+
+
+def test_new_run_explains_invalid_input_and_blocks_submit(db_url):
+    at = page("new_run")
+    next(w for w in at.number_input if w.label == "learning rate η").set_value(0.0).run()
+    errors = " ".join(e.value for e in at.error)
+    assert "optim.lr" in errors and "greater than 0" in errors
+    assert next(b for b in at.button if b.label == "Queue run").disabled
+    assert runs_in_db(db_url) == []
+
+
+def test_new_run_queues_a_run_with_the_chosen_config(db_url):
+    at = page("new_run")
+    next(w for w in at.number_input if w.label == "clients n").set_value(6).run()
+    next(w for w in at.number_input if w.label == "rounds T").set_value(40).run()
+    next(w for w in at.slider if w.label.startswith("n_s")).set_value(2).run()
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    runs = runs_in_db(db_url)
+    assert len(runs) == 1 and runs[0].status.value == "queued"
+    cfg = runs[0].config
+    assert cfg["num_clients"] == 6 and cfg["rounds"] == 40 and cfg["mixup"]["num_partners"] == 2
+    assert cfg["mixup"]["enabled"] and cfg["local_loss"]["average_aux"] and cfg["averaging"]["enabled"]
+
+
+def test_sweep_queues_the_grid(db_url):
+    at = page("new_run")
+    next(w for w in at.multiselect if w.label.startswith("technique combinations")).set_value([4, 8]).run()
+    next(w for w in at.text_input if w.label.startswith("clients n")).set_value("3,5").run()
+    next(b for b in at.button if b.label == "Queue sweep").click().run()
+    runs = runs_in_db(db_url)
+    assert sorted((r.config["num_clients"], r.name) for r in runs) == [
+        (3, "T3 row 4 n=3"), (3, "T3 row 8 n=3"), (5, "T3 row 4 n=5"), (5, "T3 row 8 n=5")]
+
+
+def test_runs_page_lists_runs_with_progress(finished_run, db_url):
+    at = page("runs")
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [finished_run]
+    assert table["progress"].iloc[0] == 1.0 and table["status"].iloc[0] == "finished"
+
+
+def test_runs_page_offers_actions_for_the_linked_run(finished_run):
+    at = page("runs", finished_run)
+    labels = {b.label for b in at.button}
+    assert {"Open live view", "Result page", "Cancel", "Re-run"} <= labels
+    next(b for b in at.button if b.label == "Re-run").click().run()
+    assert len(runs_in_db(os.environ["SPLITLAB_DB"])) == 2
+
+
+def test_live_page_draws_the_curves_of_the_linked_run(finished_run):
+    at = page("live", finished_run)
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 4
+    assert any(m.label == "test accuracy" for m in at.metric)
+
+
+def test_compare_page_builds_the_grid(finished_run):
+    at = page("compare")
+    assert not at.exception
+    grid = at.dataframe[0].value
+    assert "n=3" in grid.columns and grid.index[0].startswith("8: 1,2,3,4p,5")
+
+
+def test_infopro_page_shows_reconstructions(finished_run):
+    at = page("infopro", finished_run)
+    assert not at.exception
+    assert len(at.get("image")) == 3  # one grid per client shown
+    assert len(at.select_slider[0].options) == 2  # snapshots at rounds 3 and 6
+    assert len(at.get("plotly_chart")) == 1  # reconstruction MSE over rounds
+
+
+def test_latency_page_plots_the_model_and_finished_runs(finished_run):
+    at = page("latency")
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_result_page_offers_downloads(finished_run):
+    at = page("run", finished_run)
+    assert not at.exception
+    assert any("tiny lfm" in h.value for h in at.header)
+    assert len(at.get("download_button")) == 3
+
+
+@pytest.mark.parametrize("name", ["new_run", "runs", "live", "compare", "infopro", "latency", "run"])
+def test_read_only_mode_has_no_control_that_changes_anything(name, finished_run, monkeypatch):
+    monkeypatch.setenv("SPLITLAB_READONLY", "1")
+    at = page(name, finished_run)
+    assert not at.exception
+    forbidden = {"Queue run", "Queue sweep", "Cancel", "Re-run", "Delete", "Yes, delete"}
+    assert not forbidden & {b.label for b in at.button}

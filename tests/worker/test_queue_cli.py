@@ -1,0 +1,86 @@
+"""The queue commands end to end: submit, worker --once, status, export, cancel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.cli import main as engine_main
+from storage.cli import main as queue_main
+from tests.storage.support import without_wall_clock
+
+RUN_FLAGS = ["--dataset", "synthetic", "--clients", "3", "--rounds", "6", "--batch-size", "8", "--eval-every", "3",
+             "--techniques", "1,2,3,4p,5", "--seed", "4", "--set", "data.eval_subset=64", "--name", "cli run"]
+
+
+@pytest.fixture
+def url(db):
+    return db.url
+
+
+def submit(url: str, capsys, *flags: str) -> int:
+    assert queue_main(["submit", "--db", url, *RUN_FLAGS, *flags]) == 0
+    return int(capsys.readouterr().out)
+
+
+def status_json(url: str, run_id: int, capsys) -> dict:
+    assert queue_main(["status", str(run_id), "--db", url, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_submit_queues_the_run_that_the_flags_describe_and_prints_its_id(url, capsys):
+    run_id = submit(url, capsys, "--lr", "0.02")
+    status = status_json(url, run_id, capsys)
+    assert (status["id"], status["status"], status["name"], status["progress"]) == (run_id, "queued", "cli run", 0)
+    assert status["config"]["optim"]["lr"] == 0.02 and status["config"]["mixup"]["enabled"] is True
+    assert status["latest_metrics"] is None
+
+
+def test_bad_flags_and_unknown_runs_exit_with_code_2_and_one_line(url, capsys):
+    assert queue_main(["submit", "--db", url, *RUN_FLAGS, "--clients", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error: num_clients")
+    assert queue_main(["status", "99", "--db", url]) == 2
+    assert capsys.readouterr().err == "error: no run with id 99\n"
+    assert queue_main(["status", "one", "--db", url]) == 2
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_worker_status_and_export_give_what_engine_run_gives(url, capsys, tmp_path):
+    run_id = submit(url, capsys)
+    assert queue_main(["worker", "--db", url, "--once"]) == 0
+    capsys.readouterr()
+    assert queue_main(["status", str(run_id), "--db", url]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"run {run_id} (cli run): finished, round 6/6 (100%)") and "latest (round 6): test_acc" in text
+    exported, direct = tmp_path / "exported.json", tmp_path / "direct.json"
+    assert queue_main(["export", str(run_id), "--db", url, "--out", str(exported)]) == 0
+    assert engine_main(["run", *RUN_FLAGS, "--out", str(direct)]) == 0
+    ours, theirs = json.loads(exported.read_text()), json.loads(direct.read_text())
+    assert ours["config"] == theirs["config"]
+    assert without_wall_clock(ours["history"]) == without_wall_clock(theirs["history"])
+    ours["summary"].pop("wall_s"), theirs["summary"].pop("wall_s")
+    assert ours["summary"] == theirs["summary"]
+
+
+def test_cancelling_a_queued_run_ends_it_before_any_worker_takes_it(url, capsys):
+    run_id = submit(url, capsys)
+    assert queue_main(["cancel", str(run_id), "--db", url]) == 0
+    assert capsys.readouterr().out == f"run {run_id} is cancelled\n"
+    assert queue_main(["worker", "--db", url, "--once"]) == 0
+    assert status_json(url, run_id, capsys)["status"] == "cancelled"
+
+
+def test_exporting_an_unfinished_run_warns_that_the_summary_is_missing(url, capsys, tmp_path):
+    run_id = submit(url, capsys)
+    out = tmp_path / "queued.json"
+    assert queue_main(["export", str(run_id), "--db", url, "--out", str(out)]) == 0
+    assert "has not ended" in capsys.readouterr().err
+    assert json.loads(out.read_text())["summary"] is None
+
+
+def test_the_database_url_comes_from_the_environment_without_db(url, capsys, monkeypatch):
+    monkeypatch.setenv("SPLITLAB_DB", url)
+    assert queue_main(["submit", *RUN_FLAGS]) == 0
+    run_id = int(capsys.readouterr().out)
+    assert status_json(url, run_id, capsys)["status"] == "queued"
