@@ -34,7 +34,7 @@ def row_label(codes: str) -> str:
 
 def grid(results: pd.DataFrame, value: str) -> pd.DataFrame:
     """Rows = technique combinations (Table 3 order first), columns = n, mean over repeated runs."""
-    table = results.pivot_table(index="techniques", columns="n", values=value, aggfunc="mean")
+    table = results.pivot_table(index="techniques", columns="n", values=value, aggfunc="mean", dropna=False)
     order = sorted(table.index, key=lambda c: (ROW_OF.get(c, 99), c))
     table = table.loc[order]
     table.index = [row_label(c) for c in table.index]
