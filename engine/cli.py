@@ -176,6 +176,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from engine.reproduce import reproduce
+
+    try:
+        ns = [int(v) for v in args.clients.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--clients {args.clients!r}: expected comma-separated whole numbers, e.g. 10,20,40") from None
+    if not ns or min(ns) < 2:
+        raise UsageError("--clients: every n must be at least 2")
+    out = reproduce(args.study, args.dataset, ns, args.rounds, args.seed, args.profile, args.out_dir, args.db)
+    print(f"results in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m engine", description="SplitLab: the parallel split-learning simulator")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -191,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-s", type=int, default=None, help="mixup partners (default n//2)")
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(func=cmd_bench)
+    rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and plots")
+    rep.add_argument("study", choices=["table3", "sglr"])
+    rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
+    rep.add_argument("--clients", default="10,20,40", help="comma-separated n values")
+    rep.add_argument("--rounds", type=int, default=300, help="rounds per run (the paper: 10,000)")
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--profile", default="demo", choices=list(PROFILES))
+    rep.add_argument("--out-dir", default="docs/results", help="where tables, plots and run JSONs go")
+    rep.add_argument("--db", help="queue the runs in this database for workers instead of training here")
+    rep.set_defaults(func=cmd_reproduce)
     # The queue commands (worker, submit, status, export, cancel) live with the database code;
     # the engine's core never imports storage, only this front door does.
     from storage.cli import add_queue_commands
