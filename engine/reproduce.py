@@ -45,6 +45,7 @@ def sglr_arms() -> list[Arm]:
     ]
 
 
+POLL_S = 2.0  # seconds between looks at the queued runs
 STUDIES = {"table3": table3_arms, "sglr": sglr_arms}
 
 
@@ -79,7 +80,7 @@ def run_queued(configs: dict[Path, RunConfig], db_url: str) -> None:
     print(f"queued {len(ids)} runs in {db.display_url()}; start workers with `python -m engine worker`", flush=True)
     pending = dict(ids)
     while pending:
-        time.sleep(5)
+        time.sleep(POLL_S)
         with db.read() as s:
             for path, run_id in list(pending.items()):
                 status = queries.get_run(s, run_id).status
