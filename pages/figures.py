@@ -85,8 +85,11 @@ def beta_density(alpha: float, beta: float) -> go.Figure:
 def latency_figure(rows: list[dict]) -> go.Figure:
     """Fig. 8: latency against n for each T_comp:T_comm ratio, one panel each."""
     df = pd.DataFrame(rows)
-    fig = px.line(df, x="n", y="latency", color="method", facet_col="ratio", log_y=True,
-                  labels={"latency": "latency (s)", "n": "clients n"})
+    # several methods tie (e.g. LocSplitFed and LocFedMix-SL at T_c = 1 once n*T_comm >= T_comp):
+    # dashes keep every line visible where they overlap
+    fig = px.line(df, x="n", y="latency", color="method", line_dash="method", facet_col="ratio", log_y=True,
+                  labels={"latency": "latency (s)", "n": "clients n"},
+                  color_discrete_sequence=px.colors.qualitative.D3)
     fig.for_each_annotation(lambda a: a.update(text="T_comp:T_comm = " + a.text.split("=")[-1]))
     fig.update_layout(margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.25})
     return fig
