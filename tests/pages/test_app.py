@@ -4,25 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from storage import queries
-from storage.db import close, connect
+from storage.db import connect
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
-
-
-@pytest.fixture
-def db_url(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'app.db'}"
-    monkeypatch.setenv("SPLITLAB_DB", url)
-    monkeypatch.setenv("SPLITLAB_NO_WORKER", "1")
-    monkeypatch.delenv("SPLITLAB_READONLY", raising=False)
-    st.cache_data.clear()
-    yield url
-    close(url)
 
 
 def test_app_opens_on_new_run_and_says_no_worker_runs(db_url):

@@ -9,12 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.config import validate_config
 from storage import queries
-from storage.db import close, connect
+from storage.db import connect
 from storage.worker import Worker, WorkerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,18 +22,6 @@ TINY = {"num_clients": 3, "rounds": 6, "batch_size": 8, "eval_every": 2, "image_
         "data": {"dataset": "synthetic", "eval_subset": 32}, "optim": {"name": "adam", "lr": 0.001},
         "mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
         "averaging": {"enabled": True}}
-
-
-@pytest.fixture
-def db_url(tmp_path, monkeypatch):
-    url = f"sqlite:///{tmp_path / 'pages.db'}"
-    monkeypatch.setenv("SPLITLAB_DB", url)
-    monkeypatch.setenv("SPLITLAB_NO_WORKER", "1")
-    monkeypatch.delenv("SPLITLAB_READONLY", raising=False)
-    st.cache_data.clear()
-    yield url
-    st.cache_data.clear()
-    close(url)
 
 
 @pytest.fixture
