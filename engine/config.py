@@ -144,7 +144,7 @@ class RunConfig(_Section):
         return self.optim.lr
 
     def techniques(self) -> list[str]:
-        """The technique codes of this config, as ``--techniques`` takes them (1, 2, 3, 4, 4p, 5)."""
+        """The technique codes of this config, as ``--techniques`` takes them (1, 2, 3, 4, 4p, 5, splitlr, splitavg)."""
         codes = ["1"]
         if self.schedule == "parallel" and self.global_backward:
             codes.append("2")
@@ -154,6 +154,10 @@ class RunConfig(_Section):
             codes.append("4p" if self.local_loss.average_aux and self.averaging.enabled else "4")
         if self.averaging.enabled:
             codes.append("5")
+        if self.split_lr.enabled:
+            codes.append("splitlr")
+        if self.split_avg.enabled:
+            codes.append("splitavg")
         return codes
 
     def warnings(self) -> list[str]:

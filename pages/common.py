@@ -99,11 +99,7 @@ def clear_caches() -> None:
 def technique_codes(config: dict) -> str:
     """'1,2,3,4p,5' (plus splitlr/splitavg) for a stored config."""
     from engine.config import RunConfig
-    cfg = RunConfig.model_validate(config)
-    codes = cfg.techniques()
-    codes += ["splitlr"] if cfg.split_lr.enabled else []
-    codes += ["splitavg"] if cfg.split_avg.enabled else []
-    return ",".join(codes)
+    return ",".join(RunConfig.model_validate(config).techniques())
 
 
 def run_label(row: dict | pd.Series, with_status: bool = True) -> str:

@@ -19,9 +19,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.cli import UsageError, _Parser, add_run_arguments, config_from_args
-from engine.config import ConfigError
-from engine.data import DatasetNotFound
+from engine.cli import UsageError, add_run_arguments, config_from_args
 from storage.db import DB_ENV_VAR, DEFAULT_DB_URL, Database, StorageError, connect, resolve_db_url
 from storage.queries import RunInfo, create_run, export_result, get_run, latest_metrics, request_cancel
 from storage.worker import Worker, WorkerOptions
@@ -173,18 +171,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- standalone entry point -------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="splitlab-queue", description="SplitLab's run queue")
-    add_queue_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    return parser
-
-
+# ---- entry point ------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    """Run one queue command, as ``python -m engine`` does; bad input exits with code 2."""
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except (UsageError, ConfigError, DatasetNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """Run one command exactly as ``python -m engine`` does (the queue commands are part of it)."""
+    from engine.cli import main as engine_main
+
+    return engine_main(argv)
