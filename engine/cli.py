@@ -176,16 +176,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_reproduce(args: argparse.Namespace) -> int:
-    from engine.reproduce import reproduce
-
+def _int_list(flag: str, text: str, example: str) -> list[int]:
     try:
-        ns = [int(v) for v in args.clients.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"--clients {args.clients!r}: expected comma-separated whole numbers, e.g. 10,20,40") from None
-    if not ns or min(ns) < 2:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. {example}") from None
+    if not values:
+        raise UsageError(f"{flag}: give at least one value, e.g. {example}")
+    return values
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from engine.reproduce import StudyMismatch, reproduce
+
+    ns = _int_list("--clients", args.clients, "10,20,40")
+    if min(ns) < 2:
         raise UsageError("--clients: every n must be at least 2")
-    out = reproduce(args.study, args.dataset, ns, args.rounds, args.seed, args.profile, args.out_dir, args.db)
+    seeds = _int_list("--seeds", args.seeds, "0,1,2")
+    if args.rounds < 1:
+        raise UsageError("--rounds must be at least 1")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    try:
+        out = reproduce(args.study, args.dataset, ns, args.rounds, seeds, args.profile, args.out_dir, args.db,
+                        jobs=args.jobs)
+    except StudyMismatch as err:
+        raise UsageError(str(err)) from None
     print(f"results in {out}")
     return 0
 
@@ -210,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
     rep.add_argument("--clients", default="10,20,40", help="comma-separated n values")
     rep.add_argument("--rounds", type=int, default=300, help="rounds per run (the paper: 10,000)")
-    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds; tables show mean ± std")
+    rep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (in-process only)")
     rep.add_argument("--profile", default="demo", choices=list(PROFILES))
-    rep.add_argument("--out-dir", default="docs/results", help="where tables, plots and run JSONs go")
+    rep.add_argument("--out-dir", default="docs/results",
+                     help="where the study folder <study>-<dataset>-T<rounds> (tables, plots, run JSONs) goes")
     rep.add_argument("--db", help="queue the runs in this database for workers instead of training here")
     rep.set_defaults(func=cmd_reproduce)
     # The queue commands (worker, submit, status, export, cancel) live with the database code;

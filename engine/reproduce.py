@@ -1,25 +1,36 @@
 """``python -m engine reproduce table3 | sglr``: the papers' comparisons, measured with this engine.
 
-Each study is a grid of ordinary runs (technique combination x n). Every finished run is kept as
-``<out>/runs/<key>.json`` (the ``run --out`` format), so a study resumes where it stopped and
-the tables can be rebuilt at any time. With ``--db`` the runs go to the queue instead, where
-workers train them and the dashboard's Compare page shows them; the command waits and exports.
-Results: ``table.md``, ``table.csv``, ``accuracy_vs_n.png`` and ``curves_n<max>.png``.
+Each study is a grid of ordinary runs (technique combination x n x seed), kept in one folder per
+scale, ``<out>/<study>-<dataset>-T<rounds>/``. Every finished run is ``runs/<key>_n<n>_s<seed>.json``
+(the ``run --out`` format), so a study resumes where it stopped, a run cut off mid-way resumes from
+its checkpoint (``checkpoints/``, not committed), and the tables can be rebuilt at any time.
+``--jobs`` trains several runs at once, one process each. With ``--db`` the runs go to the queue
+instead, where workers train them and the dashboard's Compare page shows them; the command waits
+and exports. Results: ``table.md`` and ``table.csv`` (mean and standard deviation over seeds),
+``accuracy_vs_n.png`` and ``curves_n<max>.png``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from engine.config import RunConfig, deep_merge, validate_config
 from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS
 from engine.presets import PROFILES, TABLE3_ROWS, techniques_to_config
+
+
+class StudyMismatch(ValueError):
+    """A finished run in the study folder was trained with a different config."""
 
 
 @dataclass(frozen=True)
@@ -46,27 +57,94 @@ def sglr_arms() -> list[Arm]:
 
 
 POLL_S = 2.0  # seconds between looks at the queued runs
+CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process run
 STUDIES = {"table3": table3_arms, "sglr": sglr_arms}
+
+
+def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int) -> Path:
+    """One folder per scale: runs of different lengths never mix in one table."""
+    return Path(out_dir) / f"{study}-{dataset}-T{rounds}"
+
+
+def run_name(arm: Arm, n: int, seed: int) -> str:
+    return f"{arm.key} n={n} seed={seed}"
+
+
+def run_key(arm: Arm, n: int, seed: int) -> str:
+    """The run's file name (without .json) in ``runs/``."""
+    return f"{arm.key}_n{n}_s{seed}"
 
 
 def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile: str) -> RunConfig:
     """The profile's hyper-parameters, the arm's techniques, n_s = n // 2 (the paper grows n_s with n),
     and the paper's summed mixup loss (Adam's step does not scale with it)."""
     return validate_config(deep_merge(deep_merge(PROFILES[profile], arm.overrides), {
-        "name": f"{arm.key} n={n}", "num_clients": n, "rounds": rounds, "seed": seed,
+        "name": run_name(arm, n, seed), "num_clients": n, "rounds": rounds, "seed": seed,
         "eval_every": max(1, rounds // 30), "image_every": 0, "data": {"dataset": dataset},
         "mixup": {"num_partners": n // 2, "reduction": "sum"}}))
 
 
+# ---- training ------------------------------------------------------------------------------
+def _checkpoint_path(out: Path) -> Path:
+    return out.parent.parent / "checkpoints" / (out.stem + ".pt")
+
+
 def run_in_process(cfg: RunConfig, out: Path) -> dict:
-    from engine.trainer import Trainer
+    """Train one run (resuming from its checkpoint if one was left) and write its JSON."""
+    from engine.trainer import Callbacks, Trainer
+
+    ckpt = _checkpoint_path(out)
+    trainer = None
+    if ckpt.exists():
+        try:
+            trainer = Trainer.from_checkpoint(ckpt)
+            if trainer.cfg != cfg:
+                trainer = None
+        except (ValueError, KeyError, RuntimeError, EOFError):
+            trainer = None  # a checkpoint from other code or a torn file: start again
+    resumed_at = trainer.round if trainer is not None else None
+    trainer = trainer or Trainer(cfg)
+    last_save = [time.perf_counter()]
+
+    class Checkpointing(Callbacks):
+        def on_round(self, tr: Trainer, losses) -> None:
+            if time.perf_counter() - last_save[0] >= CHECKPOINT_EVERY_S and tr.round < tr.cfg.rounds:
+                tr.save_checkpoint(ckpt)
+                last_save[0] = time.perf_counter()
 
     start = time.perf_counter()
-    result = Trainer(cfg).run()
+    result = trainer.run(Checkpointing())
     out.write_text(json.dumps(result, indent=1))
-    print(f"  {cfg.name}: final acc {result['summary']['final_test_acc']:.4f} in {time.perf_counter() - start:.0f} s",
-          flush=True)
+    ckpt.unlink(missing_ok=True)
+    note = f" (resumed from round {resumed_at})" if resumed_at is not None else ""
+    print(f"  {cfg.name}: final acc {result['summary']['final_test_acc']:.4f} in "
+          f"{time.perf_counter() - start:.0f} s{note}", flush=True)
     return result
+
+
+def _init_job(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_job(cfg_json: dict, out: str) -> str:
+    run_in_process(RunConfig.model_validate(cfg_json), Path(out))
+    return out
+
+
+def run_jobs(todo: dict[Path, RunConfig], jobs: int) -> None:
+    """Train the runs in ``jobs`` processes at once, sharing the cores between them."""
+    if jobs <= 1 or len(todo) <= 1:
+        for path, cfg in todo.items():
+            run_in_process(cfg, path)
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_job,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_train_job, cfg.model_dump(mode="json"), str(path)) for path, cfg in todo.items()]
+        for future in as_completed(futures):
+            future.result()  # re-raises a failed run here
 
 
 def run_queued(configs: dict[Path, RunConfig], db_url: str) -> None:
@@ -90,21 +168,53 @@ def run_queued(configs: dict[Path, RunConfig], db_url: str) -> None:
                     del pending[path]
 
 
-def load_results(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+# ---- tables and plots ----------------------------------------------------------------------
+def load_results(out: Path) -> dict[str, dict]:
+    """Finished runs by their key (file name)."""
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
+    return {k: r for k, r in results.items() if r["summary"].get("final_test_acc") is not None}
 
 
-def write_tables(out: Path, arms: list[Arm], ns: list[int], results: list[dict], study: str) -> None:
-    by_key = {r["config"]["name"]: r for r in results if r["summary"].get("final_test_acc") is not None}
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def late_gain(history: list[dict]) -> float:
+    """How much the live accuracy still rose over the last quarter of the rounds (mean of the last
+    three evaluations against the mean of the three around the 3/4 mark): near 0 means the curve
+    has flattened."""
+    accs = [h["test_acc"] for h in history]
+    if len(accs) < 8:
+        return accs[-1] - accs[0] if accs else 0.0
+    q = round(len(accs) * 0.75)
+    return statistics.fmean(accs[-3:]) - statistics.fmean(accs[q - 2:q + 1])
+
+
+def aggregate(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> list[dict]:
+    """One row per (arm, n): mean and standard deviation over the seeds that finished."""
     rows = []
     for arm in arms:
         for n in ns:
-            r = by_key.get(f"{arm.key} n={n}")
-            if r:
-                s = r["summary"]
-                rows.append({"arm": arm.label, "n": n, "final_test_acc": round(s["final_test_acc"], 4),
-                             "best_test_acc": round(s["best_test_acc"], 4), "rounds_to_target": s["rounds_to_target"],
-                             "target_acc": s["target_acc"], "rounds": s["rounds_done"], "wall_s": round(s["wall_s"], 1)})
+            runs = [results[k] for k in (run_key(arm, n, s) for s in seeds) if k in results]
+            if not runs:
+                continue
+            final = [r["summary"]["final_test_acc"] for r in runs]
+            best = [r["summary"]["best_test_acc"] for r in runs]
+            hit = [r["summary"]["rounds_to_target"] for r in runs if r["summary"]["rounds_to_target"] is not None]
+            late = [late_gain(r["history"]) for r in runs]
+            rows.append({
+                "arm": arm.label, "n": n, "seeds": len(runs),
+                "final_test_acc": round(statistics.fmean(final), 4), "final_test_acc_std": round(_std(final), 4),
+                "best_test_acc": round(statistics.fmean(best), 4),
+                "rounds_to_target": round(statistics.fmean(hit)) if len(hit) == len(runs) else None,
+                "target_acc": runs[0]["summary"]["target_acc"], "rounds": runs[0]["summary"]["rounds_done"],
+                "late_gain": round(statistics.fmean(late), 4),
+                "wall_s": round(statistics.fmean(r["summary"]["wall_s"] for r in runs), 1)})
+    return rows
+
+
+def write_tables(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict], study: str) -> None:
+    rows = aggregate(arms, ns, seeds, results)
     with open(out / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
         writer.writeheader()
@@ -115,9 +225,9 @@ def write_tables(out: Path, arms: list[Arm], ns: list[int], results: list[dict],
 def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str) -> str:
     cell = {(r["arm"], r["n"]): r for r in rows}
     lines = ["| techniques | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    best = {n: max((cell[(a.label, n)]["final_test_acc"] for a in arms if (a.label, n) in cell), default=None)
+            for n in ns}
     for arm in arms:
-        best = {n: max((cell[(a.label, n)]["final_test_acc"] for a in arms if (a.label, n) in cell), default=None)
-                for n in ns}
         cells = []
         for n in ns:
             r = cell.get((arm.label, n))
@@ -125,11 +235,20 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str)
                 cells.append("–")
                 continue
             acc = f"{r['final_test_acc']:.4f}"
+            if r["seeds"] > 1:
+                acc += f" ± {r['final_test_acc_std']:.4f}"
             acc = f"**{acc}**" if r["final_test_acc"] == best[n] else acc
             cells.append(f"{acc} ({r['rounds_to_target'] or '–'})")
         lines.append(f"| {arm.label} | " + " | ".join(cells) + " |")
-    note = "Cells: final test accuracy (full test set, mean over clients) and, in brackets, the first evaluated " \
-           "round at which the live accuracy reached the target; best per column in bold."
+    seeds = sorted({r["seeds"] for r in rows})
+    over = f"mean ± standard deviation over {'/'.join(map(str, seeds))} seeds" if seeds and seeds[-1] > 1 else "one seed"
+    scale = f" after {rows[0]['rounds']} rounds" if rows else ""
+    target = rows[0]["target_acc"] if rows else "the target"
+    averaged = " (mean over seeds; – if a seed never did)" if over != "one seed" else ""
+    note = (f"Cells: final test accuracy{scale} (full test set, mean over clients; {over}) and, in brackets, the "
+            f"first evaluated round at which the live accuracy reached {target}{averaged}; best per column in bold. "
+            "`table.csv` also has `late_gain`, the rise of the live accuracy over the last quarter of the rounds "
+            "(near 0: the curve has flattened).")
     if study == "table3":
         paper = ["", "The paper (CIFAR-10, LeNet-5, T = 10,000):", "",
                  "| row | " + " | ".join(f"n={n}" for n in TABLE3_CLIENTS) + " |", "|---|" + "---|" * len(TABLE3_CLIENTS)]
@@ -138,18 +257,20 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str)
     return "\n".join(lines + ["", note]) + "\n"
 
 
-def write_plots(out: Path, arms: list[Arm], ns: list[int], results: list[dict]) -> None:
+def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    by_key = {r["config"]["name"]: r for r in results}
+    rows = {(r["arm"], r["n"]): r for r in aggregate(arms, ns, seeds, results)}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm in arms:
-        pts = [(n, by_key[f"{arm.key} n={n}"]["summary"]["final_test_acc"]) for n in ns if f"{arm.key} n={n}" in by_key]
+        pts = [(n, rows[(arm.label, n)]) for n in ns if (arm.label, n) in rows]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=arm.label)
+            ax.errorbar([n for n, _ in pts], [r["final_test_acc"] for _, r in pts],
+                        yerr=[r["final_test_acc_std"] for _, r in pts], marker="o", capsize=3, label=arm.label)
     ax.set_xlabel("clients n")
     ax.set_ylabel("final test accuracy")
     ax.legend(fontsize=7)
@@ -159,9 +280,15 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], results: list[dict]) 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     n_max = max(ns)
     for arm in arms:
-        r = by_key.get(f"{arm.key} n={n_max}")
-        if r:
-            ax.plot([h["round"] for h in r["history"]], [h["test_acc"] for h in r["history"]], label=arm.label)
+        runs = [results[k] for k in (run_key(arm, n_max, s) for s in seeds) if k in results]
+        if not runs:
+            continue
+        length = min(len(r["history"]) for r in runs)
+        x = [h["round"] for h in runs[0]["history"][:length]]
+        acc = np.array([[h["test_acc"] for h in r["history"][:length]] for r in runs])
+        (line,) = ax.plot(x, acc.mean(axis=0), label=arm.label)
+        if len(runs) > 1:
+            ax.fill_between(x, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("round")
     ax.set_ylabel(f"test accuracy (live subset), n = {n_max}")
     ax.legend(fontsize=7)
@@ -171,25 +298,47 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], results: list[dict]) 
     plt.close("all")
 
 
-def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seed: int, profile: str, out_dir: str,
-              db_url: str | None) -> Path:
+# ---- the command ---------------------------------------------------------------------------
+def plan(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str,
+         out: Path) -> tuple[dict[Path, RunConfig], int]:
+    """The runs still to train, and how many are already done. A finished run whose config differs
+    from the one planned (other code or other settings in the same folder) is refused, not reused."""
+    todo, done = {}, 0
+    for seed in seeds:  # one seed of every cell first, small n first: a whole table appears early
+        for n in ns:
+            for arm in STUDIES[study]():
+                path = out / "runs" / f"{run_key(arm, n, seed)}.json"
+                cfg = study_config(arm, n, dataset, rounds, seed, profile)
+                if not path.exists():
+                    todo[path] = cfg
+                    continue
+                stored_run = json.loads(path.read_text())
+                if stored_run["summary"].get("final_test_acc") is None:  # failed or cancelled in the queue
+                    todo[path] = cfg
+                    continue
+                stored = stored_run["config"]
+                planned = cfg.model_dump(mode="json")
+                diff = sorted(k for k in set(stored) | set(planned) if k != "name" and stored.get(k) != planned.get(k))
+                if diff:
+                    raise StudyMismatch(f"{path} was trained with a different config (differs in {', '.join(diff)}); "
+                                        "move it away or use another --out-dir")
+                done += 1
+    return todo, done
+
+
+def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str, out_dir: str,
+              db_url: str | None, jobs: int = 1) -> Path:
     arms = STUDIES[study]()
-    out = Path(out_dir) / f"{study}-{dataset}"
+    out = study_dir(out_dir, study, dataset, rounds)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo = {}
-    for n in ns:  # small n first: the first rows of the table appear early
-        for arm in arms:
-            path = out / "runs" / f"{arm.key}_n{n}.json"
-            if not path.exists():
-                todo[path] = study_config(arm, n, dataset, rounds, seed, profile)
-    print(f"{study} on {dataset}: {len(todo)} runs to train, {len(arms) * len(ns) - len(todo)} already done",
-          file=sys.stderr, flush=True)
+    todo, done = plan(study, dataset, ns, rounds, seeds, profile, out)
+    print(f"{study} on {dataset}, {rounds} rounds: {len(todo)} runs to train, {done} already done"
+          + (f", {jobs} at a time" if jobs > 1 and not db_url else ""), file=sys.stderr, flush=True)
     if db_url:
         run_queued(todo, db_url)
     else:
-        for path, cfg in todo.items():
-            run_in_process(cfg, path)
+        run_jobs(todo, jobs)
     results = load_results(out)
-    write_tables(out, arms, ns, results, study)
-    write_plots(out, arms, ns, results)
+    write_tables(out, arms, ns, seeds, results, study)
+    write_plots(out, arms, ns, seeds, results)
     return out

@@ -1,30 +1,114 @@
-"""The reproduction command: a resumable grid of runs, tables and plots, in-process or queued."""
+"""The reproduction command: a resumable grid of runs (seeds, parallel jobs, checkpoints), tables and
+plots, in-process or queued."""
 
 from __future__ import annotations
 
 import csv
+import json
 import threading
 
 import pytest
 
 import engine.reproduce as rep
+from engine.cli import main
+from engine.trainer import Callbacks, Trainer
 from storage.db import close, connect
 from storage.worker import Worker, WorkerOptions
 
 
 def test_table3_grid_writes_tables_and_plots_and_resumes(tmp_path, monkeypatch):
-    out = rep.reproduce("table3", "digits", [3, 4], rounds=2, seed=0, profile="demo", out_dir=str(tmp_path),
+    out = rep.reproduce("table3", "digits", [3, 4], rounds=2, seeds=[0], profile="demo", out_dir=str(tmp_path),
                         db_url=None)
-    assert len(list((out / "runs").glob("*.json"))) == 16
+    assert out == tmp_path / "table3-digits-T2"
+    assert len(list((out / "runs").glob("*_s0.json"))) == 16
     table = (out / "table.md").read_text()
     assert table.count("\n| ") >= 8 + 8  # our 8 rows and the paper's 8
-    assert "8: 1,2,3,4p,5 (LocFedMix-SL)" in table
+    assert "8: 1,2,3,4p,5 (LocFedMix-SL)" in table and "one seed" in table and "±" not in table
     with open(out / "table.csv") as f:
         rows = list(csv.DictReader(f))
     assert {(r["arm"][:1], r["n"]) for r in rows} == {(str(i), n) for i in range(1, 9) for n in ("3", "4")}
     assert (out / "accuracy_vs_n.png").stat().st_size > 1000 and (out / "curves_n4.png").exists()
     monkeypatch.setattr(rep, "run_in_process", lambda cfg, path: pytest.fail(f"{cfg.name} trained twice"))
-    rep.reproduce("table3", "digits", [3, 4], 2, 0, "demo", str(tmp_path), None)
+    rep.reproduce("table3", "digits", [3, 4], 2, [0], "demo", str(tmp_path), None)
+
+
+def test_seeds_give_mean_and_spread_and_jobs_change_nothing(tmp_path):
+    one = rep.reproduce("sglr", "digits", [3], rounds=3, seeds=[0, 1], profile="demo", out_dir=str(tmp_path / "a"),
+                        db_url=None, jobs=1)
+    two = rep.reproduce("sglr", "digits", [3], rounds=3, seeds=[0, 1], profile="demo", out_dir=str(tmp_path / "b"),
+                        db_url=None, jobs=2)
+    for path in sorted((one / "runs").glob("*.json")):
+        a, b = json.loads(path.read_text()), json.loads((two / "runs" / path.name).read_text())
+        assert [h["test_acc"] for h in a["history"]] == [h["test_acc"] for h in b["history"]], path.name
+        assert a["summary"]["final_test_acc"] == b["summary"]["final_test_acc"]
+    results = rep.load_results(one)
+    assert len(results) == 8
+    with open(one / "table.csv") as f:
+        row = next(r for r in csv.DictReader(f) if r["arm"] == "SGLR: both")
+    finals = [results[f"sglr_n3_s{s}"]["summary"]["final_test_acc"] for s in (0, 1)]
+    assert row["seeds"] == "2"
+    assert float(row["final_test_acc"]) == pytest.approx(sum(finals) / 2, abs=1e-4)
+    assert float(row["final_test_acc_std"]) == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5, abs=1e-4)
+    assert "mean ± standard deviation over 2 seeds" in (one / "table.md").read_text()
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
+    arm = rep.sglr_arms()[3]
+    cfg = rep.study_config(arm, 3, "digits", 6, 0, "demo")
+    whole = Trainer(cfg).run()
+
+    class StopAt3(Callbacks):
+        def should_stop(self, trainer):
+            return trainer.round == 3
+
+    out = tmp_path / "study" / "runs" / "sglr_n3_s0.json"
+    out.parent.mkdir(parents=True)
+    cut = Trainer(cfg)
+    cut.run(StopAt3())
+    cut.save_checkpoint(rep._checkpoint_path(out))
+    resumed = rep.run_in_process(cfg, out)
+    assert [h["test_acc"] for h in resumed["history"]] == [h["test_acc"] for h in whole["history"]]
+    assert resumed["summary"]["final_test_acc"] == whole["summary"]["final_test_acc"]
+    assert not rep._checkpoint_path(out).exists() and json.loads(out.read_text())["summary"]["rounds_done"] == 6
+
+
+def test_a_checkpoint_for_another_config_is_not_used(tmp_path):
+    arm = rep.sglr_arms()[0]
+    out = tmp_path / "study" / "runs" / "parallel_n3_s0.json"
+    out.parent.mkdir(parents=True)
+    other = Trainer(rep.study_config(arm, 3, "digits", 4, 1, "demo"))  # seed 1, not 0
+    seed1 = other.run()
+    other.save_checkpoint(rep._checkpoint_path(out))
+    cfg = rep.study_config(arm, 3, "digits", 4, 0, "demo")
+    got = [h["test_acc"] for h in rep.run_in_process(cfg, out)["history"]]
+    assert got == [h["test_acc"] for h in Trainer(cfg).run()["history"]]
+    assert got != [h["test_acc"] for h in seed1["history"]]
+
+
+def test_a_finished_run_with_another_config_is_refused_not_reused(tmp_path, capsys):
+    out = rep.reproduce("sglr", "digits", [3], rounds=2, seeds=[0], profile="demo", out_dir=str(tmp_path), db_url=None)
+    path = out / "runs" / "splitlr_n3_s0.json"
+    run = json.loads(path.read_text())
+    run["config"]["lr"] = 0.5
+    path.write_text(json.dumps(run))
+    with pytest.raises(rep.StudyMismatch, match="splitlr_n3_s0.json.*differs in lr"):
+        rep.reproduce("sglr", "digits", [3], 2, [0], "demo", str(tmp_path), None)
+    assert main(["reproduce", "sglr", "--dataset", "digits", "--clients", "3", "--rounds", "2",
+                 "--out-dir", str(tmp_path)]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--clients", "10,x"], "--clients '10,x'"),
+    (["--clients", "1,10"], "at least 2"),
+    (["--seeds", "a"], "--seeds 'a'"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+])
+def test_bad_flags_are_one_clear_error(flags, message, capsys, tmp_path):
+    assert main(["reproduce", "table3", "--out-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
 
 
 def test_study_configs_follow_the_paper_where_the_scale_allows():
@@ -39,7 +123,7 @@ def test_sglr_grid_runs_through_the_queue(tmp_path):
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        out = rep.reproduce("sglr", "digits", [3], rounds=2, seed=0, profile="demo", out_dir=str(tmp_path / "r"),
+        out = rep.reproduce("sglr", "digits", [3], rounds=2, seeds=[0], profile="demo", out_dir=str(tmp_path / "r"),
                             db_url=url)
     finally:
         worker.stop()
@@ -47,3 +131,10 @@ def test_sglr_grid_runs_through_the_queue(tmp_path):
         close(url)
     assert len(list((out / "runs").glob("*.json"))) == 4
     assert "SGLR: both" in (out / "table.md").read_text()
+
+
+def test_late_gain_says_whether_a_curve_has_flattened():
+    flat = [{"test_acc": a} for a in [0.5, 0.7, 0.8, 0.85] + [0.86] * 12]
+    rising = [{"test_acc": 0.5 + 0.02 * i} for i in range(16)]
+    assert rep.late_gain(flat) == pytest.approx(0.0)
+    assert rep.late_gain(rising) == pytest.approx(0.02 * ((13 + 14 + 15) / 3 - (10 + 11 + 12) / 3))
