@@ -187,7 +187,7 @@ def _int_list(flag: str, text: str, example: str) -> list[int]:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from engine.reproduce import StudyMismatch, reproduce
+    from engine.reproduce import StudyMismatch, reproduce, study_dir
 
     ns = _int_list("--clients", args.clients, "10,20,40")
     if min(ns) < 2:
@@ -195,6 +195,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     seeds = _int_list("--seeds", args.seeds, "0,1,2")
     if args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
+    if args.study == "latency":
+        from engine.latency_study import write_latency_study
+
+        table3 = study_dir(args.out_dir, "table3", args.dataset, args.rounds)
+        try:
+            out = write_latency_study(args.out_dir, args.dataset, table3, max(ns), seeds[0])
+        except FileNotFoundError as err:
+            raise UsageError(str(err)) from None
+        print(f"results in {out}")
+        return 0
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     try:
@@ -221,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n-s", type=int, default=None, help="mixup partners (default n//2)")
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(func=cmd_bench)
-    rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and plots")
-    rep.add_argument("study", choices=["table3", "sglr"])
+    rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and "
+                         "plots; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
+    rep.add_argument("study", choices=["table3", "sglr", "latency"])
     rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
     rep.add_argument("--clients", default="10,20,40", help="comma-separated n values")
     rep.add_argument("--rounds", type=int, default=300, help="rounds per run (the paper: 10,000)")
