@@ -7,6 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 from engine.latency import LatencyParams, latency_curves
+from engine.latency_study import fig8_claims
 from pages import common
 from pages.figures import latency_figure
 
@@ -24,9 +25,13 @@ lower = c6.number_input("|w_c|: lower model (parameters)", 1, 10**9, 156)
 aux = c7.number_input("|ŵ_c|: auxiliary network (parameters)", 0, 10**9, 793)
 params = LatencyParams(t_comp=t_comm, t_comm=t_comm, smashed_size=smashed, lower_size=lower, aux_size=aux,
                        avg_interval=int(interval))
-st.plotly_chart(latency_figure(latency_curves(range(1, int(max_n) + 1), int(rounds), params)), key="fig8")
+curves = latency_curves(range(1, int(max_n) + 1), int(rounds), params)
+st.plotly_chart(latency_figure(curves), key="fig8")
 st.caption("Panels: T_comp : T_comm = 10:1, 1:1, 1:10. Defaults: LeNet-5 cut after conv1+pool "
            "(|s| = 64·6·14·14, |w_c| = 156, InfoPro decoder |ŵ_c| = 793).")
+st.subheader("The paper's claims about this figure, checked on these settings")
+st.dataframe(pd.DataFrame([{"claim": c.text, "holds": "yes" if c.holds else "no", "numbers": c.evidence}
+                           for c in fig8_claims(curves)]), hide_index=True, width="stretch")
 
 st.subheader("Bytes exchanged by finished runs")
 runs = common.runs_frame()

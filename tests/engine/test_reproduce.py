@@ -49,6 +49,9 @@ def test_seeds_give_mean_and_spread_and_jobs_change_nothing(tmp_path):
     assert row["seeds"] == "2"
     assert float(row["final_test_acc"]) == pytest.approx(sum(finals) / 2, abs=1e-4)
     assert float(row["final_test_acc_std"]) == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5, abs=1e-4)
+    last5 = [sum(h["test_acc"] for h in results[f"sglr_n3_s{s}"]["history"][-5:]) / len(
+        results[f"sglr_n3_s{s}"]["history"][-5:]) for s in (0, 1)]
+    assert float(row["last5_live_acc"]) == pytest.approx(sum(last5) / 2, abs=1e-4)
     assert "mean ± standard deviation over 2 seeds" in (one / "table.md").read_text()
 
 

@@ -142,6 +142,12 @@ def test_latency_page_plots_the_model_and_finished_runs(finished_run):
     at = page("latency")
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2
+    claims = at.dataframe[0].value
+    assert len(claims) == 4 and set(claims["holds"]) == {"yes", "no"}  # the 10:1 worst-case claim fails
+    assert "not below LocSplitFed at n = 10–100" in claims["numbers"][2]
+    at.number_input[2].set_value(9).run()  # n <= 9 < T_comp / T_comm: LocSplitFed waits on its compute
+    evidence = at.dataframe[0].value["numbers"][2]
+    assert "not below LocSplitFed" not in evidence and "not below Vanilla SL at n = 2" in evidence
 
 
 def test_result_page_offers_downloads(finished_run):
