@@ -22,7 +22,10 @@ from tests.storage.support import queue, tiny_config
 from tests.storage.test_queries import history_row, snapshot
 
 W1 = "worker-1"
-MAX_READ_S = 0.25  # a blocked read would wait for the writer (seconds) or for the busy timeout (30 s)
+# A read blocked by the writer's lock would wait for the busy timeout (30 s) and then fail; a read on
+# a loaded machine (CI, two trainings beside it) can take a second. This bound separates the two; it
+# is not a speed goal (those live in `python -m storage.perf`).
+MAX_READ_S = 5.0
 
 
 def claimed_run(db: Database) -> int:
