@@ -13,7 +13,6 @@ whose clients take turns), give a simulated clock for its learning curve.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 from engine.data import load_dataset
 from engine.latency import BEST_CASE_LABEL, WORST_CASE_LABEL, LatencyParams, latency_curve_for_run, latency_curves
 from engine.models import InfoProDecoder, num_state_elements, prod, smashed_shape, split_lenet5
+from engine.reproduce import load_results, run_key, table3_arms
 
 RATIOS = ((10, 1), (1, 1), (1, 10))
 FIG9_ROWS = {1: "Vanilla SL", 4: "SplitFed", 7: "LocSplitFed + ②", 8: "LocFedMix-SL"}
@@ -83,24 +83,23 @@ def fig8_claims(rows: list[dict]) -> list[Claim]:
 
     claims = []
     for ratios, label in ((("10:1",), "10:1"), (("1:1", "1:10"), "1:1 and 1:10")):
-        lowest = [(ratio, n) for ratio in ratios for i, n in enumerate(ns)
-                  if any(lat(ratio, m)[i] < lat(ratio, BEST_CASE_LABEL)[i] for m in BASELINES)]
-        margin = np.concatenate([lat(r, BEST_CASE_LABEL) / np.min([lat(r, m) for m in BASELINES], axis=0)
-                                 for r in ratios])
+        # best case over the fastest baseline, per (ratio, n): above 1 where a baseline is faster
+        margins = {r: lat(r, BEST_CASE_LABEL) / np.min([lat(r, m) for m in BASELINES], axis=0) for r in ratios}
+        lowest = [(r, n) for r, margin in margins.items() for n, x in zip(ns, margin) if x > 1]
+        margin = np.concatenate(list(margins.values()))
         where = "at every n" if not lowest else f"not at {len(lowest)} (ratio, n) points, first {lowest[0]}"
         claims.append(Claim(f"{label}: LocFedMix-SL's best case (T_c = T) has the lowest latency", not lowest,
                             f"{where}; best case / fastest baseline = {margin.min():.3f}–{margin.max():.3f}"))
     worst, sf, lsf, vsl = (lat("10:1", m) for m in (WORST_CASE_LABEL, "splitfed", "locsplitfed", "vanilla_sl"))
-    beats_others = bool(np.all((worst < lsf) & ~np.isclose(worst, lsf)) and np.all(worst < vsl))
+    not_below = {"Vanilla SL": [n for n, w, v in zip(ns, worst, vsl) if w >= v],  # a tie is not a win
+                 "LocSplitFed": [n for n, w, x in zip(ns, worst, lsf) if w > x or np.isclose(w, x)]}
     claims.append(Claim(
         "10:1: LocFedMix-SL's worst case (T_c = 1) beats every baseline except SplitFed",
-        beats_others and bool(np.all(worst > sf)),
+        not any(not_below.values()) and bool(np.all(worst > sf)),
         f"worst / SplitFed = {(worst / sf).min():.2f}–{(worst / sf).max():.2f}; worst / LocSplitFed = "
         f"{(worst / lsf).min():.2f}–{(worst / lsf).max():.2f}"
         + f"; worst / Vanilla SL = {(worst / vsl).min():.3f}–{(worst / vsl).max():.2f}"
-        + "".join(f"; not below {name} at n = {ranges(bad)}" for name, bad in (
-            ("Vanilla SL", [n for n, w, v in zip(ns, worst, vsl) if w >= v]),
-            ("LocSplitFed", [n for n, w, x in zip(ns, worst, lsf) if w > x or np.isclose(w, x)])) if bad)))
+        + "".join(f"; not below {name} at n = {ranges(bad)}" for name, bad in not_below.items() if bad)))
     spread = [lat(r, WORST_CASE_LABEL) / lat(r, "locsplitfed") for r in ("1:1", "1:10")]
     lo, hi = min(s.min() for s in spread), max(s.max() for s in spread)
     claims.append(Claim("1:1 and 1:10: LocFedMix-SL's worst case is on par with LocSplitFed",
@@ -110,20 +109,24 @@ def fig8_claims(rows: list[dict]) -> list[Claim]:
     return claims
 
 
-def simulated_curves(study: Path, n: int, seed: int, sizes: Sizes, ratio: tuple[float, float]) -> dict[str, dict]:
-    """Fig. 9: for each of Table 3's rows 1, 4, 7 and 8, the live accuracy against simulated time in
-    units of T_comp. The uplink carries |s| (one client's smashed batch) in T_comm."""
+def fig9_runs(study: Path, n: int, seed: int) -> dict[str, dict]:
+    """The finished Table 3 runs of rows 1, 4, 7 and 8 at this n and seed, by the row's name."""
+    results = load_results(study) if (study / "runs").is_dir() else {}
+    arms = {arm.paper_row: arm for arm in table3_arms()}
+    keys = {label: run_key(arms[row], n, seed) for row, label in FIG9_ROWS.items()}
+    return {label: results[key] for label, key in keys.items() if key in results}
+
+
+def simulated_curves(runs: dict[str, dict], sizes: Sizes, ratio: tuple[float, float]) -> dict[str, dict]:
+    """Fig. 9: for each run, the live accuracy against simulated time in units of T_comp. The uplink
+    carries |s| (one client's smashed batch) in T_comm."""
     t_comp = 1.0
     bandwidth = sizes.smashed * 4 / (t_comp * ratio[1] / ratio[0])  # bytes per unit of time
     out = {}
-    for row, label in FIG9_ROWS.items():
-        path = study / "runs" / f"row{row}_n{n}_s{seed}.json"
-        if not path.exists():
-            continue
-        run = json.loads(path.read_text())
+    for label, run in runs.items():
         h, cfg = run["history"], run["config"]
-        time = latency_curve_for_run([r["round"] for r in h], [r["bytes_up"] for r in h], n, t_comp, bandwidth,
-                                     cfg["schedule"] == "sequential")
+        time = latency_curve_for_run([r["round"] for r in h], [r["bytes_up"] for r in h], cfg["num_clients"],
+                                     t_comp, bandwidth, cfg["schedule"] == "sequential")
         acc = [r["test_acc"] for r in h]
         target = run["summary"]["target_acc"]
         hit = next((float(t) for t, a in zip(time, acc) if a >= target), None)
@@ -171,16 +174,18 @@ def write_latency_study(out_dir: str, dataset: str, table3_dir: Path, n: int, se
     lines += [f"| {c.text} | {'yes' if c.holds else '**no**'} | {c.evidence} |" for c in claims]
     lines += ["", "![Fig. 8](fig8.png)", ""]
 
+    runs = fig9_runs(table3_dir, n, seed)
+    if not runs:
+        raise FileNotFoundError(f"no Table 3 runs for n = {n}, seed {seed} in {table3_dir}/runs; "
+                                "run `python -m engine reproduce table3` first")
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     lines += [f"## Accuracy against simulated time (Fig. 9), Table 3 runs at n = {n}", "",
               f"From `{table3_dir}`: each run's recorded uploads over one shared uplink that carries |s| in "
               "T_comm, plus T_comp per round (n per round for Vanilla SL). Time in units of T_comp. Unlike Table 4, "
               "Vanilla SL's one uploading client has the whole uplink.", "",
               "| T_comp : T_comm | " + " | ".join(FIG9_ROWS.values()) + " |", "|---|" + "---|" * len(FIG9_ROWS)]
-    found = False
     for ax, ratio in zip(axes, RATIOS):
-        curves = simulated_curves(table3_dir, n, seed, sizes, ratio)
-        found = found or bool(curves)
+        curves = simulated_curves(runs, sizes, ratio)
         cells = []
         for label in FIG9_ROWS.values():
             c = curves.get(label)
@@ -195,9 +200,6 @@ def write_latency_study(out_dir: str, dataset: str, table3_dir: Path, n: int, se
         ax.set_title(f"T_comp : T_comm = {ratio[0]}:{ratio[1]}, n = {n}", fontsize=9)
         ax.set_xlabel("simulated time (units of T_comp)")
         ax.grid(alpha=0.3)
-    if not found:
-        raise FileNotFoundError(f"no Table 3 runs for n = {n}, seed {seed} in {table3_dir}/runs; "
-                                "run `python -m engine reproduce table3` first")
     axes[0].set_ylabel("test accuracy (live subset)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()

@@ -27,6 +27,7 @@ from typing import Any
 from engine.config import RunConfig, deep_merge, validate_config
 from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS
 from engine.presets import PROFILES, TABLE3_ROWS, techniques_to_config
+from engine.trainer import Callbacks, Trainer
 
 
 class StudyMismatch(ValueError):
@@ -89,9 +90,21 @@ def _checkpoint_path(out: Path) -> Path:
     return out.parent.parent / "checkpoints" / (out.stem + ".pt")
 
 
+class _Checkpointing(Callbacks):
+    """Save the trainer every CHECKPOINT_EVERY_S wall seconds, so a killed run resumes near where it was."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.last_save = time.perf_counter()
+
+    def on_round(self, trainer: Trainer, losses: Any) -> None:
+        if time.perf_counter() - self.last_save >= CHECKPOINT_EVERY_S and trainer.round < trainer.cfg.rounds:
+            trainer.save_checkpoint(self.path)
+            self.last_save = time.perf_counter()
+
+
 def run_in_process(cfg: RunConfig, out: Path) -> dict:
     """Train one run (resuming from its checkpoint if one was left) and write its JSON."""
-    from engine.trainer import Callbacks, Trainer
 
     ckpt = _checkpoint_path(out)
     trainer = None
@@ -104,16 +117,8 @@ def run_in_process(cfg: RunConfig, out: Path) -> dict:
             trainer = None  # a checkpoint from other code or a torn file: start again
     resumed_at = trainer.round if trainer is not None else None
     trainer = trainer or Trainer(cfg)
-    last_save = [time.perf_counter()]
-
-    class Checkpointing(Callbacks):
-        def on_round(self, tr: Trainer, losses) -> None:
-            if time.perf_counter() - last_save[0] >= CHECKPOINT_EVERY_S and tr.round < tr.cfg.rounds:
-                tr.save_checkpoint(ckpt)
-                last_save[0] = time.perf_counter()
-
     start = time.perf_counter()
-    result = trainer.run(Checkpointing())
+    result = trainer.run(_Checkpointing(ckpt))
     out.write_text(json.dumps(result, indent=1))
     ckpt.unlink(missing_ok=True)
     note = f" (resumed from round {resumed_at})" if resumed_at is not None else ""
@@ -215,8 +220,7 @@ def aggregate(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[st
     return rows
 
 
-def write_tables(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict], study: str) -> None:
-    rows = aggregate(arms, ns, seeds, results)
+def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str) -> None:
     with open(out / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
         writer.writeheader()
@@ -243,10 +247,11 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str)
             cells.append(f"{acc} ({r['rounds_to_target'] or '–'})")
         lines.append(f"| {arm.label} | " + " | ".join(cells) + " |")
     seeds = sorted({r["seeds"] for r in rows})
-    over = f"mean ± standard deviation over {'/'.join(map(str, seeds))} seeds" if seeds and seeds[-1] > 1 else "one seed"
+    several = bool(seeds) and seeds[-1] > 1
+    over = f"mean ± standard deviation over {'/'.join(map(str, seeds))} seeds" if several else "one seed"
     scale = f" after {rows[0]['rounds']} rounds" if rows else ""
     target = rows[0]["target_acc"] if rows else "the target"
-    averaged = " (mean over seeds; – if a seed never did)" if over != "one seed" else ""
+    averaged = " (mean over seeds; – if a seed never did)" if several else ""
     note = (f"Cells: final test accuracy{scale} (full test set, mean over clients; {over}) and, in brackets, the "
             f"first evaluated round at which the live accuracy reached {target}{averaged}; best per column in bold. "
             "`table.csv` also has `late_gain`, the rise of the live accuracy over the last quarter of the rounds "
@@ -260,17 +265,18 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str)
     return "\n".join(lines + ["", note]) + "\n"
 
 
-def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
+def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], rows: list[dict],
+                results: dict[str, dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = {(r["arm"], r["n"]): r for r in aggregate(arms, ns, seeds, results)}
+    cell = {(r["arm"], r["n"]): r for r in rows}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for arm in arms:
-        pts = [(n, rows[(arm.label, n)]) for n in ns if (arm.label, n) in rows]
+        pts = [(n, cell[(arm.label, n)]) for n in ns if (arm.label, n) in cell]
         if pts:
             ax.errorbar([n for n, _ in pts], [r["final_test_acc"] for _, r in pts],
                         yerr=[r["final_test_acc_std"] for _, r in pts], marker="o", capsize=3, label=arm.label)
@@ -302,14 +308,14 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], res
 
 
 # ---- the command ---------------------------------------------------------------------------
-def plan(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str,
+def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str,
          out: Path) -> tuple[dict[Path, RunConfig], int]:
     """The runs still to train, and how many are already done. A finished run whose config differs
     from the one planned (other code or other settings in the same folder) is refused, not reused."""
     todo, done = {}, 0
     for seed in seeds:  # one seed of every cell first, small n first: a whole table appears early
         for n in ns:
-            for arm in STUDIES[study]():
+            for arm in arms:
                 path = out / "runs" / f"{run_key(arm, n, seed)}.json"
                 cfg = study_config(arm, n, dataset, rounds, seed, profile)
                 if not path.exists():
@@ -334,7 +340,7 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     arms = STUDIES[study]()
     out = study_dir(out_dir, study, dataset, rounds)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo, done = plan(study, dataset, ns, rounds, seeds, profile, out)
+    todo, done = plan(arms, dataset, ns, rounds, seeds, profile, out)
     print(f"{study} on {dataset}, {rounds} rounds: {len(todo)} runs to train, {done} already done"
           + (f", {jobs} at a time" if jobs > 1 and not db_url else ""), file=sys.stderr, flush=True)
     if db_url:
@@ -342,6 +348,7 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     else:
         run_jobs(todo, jobs)
     results = load_results(out)
-    write_tables(out, arms, ns, seeds, results, study)
-    write_plots(out, arms, ns, seeds, results)
+    rows = aggregate(arms, ns, seeds, results)
+    write_tables(out, arms, ns, rows, study)
+    write_plots(out, arms, ns, seeds, rows, results)
     return out

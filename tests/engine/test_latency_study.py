@@ -7,7 +7,7 @@ import pytest
 
 import engine.reproduce as rep
 from engine.cli import main
-from engine.latency_study import (FIG9_ROWS, fig8_claims, fig8_rows, lenet_sizes, ranges, simulated_curves,
+from engine.latency_study import (FIG9_ROWS, fig8_claims, fig8_rows, fig9_runs, lenet_sizes, ranges, simulated_curves,
                                   write_latency_study)
 from engine.models import split_lenet5
 
@@ -50,7 +50,7 @@ def table3_runs(tmp_path_factory):
 def test_simulated_time_is_compute_plus_recorded_uploads(table3_runs):
     _, study = table3_runs
     sizes = lenet_sizes("digits")
-    curves = simulated_curves(study, 3, 0, sizes, (1, 1))
+    curves = simulated_curves(fig9_runs(study, 3, 0), sizes, (1, 1))
     assert set(curves) == set(FIG9_ROWS.values())
     runs = {label: rep.load_results(study)[f"row{row}_n3_s0"] for row, label in FIG9_ROWS.items()}
     for label, c in curves.items():
