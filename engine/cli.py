@@ -207,10 +207,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    only = [k.strip() for k in args.arms.split(",") if k.strip()] if args.arms is not None else None
     try:
         out = reproduce(args.study, args.dataset, ns, args.rounds, seeds, args.profile, args.out_dir, args.db,
-                        jobs=args.jobs)
-    except StudyMismatch as err:
+                        jobs=args.jobs, only=only)
+    except (StudyMismatch, ValueError) as err:
         raise UsageError(str(err)) from None
     print(f"results in {out}")
     return 0
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rounds", type=int, default=300, help="rounds per run (the paper: 10,000)")
     rep.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds; tables show mean ± std")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (in-process only)")
+    rep.add_argument("--arms", help="train only these lines, in this order (table3: row1..row8; "
+                     "sglr: parallel, splitavg, splitlr, sglr); the tables still show every finished run")
     rep.add_argument("--profile", default="demo", choices=list(PROFILES))
     rep.add_argument("--out-dir", default="docs/results",
                      help="where the study folder <study>-<dataset>-T<rounds> (tables, plots, run JSONs) goes")

@@ -335,12 +335,27 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
     return todo, done
 
 
+def pick_arms(arms: list[Arm], keys: list[str] | None) -> list[Arm]:
+    """The arms named by ``keys``, in that order (all of them for None): what to train first."""
+    if keys is None:
+        return arms
+    by_key = {a.key: a for a in arms}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown or not keys:
+        raise ValueError(f"unknown arm {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"choose from {', '.join(by_key)}")
+    return [by_key[k] for k in dict.fromkeys(keys)]
+
+
 def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str, out_dir: str,
-              db_url: str | None, jobs: int = 1) -> Path:
+              db_url: str | None, jobs: int = 1, only: list[str] | None = None) -> Path:
+    """Train the study's missing runs (only the arms in ``only``, in its order, when given), then write
+    the tables and plots from every finished run of the study."""
     arms = STUDIES[study]()
+    train = pick_arms(arms, only)
     out = study_dir(out_dir, study, dataset, rounds)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo, done = plan(arms, dataset, ns, rounds, seeds, profile, out)
+    todo, done = plan(train, dataset, ns, rounds, seeds, profile, out)
     print(f"{study} on {dataset}, {rounds} rounds: {len(todo)} runs to train, {done} already done"
           + (f", {jobs} at a time" if jobs > 1 and not db_url else ""), file=sys.stderr, flush=True)
     if db_url:

@@ -107,6 +107,8 @@ def test_a_finished_run_with_another_config_is_refused_not_reused(tmp_path, caps
     (["--seeds", "a"], "--seeds 'a'"),
     (["--jobs", "0"], "--jobs must be at least 1"),
     (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--arms", "row1,row9"], "unknown arm 'row9'; choose from row1, row2"),
+    (["--arms", ","], "(none given)"),
 ])
 def test_bad_flags_are_one_clear_error(flags, message, capsys, tmp_path):
     assert main(["reproduce", "table3", "--out-dir", str(tmp_path), *flags]) == 2
@@ -141,3 +143,19 @@ def test_late_gain_says_whether_a_curve_has_flattened():
     rising = [{"test_acc": 0.5 + 0.02 * i} for i in range(16)]
     assert rep.late_gain(flat) == pytest.approx(0.0)
     assert rep.late_gain(rising) == pytest.approx(0.02 * ((13 + 14 + 15) / 3 - (10 + 11 + 12) / 3))
+
+
+def test_arms_trains_only_those_in_the_given_order_and_tables_keep_the_rest(tmp_path, monkeypatch):
+    trained = []
+    real = rep.run_in_process
+    monkeypatch.setattr(rep, "run_in_process", lambda cfg, path: trained.append(path.stem) or real(cfg, path))
+    out = rep.reproduce("sglr", "digits", [3], rounds=2, seeds=[0], profile="demo", out_dir=str(tmp_path),
+                        db_url=None, only=["splitlr", "parallel"])
+    assert trained == ["splitlr_n3_s0", "parallel_n3_s0"]
+    table = (out / "table.md").read_text()
+    assert "| SplitAvg phi=0.5 | – |" in table and "| SGLR: both | – |" in table
+    assert "| SplitLr alpha=0.5 | –" not in table
+    rep.reproduce("sglr", "digits", [3], 2, [0], "demo", str(tmp_path), None, only=["sglr"])
+    assert trained[2:] == ["sglr_n3_s0"]
+    with open(out / "table.csv") as f:
+        assert {r["arm"] for r in csv.DictReader(f)} == {"SplitLr alpha=0.5", "Parallel SL (neither)", "SGLR: both"}
