@@ -210,7 +210,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     only = [k.strip() for k in args.arms.split(",") if k.strip()] if args.arms is not None else None
     try:
         out = reproduce(args.study, args.dataset, ns, args.rounds, seeds, args.profile, args.out_dir, args.db,
-                        jobs=args.jobs, only=only)
+                        jobs=args.jobs, only=only, train=not args.no_train)
     except (StudyMismatch, ValueError) as err:
         raise UsageError(str(err)) from None
     print(f"results in {out}")
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (in-process only)")
     rep.add_argument("--arms", help="train only these lines, in this order (table3: row1..row8; "
                      "sglr: parallel, splitavg, splitlr, sglr); the tables still show every finished run")
+    rep.add_argument("--no-train", action="store_true",
+                     help="train nothing: rewrite the tables and plots from the runs already finished")
     rep.add_argument("--profile", default="demo", choices=list(PROFILES))
     rep.add_argument("--out-dir", default="docs/results",
                      help="where the study folder <study>-<dataset>-T<rounds> (tables, plots, run JSONs) goes")

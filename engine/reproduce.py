@@ -287,7 +287,8 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], row
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_n.png", dpi=120)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    n_max = max(ns)
+    # the largest n with a finished run (a partly trained grid still gets its curves)
+    n_max = max((n for n in ns if any(run_key(a, n, s) in results for a in arms for s in seeds)), default=max(ns))
     for arm in arms:
         runs = [results[k] for k in (run_key(arm, n_max, s) for s in seeds) if k in results]
         if not runs:
@@ -348,21 +349,27 @@ def pick_arms(arms: list[Arm], keys: list[str] | None) -> list[Arm]:
 
 
 def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str, out_dir: str,
-              db_url: str | None, jobs: int = 1, only: list[str] | None = None) -> Path:
-    """Train the study's missing runs (only the arms in ``only``, in its order, when given), then write
-    the tables and plots from every finished run of the study."""
+              db_url: str | None, jobs: int = 1, only: list[str] | None = None, train: bool = True) -> Path:
+    """Train the study's missing runs (only the arms in ``only``, in its order, when given; none when
+    ``train`` is False), then write the tables and plots from every finished run of the study."""
     arms = STUDIES[study]()
-    train = pick_arms(arms, only)
     out = study_dir(out_dir, study, dataset, rounds)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo, done = plan(train, dataset, ns, rounds, seeds, profile, out)
-    print(f"{study} on {dataset}, {rounds} rounds: {len(todo)} runs to train, {done} already done"
-          + (f", {jobs} at a time" if jobs > 1 and not db_url else ""), file=sys.stderr, flush=True)
-    if db_url:
-        run_queued(todo, db_url)
+    if train:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+    todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out)
+    if not train:
+        print(f"{study} on {dataset}, {rounds} rounds: {done} runs done, {len(todo)} missing (not trained: "
+              "--no-train)", file=sys.stderr, flush=True)
     else:
-        run_jobs(todo, jobs)
+        print(f"{study} on {dataset}, {rounds} rounds: {len(todo)} runs to train, {done} already done"
+              + (f", {jobs} at a time" if jobs > 1 and not db_url else ""), file=sys.stderr, flush=True)
+        if db_url:
+            run_queued(todo, db_url)
+        else:
+            run_jobs(todo, jobs)
     results = load_results(out)
+    if not results:
+        raise ValueError(f"no finished runs in {out}")
     rows = aggregate(arms, ns, seeds, results)
     write_tables(out, arms, ns, rows, study)
     write_plots(out, arms, ns, seeds, rows, results)

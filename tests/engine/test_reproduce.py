@@ -159,3 +159,20 @@ def test_arms_trains_only_those_in_the_given_order_and_tables_keep_the_rest(tmp_
     assert trained[2:] == ["sglr_n3_s0"]
     with open(out / "table.csv") as f:
         assert {r["arm"] for r in csv.DictReader(f)} == {"SplitLr alpha=0.5", "Parallel SL (neither)", "SGLR: both"}
+
+
+def test_no_train_rewrites_the_tables_from_finished_runs_only(tmp_path, monkeypatch, capsys):
+    out = rep.reproduce("sglr", "digits", [3], rounds=2, seeds=[0], profile="demo", out_dir=str(tmp_path),
+                        db_url=None, only=["parallel"])
+    monkeypatch.setattr(rep, "run_in_process", lambda cfg, path: pytest.fail(f"{cfg.name} trained"))
+    assert main(["reproduce", "sglr", "--dataset", "digits", "--clients", "3,4", "--rounds", "2",
+                 "--out-dir", str(tmp_path), "--no-train"]) == 0
+    assert "1 runs done, 7 missing" in capsys.readouterr().err
+    table = (out / "table.md").read_text()
+    assert "| techniques | n=3 | n=4 |" in table and "| Parallel SL (neither) | **0." in table
+    assert "| SGLR: both | – | – |" in table
+    assert (out / "curves_n3.png").exists() and not (out / "curves_n4.png").exists()  # n = 4 has no run yet
+    assert main(["reproduce", "sglr", "--dataset", "digits", "--rounds", "5", "--out-dir", str(tmp_path),
+                 "--no-train"]) == 2
+    assert "error: no finished runs in" in capsys.readouterr().err
+    assert not (tmp_path / "sglr-digits-T5").exists()
