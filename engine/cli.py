@@ -210,7 +210,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     only = [k.strip() for k in args.arms.split(",") if k.strip()] if args.arms is not None else None
     try:
         out = reproduce(args.study, args.dataset, ns, args.rounds, seeds, args.profile, args.out_dir, args.db,
-                        jobs=args.jobs, only=only, train=not args.no_train)
+                        jobs=args.jobs, only=only, train=not args.no_train, reduction=args.mixup_reduction)
     except (StudyMismatch, ValueError) as err:
         raise UsageError(str(err)) from None
     print(f"results in {out}")
@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-train", action="store_true",
                      help="train nothing: rewrite the tables and plots from the runs already finished")
     rep.add_argument("--profile", default="demo", choices=list(PROFILES))
+    rep.add_argument("--mixup-reduction", default="sum", choices=["sum", "mean"],
+                     help="combine the n_s partners' mixup losses by sum (the paper's) or mean; "
+                     "mean gets its own study folder, <study>-<dataset>-T<rounds>-mean")
     rep.add_argument("--out-dir", default="docs/results",
                      help="where the study folder <study>-<dataset>-T<rounds> (tables, plots, run JSONs) goes")
     rep.add_argument("--db", help="queue the runs in this database for workers instead of training here")

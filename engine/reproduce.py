@@ -62,9 +62,14 @@ CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process r
 STUDIES = {"table3": table3_arms, "sglr": sglr_arms}
 
 
-def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int) -> Path:
-    """One folder per scale: runs of different lengths never mix in one table."""
-    return Path(out_dir) / f"{study}-{dataset}-T{rounds}"
+REDUCTIONS = ("sum", "mean")  # how the mixup loss combines the n_s partners; "sum" is the paper's
+
+
+def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int, reduction: str = "sum") -> Path:
+    """One folder per scale (and per mixup reduction other than the paper's sum): runs trained with
+    different settings never mix in one table."""
+    suffix = "" if reduction == "sum" else f"-{reduction}"
+    return Path(out_dir) / f"{study}-{dataset}-T{rounds}{suffix}"
 
 
 def run_name(arm: Arm, n: int, seed: int) -> str:
@@ -76,13 +81,15 @@ def run_key(arm: Arm, n: int, seed: int) -> str:
     return f"{arm.key}_n{n}_s{seed}"
 
 
-def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile: str) -> RunConfig:
+def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile: str,
+                 reduction: str = "sum") -> RunConfig:
     """The profile's hyper-parameters, the arm's techniques, n_s = n // 2 (the paper grows n_s with n),
-    and the paper's summed mixup loss (Adam's step does not scale with it)."""
+    and the paper's summed mixup loss (Adam's step does not scale with it), or its mean over the
+    partners when ``reduction`` says so (the ablation that weighs the mixed samples as one batch)."""
     return validate_config(deep_merge(deep_merge(PROFILES[profile], arm.overrides), {
         "name": run_name(arm, n, seed), "num_clients": n, "rounds": rounds, "seed": seed,
         "eval_every": max(1, rounds // 30), "image_every": 0, "data": {"dataset": dataset},
-        "mixup": {"num_partners": n // 2, "reduction": "sum"}}))
+        "mixup": {"num_partners": n // 2, "reduction": reduction}}))
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -220,15 +227,16 @@ def aggregate(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[st
     return rows
 
 
-def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str) -> None:
+def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str,
+                 reduction: str = "sum") -> None:
     with open(out / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
         writer.writeheader()
         writer.writerows(rows)
-    (out / "table.md").write_text(markdown_table(arms, ns, rows, study))
+    (out / "table.md").write_text(markdown_table(arms, ns, rows, study, reduction))
 
 
-def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str) -> str:
+def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str, reduction: str = "sum") -> str:
     cell = {(r["arm"], r["n"]): r for r in rows}
     lines = ["| techniques | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     best = {n: max((cell[(a.label, n)]["final_test_acc"] for a in arms if (a.label, n) in cell), default=None)
@@ -258,6 +266,10 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str)
             "(near 0: the curve has flattened), and `last5_live_acc`, the mean of the last five live evaluations "
             "(less sensitive to where the final round happens to land).")
     if study == "table3":
+        note += (" Mixup (rows 2, 5, 6, 8) draws n_s = n/2 partners per client and "
+                 + ("sums their losses, as the paper does." if reduction == "sum" else
+                    "averages their losses (an ablation: the paper sums them, which weighs the mixed samples "
+                    "n_s times as much as the real ones)."))
         paper = ["", "The paper (CIFAR-10, LeNet-5, T = 10,000):", "",
                  "| row | " + " | ".join(f"n={n}" for n in TABLE3_CLIENTS) + " |", "|---|" + "---|" * len(TABLE3_CLIENTS)]
         paper += [f"| {r} | " + " | ".join(f"{a:.4f}" for a in accs) + " |" for r, accs in TABLE3_ACCURACY.items()]
@@ -310,7 +322,7 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], row
 
 # ---- the command ---------------------------------------------------------------------------
 def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str,
-         out: Path) -> tuple[dict[Path, RunConfig], int]:
+         out: Path, reduction: str = "sum") -> tuple[dict[Path, RunConfig], int]:
     """The runs still to train, and how many are already done. A finished run whose config differs
     from the one planned (other code or other settings in the same folder) is refused, not reused."""
     todo, done = {}, 0
@@ -318,7 +330,7 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
         for n in ns:
             for arm in arms:
                 path = out / "runs" / f"{run_key(arm, n, seed)}.json"
-                cfg = study_config(arm, n, dataset, rounds, seed, profile)
+                cfg = study_config(arm, n, dataset, rounds, seed, profile, reduction)
                 if not path.exists():
                     todo[path] = cfg
                     continue
@@ -349,14 +361,18 @@ def pick_arms(arms: list[Arm], keys: list[str] | None) -> list[Arm]:
 
 
 def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str, out_dir: str,
-              db_url: str | None, jobs: int = 1, only: list[str] | None = None, train: bool = True) -> Path:
+              db_url: str | None, jobs: int = 1, only: list[str] | None = None, train: bool = True,
+              reduction: str = "sum") -> Path:
     """Train the study's missing runs (only the arms in ``only``, in its order, when given; none when
-    ``train`` is False), then write the tables and plots from every finished run of the study."""
+    ``train`` is False), then write the tables and plots from every finished run of the study.
+    ``reduction`` combines the mixup partners' losses ("sum", the paper's, or "mean")."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"mixup reduction {reduction!r}: choose from {', '.join(REDUCTIONS)}")
     arms = STUDIES[study]()
-    out = study_dir(out_dir, study, dataset, rounds)
+    out = study_dir(out_dir, study, dataset, rounds, reduction)
     if train:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out)
+    todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out, reduction)
     if not train:
         print(f"{study} on {dataset}, {rounds} rounds: {done} runs done, {len(todo)} missing (not trained: "
               "--no-train)", file=sys.stderr, flush=True)
@@ -371,6 +387,6 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     if not results:
         raise ValueError(f"no finished runs in {out}")
     rows = aggregate(arms, ns, seeds, results)
-    write_tables(out, arms, ns, rows, study)
+    write_tables(out, arms, ns, rows, study, reduction)
     write_plots(out, arms, ns, seeds, rows, results)
     return out

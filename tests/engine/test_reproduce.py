@@ -109,6 +109,7 @@ def test_a_finished_run_with_another_config_is_refused_not_reused(tmp_path, caps
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--arms", "row1,row9"], "unknown arm 'row9'; choose from row1, row2"),
     (["--arms", ","], "(none given)"),
+    (["--mixup-reduction", "max"], "invalid choice: 'max'"),
 ])
 def test_bad_flags_are_one_clear_error(flags, message, capsys, tmp_path):
     assert main(["reproduce", "table3", "--out-dir", str(tmp_path), *flags]) == 2
@@ -176,3 +177,28 @@ def test_no_train_rewrites_the_tables_from_finished_runs_only(tmp_path, monkeypa
                  "--no-train"]) == 2
     assert "error: no finished runs in" in capsys.readouterr().err
     assert not (tmp_path / "sglr-digits-T5").exists()
+
+
+def test_mean_reduction_is_its_own_study_and_weighs_partners_as_one_batch(tmp_path, monkeypatch, capsys):
+    row8 = rep.table3_arms()[7]
+    sums = rep.study_config(row8, 4, "digits", 2, 0, "demo")
+    means = rep.study_config(row8, 4, "digits", 2, 0, "demo", "mean")
+    assert (sums.mixup.reduction, means.mixup.reduction, means.mixup.num_partners) == ("sum", "mean", 2)
+    # same draws, same first step: the averaged mixup loss is the summed one over n_s = 2
+    first_sum, first_mean = (Trainer(c.model_copy(update={"rounds": 1})).run()["history"][-1] for c in (sums, means))
+    assert first_mean["train_loss_mixup"] == pytest.approx(first_sum["train_loss_mixup"] / 2, rel=1e-5)
+    assert first_mean["train_loss"] == pytest.approx(first_sum["train_loss"], rel=1e-6)
+
+    assert main(["reproduce", "table3", "--dataset", "digits", "--clients", "4", "--rounds", "2", "--arms", "row8",
+                 "--mixup-reduction", "mean", "--out-dir", str(tmp_path)]) == 0
+    out = tmp_path / "table3-digits-T2-mean"
+    stored = json.loads((out / "runs" / "row8_n4_s0.json").read_text())["config"]
+    assert stored["mixup"]["reduction"] == "mean" and stored["mixup"]["num_partners"] == 2
+    assert "averages their losses" in (out / "table.md").read_text()
+    assert not (tmp_path / "table3-digits-T2").exists()  # the paper's sum study is untouched
+    # the sum study trains its own row 8; its table says it sums
+    capsys.readouterr()
+    rep.reproduce("table3", "digits", [4], 2, [0], "demo", str(tmp_path), None, only=["row8"])
+    assert "sums their losses, as the paper does" in (tmp_path / "table3-digits-T2" / "table.md").read_text()
+    with pytest.raises(ValueError, match="mixup reduction 'max'"):
+        rep.reproduce("table3", "digits", [4], 2, [0], "demo", str(tmp_path), None, reduction="max")
