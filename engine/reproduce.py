@@ -227,13 +227,67 @@ def aggregate(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[st
     return rows
 
 
-def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str,
-                 reduction: str = "sum") -> None:
-    with open(out / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
+def mixup_pairs(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
+    """(with ③, without ③) for every two Table 3 rows whose techniques differ by mixup alone
+    (rows 5 and 3, 6 and 4, 8 and 7)."""
+    codes = {a.paper_row: set(TABLE3_ROWS[a.paper_row].techniques.split(",")) for a in arms if a.paper_row}
+    by_row = {a.paper_row: a for a in arms}
+    return [(by_row[w], by_row[o]) for w, cw in codes.items() for o, co in codes.items() if cw == co | {"3"} and w != o]
+
+
+def mixup_effects(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> list[dict]:
+    """What adding ③ changes, holding every other technique and the seed fixed: accuracy of the row
+    with mixup minus the row without it, per seed where both finished, and their mean."""
+    rows = []
+    for with_mix, without in mixup_pairs(arms):
+        for n in ns:
+            pairs = [(results[a], results[b]) for a, b in ((run_key(with_mix, n, s), run_key(without, n, s))
+                                                              for s in seeds) if a in results and b in results]
+            if not pairs:
+                continue
+            final = [a["summary"]["final_test_acc"] - b["summary"]["final_test_acc"] for a, b in pairs]
+            last5 = [statistics.fmean(h["test_acc"] for h in a["history"][-5:])
+                     - statistics.fmean(h["test_acc"] for h in b["history"][-5:]) for a, b in pairs]
+            rows.append({"pair": f"row {with_mix.paper_row} - row {without.paper_row}", "n": n, "seeds": len(pairs),
+                         "final_diff": round(statistics.fmean(final), 4),
+                         "final_diff_per_seed": " ".join(f"{d:+.4f}" for d in final),
+                         "last5_live_diff": round(statistics.fmean(last5), 4)})
+    return rows
+
+
+def mixup_effect_table(ns: list[int], effects: list[dict]) -> str:
+    """Markdown: one line per pair, cells in accuracy points, the per-seed values in brackets."""
+    cell = {(e["pair"], e["n"]): e for e in effects}
+    lines = ["| adding ③ mixup | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for pair in dict.fromkeys(e["pair"] for e in effects):
+        cells = []
+        for n in ns:
+            e = cell.get((pair, n))
+            per_seed = ", ".join(f"{float(d) * 100:+.1f}" for d in e["final_diff_per_seed"].split()) if e else ""
+            cells.append("–" if e is None else f"{e['final_diff'] * 100:+.1f}"
+                         + (f" ({per_seed})" if e["seeds"] > 1 else ""))
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: list[dict], empty_header: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else empty_header)
         writer.writeheader()
         writer.writerows(rows)
-    (out / "table.md").write_text(markdown_table(arms, ns, rows, study, reduction))
+
+
+def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str,
+                 reduction: str = "sum", effects: list[dict] | None = None) -> None:
+    _write_csv(out / "table.csv", rows, ["arm"])
+    text = markdown_table(arms, ns, rows, study, reduction)
+    if effects:
+        _write_csv(out / "mixup_effect.csv", effects, ["pair"])
+        text += ("\nWhat adding ③ changes, everything else and the seed held fixed: final accuracy of the row with "
+                 "mixup minus the row without it, in points (mean over seeds; each seed's value in brackets). "
+                 "`mixup_effect.csv` also has the same difference on the last five live evaluations.\n\n"
+                 + mixup_effect_table(ns, effects) + "\n")
+    (out / "table.md").write_text(text)
 
 
 def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str, reduction: str = "sum") -> str:
@@ -387,6 +441,6 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     if not results:
         raise ValueError(f"no finished runs in {out}")
     rows = aggregate(arms, ns, seeds, results)
-    write_tables(out, arms, ns, rows, study, reduction)
+    write_tables(out, arms, ns, rows, study, reduction, mixup_effects(arms, ns, seeds, results))
     write_plots(out, arms, ns, seeds, rows, results)
     return out

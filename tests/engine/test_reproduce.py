@@ -28,6 +28,14 @@ def test_table3_grid_writes_tables_and_plots_and_resumes(tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     assert {(r["arm"][:1], r["n"]) for r in rows} == {(str(i), n) for i in range(1, 9) for n in ("3", "4")}
     assert (out / "accuracy_vs_n.png").stat().st_size > 1000 and (out / "curves_n4.png").exists()
+    # rows that differ by mixup alone, paired by seed: 5-3, 6-4, 8-7
+    with open(out / "mixup_effect.csv") as f:
+        effects = {(r["pair"], int(r["n"])): r for r in csv.DictReader(f)}
+    assert set(effects) == {(p, n) for p in ("row 5 - row 3", "row 6 - row 4", "row 8 - row 7") for n in (3, 4)}
+    results = rep.load_results(out)
+    diff = results["row8_n4_s0"]["summary"]["final_test_acc"] - results["row7_n4_s0"]["summary"]["final_test_acc"]
+    assert float(effects[("row 8 - row 7", 4)]["final_diff"]) == pytest.approx(diff, abs=1e-4)
+    assert f"| row 8 - row 7 | {float(effects[('row 8 - row 7', 3)]['final_diff']) * 100:+.1f} |" in table
     monkeypatch.setattr(rep, "run_in_process", lambda cfg, path: pytest.fail(f"{cfg.name} trained twice"))
     rep.reproduce("table3", "digits", [3, 4], 2, [0], "demo", str(tmp_path), None)
 
@@ -53,6 +61,25 @@ def test_seeds_give_mean_and_spread_and_jobs_change_nothing(tmp_path):
         results[f"sglr_n3_s{s}"]["history"][-5:]) for s in (0, 1)]
     assert float(row["last5_live_acc"]) == pytest.approx(sum(last5) / 2, abs=1e-4)
     assert "mean ± standard deviation over 2 seeds" in (one / "table.md").read_text()
+    assert not (one / "mixup_effect.csv").exists()  # SGLR's arms have no mixup pairs
+
+
+def test_mixup_effects_pair_rows_by_seed_and_skip_unpaired_seeds():
+    arms = rep.table3_arms()
+    row = {a.paper_row: a for a in arms}
+
+    def run(acc, live):
+        return {"summary": {"final_test_acc": acc}, "history": [{"test_acc": live}] * 5}
+
+    results = {rep.run_key(row[8], 10, 0): run(0.80, 0.70), rep.run_key(row[7], 10, 0): run(0.85, 0.72),
+               rep.run_key(row[8], 10, 1): run(0.90, 0.75), rep.run_key(row[7], 10, 1): run(0.86, 0.74),
+               rep.run_key(row[8], 10, 2): run(0.99, 0.99)}  # seed 2 has no row 7: not a pair
+    [effect] = rep.mixup_effects(arms, [10], [0, 1, 2], results)
+    assert effect["pair"] == "row 8 - row 7" and effect["seeds"] == 2
+    assert effect["final_diff"] == pytest.approx(((0.80 - 0.85) + (0.90 - 0.86)) / 2)
+    assert effect["final_diff_per_seed"] == "-0.0500 +0.0400"
+    assert effect["last5_live_diff"] == pytest.approx(((0.70 - 0.72) + (0.75 - 0.74)) / 2)
+    assert "| row 8 - row 7 | -0.5 (-5.0, +4.0) |" in rep.mixup_effect_table([10], [effect])
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
