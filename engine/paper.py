@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from engine.presets import without_mixup
+
 # LocFedMix-SL (WWW 2022) Table 3: LeNet-5 on CIFAR-10, top-1 accuracy and "Total Comm. Round".
 TABLE3_CLIENTS = (20, 40, 60, 80, 100)
 TABLE3_ACCURACY: dict[int, tuple[float, ...]] = {
@@ -36,3 +38,11 @@ def table3_rows() -> list[dict]:
     return [{"row": row, "techniques": TABLE3_TECHNIQUES[row], "n": n, "accuracy": acc,
              "comm_rounds": TABLE3_COMM_ROUNDS[row][j]}
             for row, accs in TABLE3_ACCURACY.items() for j, (n, acc) in enumerate(zip(TABLE3_CLIENTS, accs))]
+
+
+def paper_mixup_effects() -> dict[tuple[int, int], tuple[float, ...]]:
+    """The paper's own effect of adding ③: (row with mixup, row without) -> accuracy difference per n
+    of TABLE3_CLIENTS, for the rows that differ by mixup alone."""
+    row_of = {codes: row for row, codes in TABLE3_TECHNIQUES.items()}
+    return {(row, row_of[base]): tuple(a - b for a, b in zip(TABLE3_ACCURACY[row], TABLE3_ACCURACY[row_of[base]]))
+            for row, codes in TABLE3_TECHNIQUES.items() if (base := without_mixup(codes)) in row_of}

@@ -104,6 +104,13 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def without_mixup(codes: str) -> str | None:
+    """The technique codes with ③ taken out (None when they hold no ③): the row a mixup row is
+    compared with to see what mixup alone changes (Table 3: row 5 -> 3, 6 -> 4, 8 -> 7)."""
+    parts = codes.split(",")
+    return ",".join(c for c in parts if c != "3") if "3" in parts else None
+
+
 def get_preset(name: str) -> Preset:
     key = name.strip().lower().replace("-", "_").replace(" ", "_")
     if key not in PRESETS:

@@ -11,6 +11,7 @@ import pytest
 
 import engine.reproduce as rep
 from engine.cli import main
+from engine.presets import without_mixup
 from engine.trainer import Callbacks, Trainer
 from storage.db import close, connect
 from storage.worker import Worker, WorkerOptions
@@ -36,6 +37,7 @@ def test_table3_grid_writes_tables_and_plots_and_resumes(tmp_path, monkeypatch):
     diff = results["row8_n4_s0"]["summary"]["final_test_acc"] - results["row7_n4_s0"]["summary"]["final_test_acc"]
     assert float(effects[("row 8 - row 7", 4)]["final_diff"]) == pytest.approx(diff, abs=1e-4)
     assert f"| row 8 - row 7 | {float(effects[('row 8 - row 7', 3)]['final_diff']) * 100:+.1f} |" in table
+    assert "| row 8 - row 7 | +0.2 | +0.3 | +2.3 | +4.3 | +4.3 |" in table  # the paper's: 0.6365 - 0.6348, ...
     monkeypatch.setattr(rep, "run_in_process", lambda cfg, path: pytest.fail(f"{cfg.name} trained twice"))
     rep.reproduce("table3", "digits", [3, 4], 2, [0], "demo", str(tmp_path), None)
 
@@ -80,6 +82,8 @@ def test_mixup_effects_pair_rows_by_seed_and_skip_unpaired_seeds():
     assert effect["final_diff_per_seed"] == "-0.0500 +0.0400"
     assert effect["last5_live_diff"] == pytest.approx(((0.70 - 0.72) + (0.75 - 0.74)) / 2)
     assert "| row 8 - row 7 | -0.5 (-5.0, +4.0) |" in rep.mixup_effect_table([10], [effect])
+    assert without_mixup("1,2,3,4p,5") == "1,2,4p,5" and without_mixup("1,2,3") == "1,2"
+    assert without_mixup("1,2,4p,5") is None
 
 
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):

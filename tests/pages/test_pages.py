@@ -130,6 +130,23 @@ def test_compare_page_builds_the_grid(finished_run):
     assert "n=3" in grid.columns and grid.index[0].startswith("8: 1,2,3,4p,5")
 
 
+def test_compare_page_shows_what_adding_mixup_changes(finished_run, db_url):
+    db = connect(db_url)
+    with db.write() as s:  # the same run without ③: LocSplitFed + ② (row 7)
+        row7 = queries.create_run(s, validate_config({**TINY, "name": "tiny row 7", "mixup": {"enabled": False}}))
+    assert Worker(db, WorkerOptions(once=True, poll=0.1)).run() == 1
+    with db.read() as s:
+        acc8, acc7 = (queries.get_run(s, r).summary["final_test_acc"] for r in (finished_run, row7))
+    at = page("compare")
+    assert not at.exception
+    effect = at.dataframe[2].value
+    assert list(effect.index) == ["8: 1,2,3,4p,5 vs 7: 1,2,4p,5"]
+    assert effect.loc[effect.index[0], "n=3"] == pytest.approx(100 * (acc8 - acc7))
+    paper = at.dataframe[-1].value  # the paper's own mixup effect, in the expander
+    assert set(paper.index) == {"5: 1,2,3,4 vs 3: 1,2,4", "6: 1,2,3,5 vs 4: 1,2,5", "8: 1,2,3,4p,5 vs 7: 1,2,4p,5"}
+    assert paper.loc["8: 1,2,3,4p,5 vs 7: 1,2,4p,5", "n=100"] == pytest.approx(100 * (0.6810 - 0.6381))
+
+
 def test_infopro_page_shows_reconstructions(finished_run):
     at = page("infopro", finished_run)
     assert not at.exception
