@@ -18,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -254,19 +255,31 @@ def mixup_effects(arms: list[Arm], ns: list[int], seeds: list[int], results: dic
     return rows
 
 
+def markdown_grid(corner: str, ns: Iterable[int], rows: dict[str, list[str]]) -> str:
+    """A markdown table with one column per n and one line per labelled row of cells."""
+    ns = list(ns)
+    lines = [f"| {corner} | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    return "\n".join(lines + [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows.items()])
+
+
 def mixup_effect_table(ns: list[int], effects: list[dict]) -> str:
     """Markdown: one line per pair, cells in accuracy points, the per-seed values in brackets."""
     cell = {(e["pair"], e["n"]): e for e in effects}
-    lines = ["| adding ③ mixup | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
-    for pair in dict.fromkeys(e["pair"] for e in effects):
-        cells = []
-        for n in ns:
-            e = cell.get((pair, n))
-            per_seed = ", ".join(f"{float(d) * 100:+.1f}" for d in e["final_diff_per_seed"].split()) if e else ""
-            cells.append("–" if e is None else f"{e['final_diff'] * 100:+.1f}"
-                         + (f" ({per_seed})" if e["seeds"] > 1 else ""))
-        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    def points(e: dict | None) -> str:
+        if e is None:
+            return "–"
+        per_seed = ", ".join(f"{float(d) * 100:+.1f}" for d in e["final_diff_per_seed"].split())
+        return f"{e['final_diff'] * 100:+.1f}" + (f" ({per_seed})" if e["seeds"] > 1 else "")
+
+    return markdown_grid("adding ③ mixup", ns, {pair: [points(cell.get((pair, n))) for n in ns]
+                                                for pair in dict.fromkeys(e["pair"] for e in effects)})
+
+
+def paper_mixup_effect_table() -> str:
+    """The same table from the paper's Table 3."""
+    return markdown_grid("adding ③ mixup", TABLE3_CLIENTS, {f"row {w} - row {o}": [f"{d * 100:+.1f}" for d in diffs]
+                                                            for (w, o), diffs in paper_mixup_effects().items()})
 
 
 def _write_csv(path: Path, rows: list[dict], empty_header: list[str]) -> None:
@@ -286,11 +299,7 @@ def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], st
                  "mixup minus the row without it, in points (mean over seeds; each seed's value in brackets). "
                  "`mixup_effect.csv` also has the same difference on the last five live evaluations.\n\n"
                  + mixup_effect_table(ns, effects) + "\n\nThe same difference in the paper's Table 3 (CIFAR-10, "
-                 "T = 10,000), where mixup's gain grows with n:\n\n"
-                 + "| adding ③ mixup | " + " | ".join(f"n={n}" for n in TABLE3_CLIENTS) + " |\n"
-                 + "|---|" + "---|" * len(TABLE3_CLIENTS) + "\n"
-                 + "".join(f"| row {w} - row {o} | " + " | ".join(f"{d * 100:+.1f}" for d in diffs) + " |\n"
-                           for (w, o), diffs in paper_mixup_effects().items()))
+                 "T = 10,000), where mixup's gain grows with n:\n\n" + paper_mixup_effect_table() + "\n")
     (out / "table.md").write_text(text)
 
 
@@ -329,8 +338,8 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str,
                     "averages their losses (an ablation: the paper sums them, which weighs the mixed samples "
                     "n_s times as much as the real ones)."))
         paper = ["", "The paper (CIFAR-10, LeNet-5, T = 10,000):", "",
-                 "| row | " + " | ".join(f"n={n}" for n in TABLE3_CLIENTS) + " |", "|---|" + "---|" * len(TABLE3_CLIENTS)]
-        paper += [f"| {r} | " + " | ".join(f"{a:.4f}" for a in accs) + " |" for r, accs in TABLE3_ACCURACY.items()]
+                 markdown_grid("row", TABLE3_CLIENTS, {str(r): [f"{a:.4f}" for a in accs]
+                                                       for r, accs in TABLE3_ACCURACY.items()})]
         return "\n".join(lines + ["", note] + paper) + "\n"
     return "\n".join(lines + ["", note]) + "\n"
 
