@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError, RunConfig, deep_merge, set_path, validate_config
+from engine.config import MIXUP_REDUCTIONS, ConfigError, RunConfig, deep_merge, set_path, validate_config
 from engine.data import DATASETS, DatasetNotFound
 from engine.presets import PRESETS, PROFILES, TECHNIQUE_CODES, get_preset, get_profile, techniques_to_config
 
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-train", action="store_true",
                      help="train nothing: rewrite the tables and plots from the runs already finished")
     rep.add_argument("--profile", default="demo", choices=list(PROFILES))
-    rep.add_argument("--mixup-reduction", default="sum", choices=["sum", "mean"],
+    rep.add_argument("--mixup-reduction", default="sum", choices=MIXUP_REDUCTIONS,
                      help="combine the n_s partners' mixup losses by sum (the paper's) or mean; "
                      "mean gets its own study folder, <study>-<dataset>-T<rounds>-mean")
     rep.add_argument("--out-dir", default="docs/results",

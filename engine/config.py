@@ -8,7 +8,7 @@ the ``demo`` profile in :mod:`engine.presets` swaps in settings that learn in mi
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -40,13 +40,17 @@ class DataConfig(_Section):
     eval_subset: int = Field(1000, ge=1, description="test images used for the live curves (the full test set is used at the end)")
 
 
+MixupReduction = Literal["sum", "mean"]  # how the n_s partners' mixup losses combine; "sum" is the paper's
+MIXUP_REDUCTIONS: tuple[str, ...] = get_args(MixupReduction)
+
+
 class MixupConfig(_Section):
     enabled: bool = Field(False, description="③ smashed-data mixup at the server")
     num_partners: int | None = Field(None, ge=0, description="n_s, partners per client (0..n-1; default n//2)")
     alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(alpha, beta): alpha")
     beta: float = Field(1.0, gt=0, description="lambda ~ Beta(alpha, beta): beta")
     per_sample: bool = Field(False, description="draw one lambda per sample instead of one per client pair")
-    reduction: Literal["sum", "mean"] = Field("sum", description="combine the partners' losses by sum (paper) or mean")
+    reduction: MixupReduction = Field("sum", description="combine the partners' losses by sum (paper) or mean")
     variant: Literal["mixup", "cutmix"] = Field("mixup", description="mixup (convex combination) or cutmix (element-wise mask)")
     grad_to_clients: bool = Field(False, description="let the mixup gradient also flow back to the mixed clients")
 

@@ -25,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from engine.config import RunConfig, deep_merge, validate_config
+from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
 from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
 from engine.presets import PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
 from engine.trainer import Callbacks, Trainer
@@ -61,9 +61,6 @@ def sglr_arms() -> list[Arm]:
 POLL_S = 2.0  # seconds between looks at the queued runs
 CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process run
 STUDIES = {"table3": table3_arms, "sglr": sglr_arms}
-
-
-REDUCTIONS = ("sum", "mean")  # how the mixup loss combines the n_s partners; "sum" is the paper's
 
 
 def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int, reduction: str = "sum") -> Path:
@@ -433,8 +430,8 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     """Train the study's missing runs (only the arms in ``only``, in its order, when given; none when
     ``train`` is False), then write the tables and plots from every finished run of the study.
     ``reduction`` combines the mixup partners' losses ("sum", the paper's, or "mean")."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"mixup reduction {reduction!r}: choose from {', '.join(REDUCTIONS)}")
+    if reduction not in MIXUP_REDUCTIONS:
+        raise ValueError(f"mixup reduction {reduction!r}: choose from {', '.join(MIXUP_REDUCTIONS)}")
     arms = STUDIES[study]()
     out = study_dir(out_dir, study, dataset, rounds, reduction)
     if train:
