@@ -8,8 +8,11 @@ the ``demo`` profile in :mod:`engine.presets` swaps in settings that learn in mi
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.data import DATASETS
@@ -20,8 +23,44 @@ PARTITIONS = ("paper", "iid", "dirichlet")
 REGULARIZERS = ("infopro", "norm", "classifier")
 
 
+MAX_ROUNDS = 100_000   # one cap for the CLI, the dashboard and stored runs
+MAX_CLIENTS = 1000
+MAX_LR = 10.0
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with a config: the field (dotted path, "" for the whole config) and what is
+    wrong, phrased to follow the field's name as the user knows it ("must be between 1 and 1000, got 0")."""
+
+    field: str
+    message: str
+
+    def text(self, labels: Mapping[str, str] | None = None) -> str:
+        """The problem in the user's words: ``labels`` maps a field to its form label or flag."""
+        if not self.field:
+            return self.message
+        return f"{(labels or {}).get(self.field, self.field)} {self.message}"
+
+
 class ConfigError(ValueError):
     """A configuration the engine refuses, with one readable line per problem."""
+
+    def __init__(self, message: str, problems: tuple[ConfigProblem, ...] = ()):
+        super().__init__(message)
+        self.problems = problems
+
+    def text(self, labels: Mapping[str, str] | None = None) -> str:
+        """The message with each field named as the user knows it (flags, form labels)."""
+        return "; ".join(p.text(labels) for p in self.problems) if self.problems else str(self)
+
+
+class FieldValueError(ValueError):
+    """Raised by a cross-field check: names the field it is about (pydantic keeps it in the error's ctx)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field} {message}")
+        self.field, self.message = field, message
 
 
 class _Section(BaseModel):
@@ -36,7 +75,7 @@ class DataConfig(_Section):
         "paper", description="paper: each client samples m items at random (may overlap); iid: disjoint shards; dirichlet: label skew")
     samples_per_client: int | None = Field(
         None, ge=1, description="m, items per client (paper default: N/5, i.e. 12,000 of 60,000 for Fashion-MNIST)")
-    dirichlet_beta: float = Field(0.5, gt=0, description="Dirichlet concentration beta (smaller = more label skew)")
+    dirichlet_beta: float = Field(0.5, gt=0, le=1000, description="Dirichlet concentration beta (smaller = more label skew)")
     eval_subset: int = Field(1000, ge=1, description="test images used for the live curves (the full test set is used at the end)")
 
 
@@ -46,9 +85,9 @@ MIXUP_REDUCTIONS: tuple[str, ...] = get_args(MixupReduction)
 
 class MixupConfig(_Section):
     enabled: bool = Field(False, description="③ smashed-data mixup at the server")
-    num_partners: int | None = Field(None, ge=0, description="n_s, partners per client (0..n-1; default n//2)")
-    alpha: float = Field(1.0, gt=0, description="lambda ~ Beta(alpha, beta): alpha")
-    beta: float = Field(1.0, gt=0, description="lambda ~ Beta(alpha, beta): beta")
+    num_partners: int | None = Field(None, description="n_s, partners per client (0..n-1; default n//2)")
+    alpha: float = Field(1.0, gt=0, le=100, description="lambda ~ Beta(alpha, beta): alpha")
+    beta: float = Field(1.0, gt=0, le=100, description="lambda ~ Beta(alpha, beta): beta")
     per_sample: bool = Field(False, description="draw one lambda per sample instead of one per client pair")
     reduction: MixupReduction = Field("sum", description="combine the partners' losses by sum (paper) or mean")
     variant: Literal["mixup", "cutmix"] = Field("mixup", description="mixup (convex combination) or cutmix (element-wise mask)")
@@ -66,7 +105,7 @@ class LocalLossConfig(_Section):
 
 class AveragingConfig(_Section):
     enabled: bool = Field(False, description="⑤ federated averaging of the lower models")
-    interval: int = Field(1, ge=1, description="T_c, average every T_c rounds")
+    interval: int = Field(1, ge=1, le=MAX_ROUNDS, description="T_c, average every T_c rounds")
 
 
 class SplitLrConfig(_Section):
@@ -83,28 +122,28 @@ class SplitAvgConfig(_Section):
 
 class OptimConfig(_Section):
     name: Literal["sgd", "momentum", "adam"] = Field("sgd", description="optimiser: sgd, momentum (SGD with momentum), adam")
-    lr: float = Field(0.004, gt=0, description="learning rate eta (clients; and server unless SplitLr)")
+    lr: float = Field(0.004, gt=0, le=MAX_LR, description="learning rate eta (clients; and server unless SplitLr)")
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum for the momentum optimiser")
-    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 weight decay")
 
 
 class RunConfig(_Section):
     """Everything that defines a run. Build it with :func:`build_config`."""
 
     name: str = Field("", description="a label for the run")
-    seed: int = Field(0, ge=0, description="one seed for every random choice")
-    num_clients: int = Field(10, ge=1, le=1000, description="n, number of clients")
-    rounds: int = Field(10_000, ge=1, description="T, training rounds (a round: every client updates once)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="one seed for every random choice")
+    num_clients: int = Field(10, ge=1, le=MAX_CLIENTS, description="n, number of clients")
+    rounds: int = Field(10_000, ge=1, le=MAX_ROUNDS, description="T, training rounds (a round: every client updates once)")
     batch_size: int = Field(64, ge=1, le=4096, description="b, per-client batch size")
     schedule: Literal["parallel", "sequential"] = Field("parallel", description="parallel (①) or sequential Vanilla SL")
     global_backward: bool = Field(True, description="② the server sends each client its cut-layer gradient")
     model: Literal["lenet5"] = Field("lenet5", description="network architecture")
     cut_layer: int = Field(1, ge=1, le=4, description="cut after block k of LeNet-5 (1: conv+pool, the paper's cut; 4: fc2)")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0, ...")
-    eval_every: int = Field(10, ge=1, description="evaluate every this many rounds")
+    eval_every: int = Field(10, ge=1, le=MAX_ROUNDS, description="evaluate every this many rounds")
     eval_max_clients: int = Field(10, ge=1, description="at most this many distinct client models evaluated during training")
     target_acc: float = Field(0.75, gt=0, le=1, description="accuracy target for 'rounds to target'")
-    image_every: int = Field(0, ge=0, description="record InfoPro reconstructions every K rounds (0: never)")
+    image_every: int = Field(0, ge=0, le=MAX_ROUNDS, description="record InfoPro reconstructions every K rounds (0: never)")
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     mixup: MixupConfig = Field(default_factory=MixupConfig)
@@ -132,11 +171,12 @@ class RunConfig(_Section):
     def _check_ranges(self) -> "RunConfig":
         n = self.num_clients
         if self.data.dataset not in DATASETS:
-            raise ValueError(f"data.dataset must be one of {', '.join(DATASETS)}, got {self.data.dataset!r}")
+            raise FieldValueError("data.dataset", f"must be one of {', '.join(DATASETS)}, got {self.data.dataset!r}")
         if self.mixup.num_partners is not None and not 0 <= self.mixup.num_partners <= n - 1:
-            raise ValueError(f"mixup.num_partners (n_s) must be between 0 and n-1 = {n - 1}, got {self.mixup.num_partners}")
+            raise FieldValueError("mixup.num_partners",
+                                  f"must be between 0 and n-1 = {n - 1} (n = {n} clients), got {self.mixup.num_partners}")
         if self.mixup.enabled and self.schedule == "sequential":
-            raise ValueError("mixup needs the parallel schedule: a sequential step holds one client's smashed data")
+            raise FieldValueError("", "mixup needs the parallel schedule: a sequential step holds one client's smashed data")
         return self
 
     # ---- derived values, computed from the fields -------------------------------------
@@ -180,15 +220,76 @@ class RunConfig(_Section):
         return out
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        lines.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(lines)
+def _bounds(path: tuple[str, ...]) -> dict[str, float]:
+    """The numeric bounds (ge, gt, le, lt) declared on the field at ``path``."""
+    model: Any = RunConfig
+    field = None
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return {}
+        model = field.annotation
+    out: dict[str, float] = {}
+    for meta in field.metadata if field else ():
+        for key in ("ge", "gt", "le", "lt"):
+            if isinstance(meta, getattr(annotated_types, key.capitalize())):
+                out[key] = getattr(meta, key)
+    return out
+
+
+def _fmt_number(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _range_text(bounds: dict[str, float]) -> str:
+    """"between 1 and 1,000", "at least 0", "greater than 0 and at most 10", ..."""
+    lo = ("at least", bounds["ge"]) if "ge" in bounds else ("greater than", bounds["gt"]) if "gt" in bounds else None
+    hi = ("at most", bounds["le"]) if "le" in bounds else ("less than", bounds["lt"]) if "lt" in bounds else None
+    if lo and hi and lo[0] == "at least" and hi[0] == "at most":
+        return f"between {_fmt_number(lo[1])} and {_fmt_number(hi[1])}"
+    return " and ".join(f"{word} {_fmt_number(v)}" for word, v in (b for b in (lo, hi) if b))
+
+
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _problem(error: dict[str, Any]) -> ConfigProblem:
+    """One pydantic error as a :class:`ConfigProblem` naming the field the user set."""
+    loc = tuple(str(p) for p in error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldValueError):
+        return ConfigProblem(cause.field, cause.message)
+    got = f", got {_fmt_number(error['input'])}" if "input" in error and not isinstance(error["input"], dict) else ""
+    kind = error["type"]
+    if kind in RANGE_ERRORS:
+        message = f"must be {_range_text(_bounds(loc))}{got}"
+    elif kind == "extra_forbidden":
+        message = "is not a setting SplitLab knows"
+    elif kind in ("int_parsing", "int_from_float", "int_type"):
+        message = f"must be a whole number{got}"
+    elif kind in ("float_parsing", "float_type"):
+        message = f"must be a number{got}"
+    elif kind in ("bool_parsing", "bool_type"):
+        message = f"must be true or false{got}"
+    elif kind == "literal_error":
+        message = f"must be {error['ctx']['expected']}{got}"
+    else:
+        message = f"is not valid: {error['msg'].removeprefix('Value error, ')}{got}"
+    return ConfigProblem(".".join(loc), message)
+
+
+def config_problems(data: dict[str, Any]) -> list[ConfigProblem]:
+    """Every problem in ``data`` (empty when it makes a valid config). Forms and the CLI name the
+    fields in their own words with :meth:`ConfigProblem.text`."""
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as err:
+        return [_problem(e) for e in err.errors()]
+    return []
 
 
 def validate_config(data: dict[str, Any]) -> RunConfig:
@@ -196,20 +297,13 @@ def validate_config(data: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        problems = tuple(_problem(e) for e in err.errors())
+        raise ConfigError("; ".join(p.text() for p in problems), problems) from None
 
 
 def config_errors(data: dict[str, Any]) -> dict[str, str]:
-    """Field path -> message for every problem in ``data`` (empty when valid). Used by forms."""
-    try:
-        RunConfig.model_validate(data)
-    except ValidationError as err:
-        out = {}
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"]) or "config"
-            out[loc] = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        return out
-    return {}
+    """Field path -> message for every problem in ``data`` (empty when valid)."""
+    return {p.field or "config": p.message for p in config_problems(data)}
 
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
