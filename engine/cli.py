@@ -1,6 +1,7 @@
 """The command line: ``python -m engine presets | run | bench | worker | submit | status | export | cancel``.
 
-Bad input exits with code 2 and one line naming the field and what is allowed.
+Bad input exits with code 2 and one line naming the flag and what it allows; the run flags live in
+:mod:`engine.args`, shared with the queue's ``submit`` (:mod:`storage.cli`).
 """
 
 from __future__ import annotations
@@ -10,98 +11,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from engine.config import MIXUP_REDUCTIONS, ConfigError, RunConfig, deep_merge, set_path, validate_config
-from engine.data import DATASETS, DatasetNotFound
-from engine.presets import PRESETS, PROFILES, TECHNIQUE_CODES, get_preset, get_profile, techniques_to_config
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        raise UsageError(f"{self.prog}: {message}")
-
-
-# flag -> dotted config field
-RUN_FLAGS = {
-    "dataset": "data.dataset", "data_dir": "data.data_dir", "clients": "num_clients", "rounds": "rounds",
-    "batch_size": "batch_size", "lr": "optim.lr", "optimizer": "optim.name", "n_s": "mixup.num_partners",
-    "lam_alpha": "mixup.alpha", "lam_beta": "mixup.beta", "tc": "averaging.interval", "seed": "seed",
-    "eval_every": "eval_every", "device": "device", "partition": "data.partition", "name": "name",
-}
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags shared by ``run`` and ``submit``."""
-    p.add_argument("--preset", help=f"named algorithm: {', '.join(PRESETS)}")
-    p.add_argument("--techniques", help="technique codes, e.g. 1,2,3,4p,5 (4p is ④'; also splitlr, splitavg)")
-    p.add_argument("--profile", default="demo", choices=list(PROFILES),
-                   help="hyper-parameters: demo (learns in minutes; default) or paper (b=64, SGD 0.004, T=10,000)")
-    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-dir", help="data folder (else SPLITLAB_DATA, ./data, ../shared/data)")
-    p.add_argument("--download", action="store_true", help="download the data set if missing")
-    p.add_argument("--partition", help="paper | iid | dirichlet")
-    p.add_argument("--clients", type=int, help="n, number of clients")
-    p.add_argument("--rounds", type=int, help="T, training rounds")
-    p.add_argument("--batch-size", type=int, help="b, per-client batch size")
-    p.add_argument("--lr", type=float, help="learning rate eta")
-    p.add_argument("--optimizer", help="sgd | momentum | adam")
-    p.add_argument("--n-s", type=int, help="n_s, mixup partners per client (0..n-1)")
-    p.add_argument("--lam-alpha", type=float, help="mixing ratio lambda ~ Beta(alpha, beta): alpha")
-    p.add_argument("--lam-beta", type=float, help="mixing ratio lambda ~ Beta(alpha, beta): beta")
-    p.add_argument("--tc", type=int, help="T_c, averaging interval in rounds")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--eval-every", type=int, help="evaluate every this many rounds")
-    p.add_argument("--device", help="cpu, cuda, cuda:0, ...")
-    p.add_argument("--name", help="a label for the run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config field, dotted (e.g. mixup.reduction=mean, local_loss.kind=norm)")
-
-
-def parse_value(text: str) -> Any:
-    """'0.5' -> 0.5, 'true' -> True, 'null' -> None, anything else stays a string."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none"):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def config_dict_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Profile, then preset or techniques, then flags, then --set: later wins."""
-    if args.preset and args.techniques:
-        raise ConfigError("choose either --preset or --techniques, not both")
-    data = deep_merge({}, get_profile(args.profile))
-    if args.preset:
-        preset = get_preset(args.preset)
-        data = deep_merge(data, preset.overrides())
-        data.setdefault("name", preset.title)
-    elif args.techniques:
-        data = deep_merge(data, techniques_to_config(args.techniques))
-    for flag, path in RUN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            set_path(data, path, value)
-    if args.download:
-        set_path(data, "data.download", True)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        set_path(data, key.strip(), parse_value(value))
-    return data
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return validate_config(config_dict_from_args(args))
+from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
+from engine.config import MIXUP_REDUCTIONS
+from engine.data import DATASETS
+from engine.presets import PRESETS, PROFILES, TECHNIQUE_CODES
+from storage.cli import add_queue_commands
 
 
 class TerminalProgress:
@@ -254,18 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_reproduce)
     # The queue commands (worker, submit, status, export, cancel) live with the database code;
     # the engine's core never imports storage, only this front door does.
-    from storage.cli import add_queue_commands
     add_queue_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except (UsageError, ConfigError, DatasetNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv)

@@ -1,7 +1,8 @@
 """The queue commands: ``worker``, ``submit``, ``status``, ``export``, ``cancel``.
 
-``python -m engine`` adds them with :func:`add_queue_commands`; :func:`main` runs them alone
-(``python -c "from storage.cli import main; raise SystemExit(main())" worker --once``).
+``python -m engine`` (the front door) adds them with :func:`add_queue_commands`; :func:`main` runs
+them alone (``python -c "from storage.cli import main; raise SystemExit(main())" worker --once``).
+The run flags of ``submit`` come from :mod:`engine.args`, as those of ``engine run`` do.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.cli import UsageError, add_run_arguments, config_from_args
+from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
 from storage.db import DB_ENV_VAR, DEFAULT_DB_URL, Database, StorageError, connect, resolve_db_url
 from storage.queries import RunInfo, create_run, export_result, get_run, latest_metrics, request_cancel
 from storage.worker import Worker, WorkerOptions
@@ -172,8 +173,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """Run one command exactly as ``python -m engine`` does (the queue commands are part of it)."""
-    from engine.cli import main as engine_main
+def build_parser() -> argparse.ArgumentParser:
+    """The queue commands alone. ``python -m engine`` is the front door: it has these and the others."""
+    parser = _Parser(prog="python -m engine", description="SplitLab's queue: worker, submit, status, export, cancel")
+    add_queue_commands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    return parser
 
-    return engine_main(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one queue command as ``python -m engine`` does (same flags, same messages, same exit codes)."""
+    return run_command(build_parser(), argv)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine.cli import _Parser, add_run_arguments, config_from_args
+from engine.args import _Parser, add_run_arguments, config_from_args, run_command
 from engine.config import RunConfig
 from engine.presets import deep_merge
 from engine.trainer import Trainer
@@ -83,11 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, default=WorkerOptions.checkpoint_every, metavar="ROUNDS")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--db", help="database URL for the worker (default: a SQLite file in a temporary folder)")
+    parser.set_defaults(func=measure)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Bad flags end as one ``error:`` line naming the flag, exit code 2 (as ``python -m engine run``)."""
+    return run_command(build_parser(), argv)
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Time both ways of training the config the flags describe, and print the comparison."""
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)

@@ -11,6 +11,7 @@ import pytest
 
 from engine.cli import main
 from engine.presets import PRESETS
+from tests.storage.support import BAD_RUN_FLAGS
 
 TINY = ["--dataset", "synthetic", "--clients", "3", "--rounds", "4", "--batch-size", "8", "--eval-every", "2",
         "--set", "data.eval_subset=32"]
@@ -50,21 +51,35 @@ def test_techniques_flag_builds_the_same_config_as_the_preset(tmp_path):
 
 
 @pytest.mark.parametrize("args, field", [
-    (["--clients", "4", "--n-s", "4"], "num_partners"),
-    (["--tc", "0"], "averaging.interval"),
-    (["--lr", "-0.1"], "optim.lr"),
+    (["--clients", "4", "--n-s", "4"], "--n-s"),
+    (["--tc", "0"], "--tc"),
+    (["--lr", "-0.1"], "--lr"),
     (["--preset", "nope"], "preset"),
     (["--techniques", "1,9"], "techniques"),
-    (["--set", "mixup.bogus=1"], "mixup.bogus"),
-    (["--set", "split_avg.fraction=1.5"], "split_avg.fraction"),
-    (["--set", "split_lr.alpha=3"], "split_lr.alpha"),
-    (["--dataset", "imagenet"], "data.dataset"),
+    (["--set", "mixup.bogus=1"], "--set mixup.bogus"),
+    (["--set", "split_avg.fraction=1.5"], "--set split_avg.fraction"),
+    (["--set", "split_lr.alpha=3"], "--set split_lr.alpha"),
+    (["--dataset", "imagenet"], "--dataset"),
 ])
 def test_bad_input_exits_2_with_one_line_naming_the_field(args, field, capsys):
     base = ["run", "--dataset", "synthetic", "--clients", "3", "--rounds", "1"]
     assert main([*base, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:") and field in err, err
+
+
+@pytest.mark.parametrize("args, message", BAD_RUN_FLAGS, ids=" ".join)
+def test_a_bad_value_is_named_by_its_flag_with_what_the_flag_allows(args, message, capsys):
+    assert main(["run", *args]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_front_door_names_the_flag_and_exits_2(tmp_path):
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", "--n-s", "-1"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root}, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --n-s must be between 0 and n-1 = 9 (n = 10 clients), got -1\n"
 
 
 def test_missing_data_set_is_a_clear_error_not_a_traceback(tmp_path, monkeypatch):

@@ -29,6 +29,21 @@ TINY = {"num_clients": 3, "rounds": 20, "batch_size": 8, "eval_every": 5, "image
         "local_loss": {"enabled": True, "average_aux": True}, "averaging": {"enabled": True}}
 
 
+# Bad run flags and the one line each gets (after "error: "), from `run` and `submit` alike.
+BAD_RUN_FLAGS = [
+    (["--n-s", "-1"], "--n-s must be between 0 and n-1 = 9 (n = 10 clients), got -1"),
+    (["--tc", "0"], "--tc must be between 1 and 100,000, got 0"),
+    (["--rounds", "1000000000"], "--rounds must be between 1 and 100,000, got 1,000,000,000"),
+    (["--lr", "-1"], "--lr must be greater than 0 and at most 10, got -1"),
+    (["--batch-size", "0"], "--batch-size must be between 1 and 4096, got 0"),
+    (["--clients", "0"], "--clients must be between 1 and 1000, got 0"),
+    (["--clients", "100000"], "--clients must be between 1 and 1000, got 100,000"),
+    (["--set", "foo=1"], "--set foo is not a setting SplitLab knows"),
+    (["--set", "mixup.alpha=0"], "--set mixup.alpha must be greater than 0 and at most 100, got 0"),
+    (["--lr", "0.1", "--set", "optim.lr=20"], "--set optim.lr must be greater than 0 and at most 10, got 20"),
+]
+
+
 def tiny_config(**overrides: Any) -> RunConfig:
     return validate_config(deep_merge(TINY, overrides))
 

@@ -8,7 +8,8 @@ import pytest
 
 from engine.cli import main as engine_main
 from storage.cli import main as queue_main
-from tests.storage.support import without_wall_clock
+from storage.queries import list_runs
+from tests.storage.support import BAD_RUN_FLAGS, without_wall_clock
 
 RUN_FLAGS = ["--dataset", "synthetic", "--clients", "3", "--rounds", "6", "--batch-size", "8", "--eval-every", "3",
              "--techniques", "1,2,3,4p,5", "--seed", "4", "--set", "data.eval_subset=64", "--name", "cli run"]
@@ -39,11 +40,19 @@ def test_submit_queues_the_run_that_the_flags_describe_and_prints_its_id(url, ca
 
 def test_bad_flags_and_unknown_runs_exit_with_code_2_and_one_line(url, capsys):
     assert queue_main(["submit", "--db", url, *RUN_FLAGS, "--clients", "0"]) == 2
-    assert capsys.readouterr().err.startswith("error: num_clients")
+    assert capsys.readouterr().err == "error: --clients must be between 1 and 1000, got 0\n"
     assert queue_main(["status", "99", "--db", url]) == 2
     assert capsys.readouterr().err == "error: no run with id 99\n"
     assert queue_main(["status", "one", "--db", url]) == 2
     assert "invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", BAD_RUN_FLAGS, ids=" ".join)
+def test_submit_names_a_bad_value_by_its_flag_and_queues_nothing(args, message, db, capsys):
+    assert engine_main(["submit", "--db", db.url, *args]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    with db.read() as session:
+        assert list_runs(session) == []
 
 
 def test_worker_status_and_export_give_what_engine_run_gives(url, capsys, tmp_path):

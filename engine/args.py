@@ -1,0 +1,139 @@
+"""The run flags (``--clients``, ``--n-s``, ``--set KEY=VALUE``, ...), shared by every command line.
+
+``python -m engine run`` and ``submit`` (:mod:`engine.cli`, :mod:`storage.cli`) and
+``python -m storage.perf`` all build their run config here, so a flag means the same everywhere.
+Bad input is reported as one line that names the flag the user typed and what it allows
+(``--n-s must be between 0 and n-1 = 9 (n = 10 clients), got -1``), with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from engine.config import ConfigError, RunConfig, deep_merge, set_path, validate_config
+from engine.data import DATASETS, DatasetNotFound
+from engine.presets import PRESETS, PROFILES, get_preset, get_profile, techniques_to_config
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# flag (as argparse names it) -> dotted config field
+RUN_FLAGS = {
+    "dataset": "data.dataset", "data_dir": "data.data_dir", "clients": "num_clients", "rounds": "rounds",
+    "batch_size": "batch_size", "lr": "optim.lr", "optimizer": "optim.name", "n_s": "mixup.num_partners",
+    "lam_alpha": "mixup.alpha", "lam_beta": "mixup.beta", "tc": "averaging.interval", "seed": "seed",
+    "eval_every": "eval_every", "device": "device", "partition": "data.partition", "name": "name",
+}
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags shared by ``run`` and ``submit``."""
+    p.add_argument("--preset", help=f"named algorithm: {', '.join(PRESETS)}")
+    p.add_argument("--techniques", help="technique codes, e.g. 1,2,3,4p,5 (4p is ④'; also splitlr, splitavg)")
+    p.add_argument("--profile", default="demo", choices=list(PROFILES),
+                   help="hyper-parameters: demo (learns in minutes; default) or paper (b=64, SGD 0.004, T=10,000)")
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", help="data folder (else SPLITLAB_DATA, ./data, ../shared/data)")
+    p.add_argument("--download", action="store_true", help="download the data set if missing")
+    p.add_argument("--partition", help="paper | iid | dirichlet")
+    p.add_argument("--clients", type=int, help="n, number of clients")
+    p.add_argument("--rounds", type=int, help="T, training rounds")
+    p.add_argument("--batch-size", type=int, help="b, per-client batch size")
+    p.add_argument("--lr", type=float, help="learning rate eta")
+    p.add_argument("--optimizer", help="sgd | momentum | adam")
+    p.add_argument("--n-s", type=int, help="n_s, mixup partners per client (0..n-1)")
+    p.add_argument("--lam-alpha", type=float, help="mixing ratio lambda ~ Beta(alpha, beta): alpha")
+    p.add_argument("--lam-beta", type=float, help="mixing ratio lambda ~ Beta(alpha, beta): beta")
+    p.add_argument("--tc", type=int, help="T_c, averaging interval in rounds")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--eval-every", type=int, help="evaluate every this many rounds")
+    p.add_argument("--device", help="cpu, cuda, cuda:0, ...")
+    p.add_argument("--name", help="a label for the run")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field, dotted (e.g. mixup.reduction=mean, local_loss.kind=norm)")
+
+
+def parse_value(text: str) -> Any:
+    """'0.5' -> 0.5, 'true' -> True, 'null' -> None, anything else stays a string."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_items(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The ``--set KEY=VALUE`` pairs, values parsed."""
+    pairs = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), parse_value(value)))
+    return pairs
+
+
+def config_dict_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Profile, then preset or techniques, then flags, then --set: later wins."""
+    if args.preset and args.techniques:
+        raise ConfigError("choose either --preset or --techniques, not both")
+    data = deep_merge({}, get_profile(args.profile))
+    if args.preset:
+        preset = get_preset(args.preset)
+        data = deep_merge(data, preset.overrides())
+        data.setdefault("name", preset.title)
+    elif args.techniques:
+        data = deep_merge(data, techniques_to_config(args.techniques))
+    for flag, path in RUN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            set_path(data, path, value)
+    if args.download:
+        set_path(data, "data.download", True)
+    for key, value in _set_items(args):
+        set_path(data, key, value)
+    return data
+
+
+def flag_labels(args: argparse.Namespace) -> dict[str, str]:
+    """Dotted field -> the flag that sets it (``"averaging.interval" -> "--tc"``); a field given
+    with ``--set key=value`` is ``"--set key"`` (--set is applied last, so it names the value used)."""
+    labels = {path: "--" + flag.replace("_", "-") for flag, path in RUN_FLAGS.items()}
+    labels.update((key, f"--set {key}") for key, _ in _set_items(args))
+    return labels
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The validated config; a :class:`ConfigError` names each bad value by the flag that sets it."""
+    data = config_dict_from_args(args)
+    try:
+        return validate_config(data)
+    except ConfigError as err:
+        raise ConfigError(err.text(flag_labels(args)), err.problems) from None
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the chosen command: bad input ends as one ``error:`` line, exit code 2."""
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except (UsageError, ConfigError, DatasetNotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
