@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
 from storage.db import DB_ENV_VAR, DEFAULT_DB_URL, Database, StorageError, connect, resolve_db_url
-from storage.queries import RunInfo, create_run, export_result, get_run, latest_metrics, request_cancel
+from storage.models import RunStatus
+from storage.queries import RunInfo, create_run, export_result, get_run, latest_metrics, request_cancel, utcnow
 from storage.worker import Worker, WorkerOptions
 
 Command = Callable[[argparse.Namespace], int]
 SHOWN_METRICS = ("test_acc", "test_loss", "train_loss", "bytes_up", "bytes_down")
+LOST_AFTER_S = 5  # status calls a running run's worker lost after this long without a heartbeat
 
 
 def add_queue_commands(sub: argparse._SubParsersAction) -> None:
@@ -34,13 +37,18 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     worker = _add_command(sub, "worker", "train queued runs until stopped", cmd_worker)
     worker.add_argument("--once", action="store_true", help="exit when no run is queued instead of waiting")
     worker.add_argument("--stale-after", type=float, default=WorkerOptions.stale_after, metavar="SECONDS",
-                        help="take over a running run whose heartbeat is older than this (default %(default)s)")
+                        help="take over a running run whose heartbeat is older than this (default %(default)g; "
+                             "heartbeats come every min(1, SECONDS/4) s). A run whose worker was a process on this "
+                             "host that no longer exists is taken over at once")
     worker.add_argument("--checkpoint-every", type=int, default=WorkerOptions.checkpoint_every, metavar="ROUNDS",
                         help="checkpoint a run every this many rounds (default %(default)s)")
     worker.add_argument("--poll", type=float, default=WorkerOptions.poll, metavar="SECONDS",
                         help="seconds between looks at an empty queue, when an idle worker also reports itself alive "
                              "(default %(default)s)")
     worker.add_argument("--worker-id", help="this worker's name in the runs table (default host:pid)")
+    worker.add_argument("--exit-with-parent", action="store_true",
+                        help="stop as on SIGTERM (checkpoint, queue the run again, exit 0) when the process that "
+                             "started this worker is gone (for a worker a dashboard or script starts)")
     submit = _add_command(sub, "submit", "queue a run (the flags of run); prints its id", cmd_submit)
     add_run_arguments(submit)
     status = _add_command(sub, "status", "a run's state, progress and latest metrics", cmd_status)
@@ -85,7 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         options = WorkerOptions(stale_after=args.stale_after, checkpoint_every=args.checkpoint_every, poll=args.poll,
-                                once=args.once)
+                                once=args.once, exit_with_parent=args.exit_with_parent)
     except ValueError as err:
         raise UsageError(f"worker: {err}") from None
     db = _database(args)
@@ -135,12 +143,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_run(run: RunInfo, latest: dict[str, Any] | None) -> str:
-    """A few lines for people: state, progress, latest metrics, error."""
+def describe_run(run: RunInfo, latest: dict[str, Any] | None, now: datetime | None = None) -> str:
+    """A few lines for people: state, progress, worker (or that it was lost), latest metrics, error."""
     title = f"run {run.id}" + (f" ({run.name})" if run.name else "")
     lines = [f"{title}: {run.status.value}, round {run.last_round}/{run.rounds} ({run.progress:.0%})"]
     if run.worker_id and not run.status.is_terminal:
-        lines.append(f"worker {run.worker_id}, last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC")
+        lines.append(describe_worker(run, now or utcnow()))
+    elif run.status == RunStatus.QUEUED and run.checkpoint_round is not None:
+        lines.append(f"queued again; resumes from round {run.checkpoint_round}")
     if run.cancel_requested and not run.status.is_terminal:
         lines.append("cancel requested")
     if latest is not None:
@@ -149,6 +159,16 @@ def describe_run(run: RunInfo, latest: dict[str, Any] | None) -> str:
     if run.error:
         lines.append(f"error: {run.error}")
     return "\n".join(lines)
+
+
+def describe_worker(run: RunInfo, now: datetime) -> str:
+    """The run's worker and its last heartbeat; a running run silent for ``LOST_AFTER_S`` has lost its worker."""
+    silent_s = (now - run.heartbeat_at).total_seconds() if run.heartbeat_at else None
+    if run.status == RunStatus.RUNNING and (silent_s is None or silent_s > LOST_AFTER_S):
+        silence = f"no heartbeat for {silent_s:.0f} s" if silent_s is not None else "no heartbeat"
+        return (f"worker {run.worker_id} lost ({silence}); the run resumes from round "
+                f"{run.checkpoint_round or 0} when a worker takes it over")
+    return f"worker {run.worker_id}, last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

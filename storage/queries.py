@@ -11,7 +11,7 @@ deleted), so a worker that was presumed dead can never write over its successor.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,7 @@ class RunInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    checkpoint_round: int | None = None  # the round of its stored checkpoint (where a resume starts); None: none
 
     @property
     def progress(self) -> float:
@@ -128,31 +129,41 @@ def create_run(session: Session, cfg: RunConfig) -> int:
 
 
 def claim_next_run(session: Session, worker_id: str) -> RunInfo | None:
-    """Move the oldest queued run to running for ``worker_id``; None when nothing is queued.
+    """Move the next queued run to running for ``worker_id``; None when nothing is queued.
     Either way the worker is recorded as alive (training that run, or idle).
 
-    Atomic when called in a :meth:`~storage.db.Database.write` transaction: SQLite holds the
-    write lock from its start; PostgreSQL locks the row and other workers skip it.
+    The next run is the oldest one a worker already started (a lost worker's, or one given back
+    on shutdown: it resumes before newer runs begin), else the oldest queued run. Atomic when
+    called in a :meth:`~storage.db.Database.write` transaction: SQLite holds the write lock from
+    its start; PostgreSQL locks the row and other workers skip it.
     """
-    run = session.scalars(_oldest_queued()).first()
+    run = session.scalars(_oldest_queued(started=True)).first() or session.scalars(_oldest_queued()).first()
     if run is not None:
         now = utcnow()
         run.status, run.worker_id, run.heartbeat_at = RunStatus.RUNNING, worker_id, now
         run.started_at = run.started_at or now
         run.attempts += 1
     _worker_alive(session, worker_id, run.id if run else None)
-    return None if run is None else _info(run)
+    return None if run is None else _info(run, _checkpoint_round(session, run.id))
 
 
-def requeue_stale_runs(session: Session, stale_after: float) -> list[int]:
-    """Queue again the running runs whose heartbeat is older than ``stale_after`` seconds; their ids.
+def known_worker_ids(session: Session) -> set[str]:
+    """Every worker that holds a running run or is in the workers table (alive, or not yet forgotten)."""
+    holding = session.scalars(select(Run.worker_id).where(Run.status == RunStatus.RUNNING, Run.worker_id.is_not(None)))
+    return set(holding) | set(session.scalars(select(WorkerRecord.worker_id)))
+
+
+def requeue_stale_runs(session: Session, stale_after: float, dead_workers: Collection[str] = ()) -> list[int]:
+    """Queue again the running runs whose heartbeat is older than ``stale_after`` seconds, or whose
+    worker is in ``dead_workers`` (known to be gone, e.g. its process no longer exists); their ids.
 
     Their checkpoints stay, so the next worker resumes them. A stale run whose cancel was
     requested is marked cancelled instead. Heartbeats are worker clock times: the workers'
     clocks must agree to well within ``stale_after`` (NTP does).
     """
     cutoff = utcnow() - timedelta(seconds=stale_after)
-    stale = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING, Run.heartbeat_at < cutoff)
+    lost = (Run.heartbeat_at < cutoff) | Run.worker_id.in_(list(dead_workers))
+    stale = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING, lost)
                             .with_for_update(skip_locked=True)).all()
     requeued = []
     for run in stale:
@@ -185,10 +196,12 @@ def live_workers(session: Session, max_age: float) -> list[WorkerInfo]:
     return [WorkerInfo(w.worker_id, w.run_id, w.started_at, w.heartbeat_at) for w in records]
 
 
-def forget_stale_workers(session: Session, stale_after: float) -> None:
-    """Remove the workers silent for more than ``stale_after`` seconds (killed, or their machine gone)."""
+def forget_stale_workers(session: Session, stale_after: float, dead_workers: Collection[str] = ()) -> None:
+    """Remove the workers silent for more than ``stale_after`` seconds (killed, or their machine gone)
+    and those in ``dead_workers``."""
     cutoff = utcnow() - timedelta(seconds=stale_after)
-    session.execute(delete(WorkerRecord).where(WorkerRecord.heartbeat_at < cutoff))
+    lost = (WorkerRecord.heartbeat_at < cutoff) | WorkerRecord.worker_id.in_(list(dead_workers))
+    session.execute(delete(WorkerRecord).where(lost))
 
 
 def remove_worker(session: Session, worker_id: str) -> None:
@@ -286,18 +299,18 @@ def rewind_to_checkpoint(session: Session, run_id: int, worker_id: str) -> Store
 # ---- what the dashboard and the CLI read -------------------------------------------------------
 def get_run(session: Session, run_id: int) -> RunInfo:
     """The run with this id; :class:`RunNotFound` if there is none."""
-    run = session.get(Run, run_id)
-    if run is None:
+    row = session.execute(_runs_with_checkpoint_round().where(Run.id == run_id)).first()
+    if row is None:
         raise RunNotFound(f"no run with id {run_id}")
-    return _info(run)
+    return _info(*row)
 
 
 def list_runs(session: Session, statuses: Iterable[RunStatus] | None = None, limit: int | None = None) -> list[RunInfo]:
     """Runs, newest first, optionally only those in ``statuses``."""
-    query = select(Run).order_by(Run.id.desc()).limit(limit)
+    query = _runs_with_checkpoint_round().order_by(Run.id.desc()).limit(limit)
     if statuses is not None:
         query = query.where(Run.status.in_(list(statuses)))
-    return [_info(run) for run in session.scalars(query)]
+    return [_info(run, checkpoint_round) for run, checkpoint_round in session.execute(query)]
 
 
 def history_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
@@ -339,8 +352,18 @@ def export_result(session: Session, run_id: int) -> dict[str, Any]:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def _info(run: Run) -> RunInfo:
-    return RunInfo(**{f.name: getattr(run, f.name) for f in fields(RunInfo)})
+def _info(run: Run, checkpoint_round: int | None) -> RunInfo:
+    values = {f.name: getattr(run, f.name) for f in fields(RunInfo) if f.name != "checkpoint_round"}
+    return RunInfo(**values, checkpoint_round=checkpoint_round)
+
+
+def _runs_with_checkpoint_round() -> Select[tuple[Run, int | None]]:
+    """Runs with the round of their checkpoint (NULL without one), in one query; the checkpoint's bytes stay unread."""
+    return select(Run, Checkpoint.round).outerjoin(Checkpoint, Checkpoint.run_id == Run.id)
+
+
+def _checkpoint_round(session: Session, run_id: int) -> int | None:
+    return session.scalar(select(Checkpoint.round).where(Checkpoint.run_id == run_id))
 
 
 def _history_row(metric: Metric) -> dict[str, Any]:
@@ -353,9 +376,14 @@ def _image_record(image: Image) -> ImageRecord:
                        smashed=arrays["smashed"], reconstruction=arrays.get("reconstruction"), mse=image.mse)
 
 
-def _oldest_queued() -> Select[tuple[Run]]:
-    """The oldest queued run, locked; PostgreSQL skips rows other workers hold (SQLite ignores FOR UPDATE)."""
-    return select(Run).where(Run.status == RunStatus.QUEUED).order_by(Run.id).limit(1).with_for_update(skip_locked=True)
+def _oldest_queued(started: bool = False) -> Select[tuple[Run]]:
+    """The oldest queued run (with ``started``: of those a worker has claimed before), locked;
+    PostgreSQL skips rows other workers hold (SQLite ignores FOR UPDATE). Only a claimed run
+    can have a checkpoint, so ``started`` also covers every run with one."""
+    query = select(Run).where(Run.status == RunStatus.QUEUED)
+    if started:
+        query = query.where(Run.attempts > 0)
+    return query.order_by(Run.id).limit(1).with_for_update(skip_locked=True)
 
 
 def _locked_run(session: Session, run_id: int) -> Run:

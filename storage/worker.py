@@ -2,10 +2,11 @@
 
 Per run: the metrics of every evaluation step and the images every ``image_every`` rounds are
 written as they come; an exact checkpoint every ``checkpoint_every`` rounds; a heartbeat from a
-timer thread, which also learns of cancel requests and takeovers. A run whose worker died
-(heartbeat older than ``stale_after``) is queued again by the next worker to look, and resumes
-from its checkpoint: the metric and image rows after it are dropped and recorded again, so
-the resumed run ends exactly as an uninterrupted one would.
+timer thread, which also learns of cancel requests and takeovers. A run whose worker died is
+queued again by the next worker to look: at once if that worker was a process on the same host
+that no longer exists, else once its heartbeat is older than ``stale_after``. It resumes before
+newer runs begin, from its checkpoint: the metric and image rows after it are dropped and
+recorded again, so the resumed run ends exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Self
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from engine.config import ConfigError, validate_config
 from engine.data import DatasetNotFound
@@ -34,6 +38,7 @@ from storage.queries import (
     claim_next_run,
     forget_stale_workers,
     heartbeat,
+    known_worker_ids,
     mark_cancelled,
     mark_failed,
     mark_finished,
@@ -53,10 +58,11 @@ MAX_HEARTBEAT_INTERVAL = 1.0  # seconds; also how long a cancel request may wait
 class WorkerOptions:
     """How a worker paces itself."""
 
-    stale_after: float = 60.0   # seconds without a heartbeat before a running run is taken over
+    stale_after: float = 15.0   # seconds without a heartbeat before a running run is taken over
     checkpoint_every: int = 50  # rounds between checkpoints
     poll: float = 2.0           # seconds between looks at an empty queue
     once: bool = False          # exit when the queue is empty instead of waiting for runs
+    exit_with_parent: bool = False  # stop as on SIGTERM once the process that started the worker is gone
 
     def __post_init__(self) -> None:
         if self.stale_after <= 0 or self.checkpoint_every < 1 or self.poll <= 0:
@@ -72,6 +78,34 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def process_gone(worker_id: str) -> bool:
+    """True if ``worker_id`` is ``host:pid`` of this host and that process has ended: the worker
+    died (``kill -9``, a crash). False whenever unsure: another host, another naming, or a live
+    process (which may be a new one that reused the pid; the heartbeat timeout covers that case).
+
+    Workers that share a host name must share a PID namespace too (containers on the host's
+    network do not): give those an explicit ``--worker-id``."""
+    host, _, pid = worker_id.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, under another user
+        return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """An ended process its parent has not reaped yet (Linux; False where /proc is missing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 class Worker:
     """Trains queued runs from one database, one at a time, until stopped."""
 
@@ -79,10 +113,19 @@ class Worker:
         self.db, self.options = db, options
         self.worker_id = worker_id or default_worker_id()
         self.shutdown = threading.Event()
+        self.parent_pid = os.getppid()
 
     def stop(self) -> None:
         """Stop after the current round: the run in progress is checkpointed and queued again."""
         self.shutdown.set()
+
+    def stopping(self) -> bool:
+        """Whether to stop: :meth:`stop` was called (SIGTERM, SIGINT) or, with ``exit_with_parent``,
+        the process that started this worker is gone (an orphan is adopted: its parent pid changes)."""
+        if self.options.exit_with_parent and not self.shutdown.is_set() and os.getppid() != self.parent_pid:
+            log.info("the process that started this worker (pid %d) is gone: stopping", self.parent_pid)
+            self.stop()
+        return self.shutdown.is_set()
 
     def run(self) -> int:
         """Train runs until stopped (with ``once``: until the queue is empty); returns how many were taken.
@@ -91,7 +134,7 @@ class Worker:
         """
         taken = 0
         try:
-            while not self.shutdown.is_set():
+            while not self.stopping():
                 run = self.claim()
                 if run is None:
                     if self.options.once:
@@ -106,15 +149,25 @@ class Worker:
         return taken
 
     def claim(self) -> RunInfo | None:
-        """Queue the runs of dead workers again, then take the oldest queued run (None if there is none)."""
+        """Queue the runs of dead workers again, then take the next queued run (None if there is none):
+        a run some worker started before newer ones."""
         with self.db.write() as session:
-            for run_id in requeue_stale_runs(session, self.options.stale_after):
-                log.info("run %d: its worker stopped sending heartbeats; queued again", run_id)
-            forget_stale_workers(session, self.options.stale_after)
+            dead = self._dead_workers_here(session)
+            for run_id in requeue_stale_runs(session, self.options.stale_after, dead):
+                log.info("run %d: its worker is gone; queued again", run_id)
+            forget_stale_workers(session, self.options.stale_after, dead)
             run = claim_next_run(session, self.worker_id)
         if run is not None:
             log.info("run %d claimed by %s (attempt %d)", run.id, self.worker_id, run.attempts)
         return run
+
+    @staticmethod
+    def _dead_workers_here(session: Session) -> set[str]:
+        """The workers known to the database whose process on this host has ended."""
+        dead = {worker_id for worker_id in known_worker_ids(session) if process_gone(worker_id)}
+        for worker_id in sorted(dead):
+            log.info("worker %s is gone: no such process on this host", worker_id)
+        return dead
 
     def train(self, run: RunInfo) -> RunStatus | None:
         """Train a claimed run to its end and record how it ended; None if another worker took it over."""
@@ -123,7 +176,8 @@ class Worker:
             with _Heartbeat(self.db, run.id, self.worker_id, self.options.heartbeat_interval,
                             last_round=checkpoint.round if checkpoint else 0) as beat:
                 trainer = _build_trainer(run, checkpoint)
-                recorder = _Recorder(self.db, run.id, self.worker_id, self.options.checkpoint_every, beat, self.shutdown)
+                recorder = _Recorder(self.db, run.id, self.worker_id, self.options.checkpoint_every, beat,
+                                     self.stopping)
                 result = trainer.run(recorder)
             return self._record_end(run, trainer, result["summary"], beat)
         except RunLost as lost:
@@ -220,12 +274,12 @@ class _Heartbeat:
 
 
 class _Recorder(Callbacks):
-    """Writes what the trainer reports; stops it on cancel, takeover or worker shutdown."""
+    """Writes what the trainer reports; stops it on cancel, takeover or worker shutdown (signal, parent gone)."""
 
     def __init__(self, db: Database, run_id: int, worker_id: str, checkpoint_every: int, beat: _Heartbeat,
-                 shutdown: threading.Event):
+                 worker_stopping: Callable[[], bool]):
         self.db, self.run_id, self.worker_id = db, run_id, worker_id
-        self.checkpoint_every, self.beat, self.shutdown = checkpoint_every, beat, shutdown
+        self.checkpoint_every, self.beat, self.worker_stopping = checkpoint_every, beat, worker_stopping
 
     def on_eval(self, trainer: Trainer, record: dict[str, Any]) -> None:
         with self.db.write() as session:
@@ -243,4 +297,4 @@ class _Recorder(Callbacks):
                 save_checkpoint(session, self.run_id, self.worker_id, trainer.round, data)
 
     def should_stop(self, trainer: Trainer) -> bool:
-        return self.beat.stop_requested or self.shutdown.is_set()
+        return self.beat.stop_requested or self.worker_stopping()

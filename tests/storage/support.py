@@ -84,6 +84,13 @@ def worker_process(db_url: str, *args: str, cwd: Path, env: dict[str, str] | Non
                             text=True)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped): no process has it, until the system reuses it."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
     """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

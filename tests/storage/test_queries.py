@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from storage.db import Database
 from storage.models import Checkpoint, Image, Metric, Run, RunStatus, WorkerRecord
@@ -23,6 +24,7 @@ from storage.queries import (
     get_run,
     heartbeat,
     history_rows,
+    known_worker_ids,
     image_rounds,
     latest_metrics,
     list_runs,
@@ -30,6 +32,7 @@ from storage.queries import (
     load_checkpoint,
     mark_failed,
     mark_finished,
+    release_run,
     remove_worker,
     request_cancel,
     requeue_stale_runs,
@@ -108,6 +111,16 @@ def test_the_oldest_queued_run_is_claimed_first(db):
         assert claim_next_run(session, W2) is None
 
 
+def test_a_run_a_worker_already_started_is_claimed_before_older_fresh_runs(db):
+    older, orphan, newer = queue(db, tiny_config()), queue(db, tiny_config()), queue(db, tiny_config())
+    with db.write() as session:
+        session.execute(update(Run).where(Run.id == older).values(status=RunStatus.CANCELLED))
+        assert claim_next_run(session, W1).id == orphan
+        release_run(session, orphan, W1, 0)  # given back (shutdown, or a lost worker's run queued again)
+        session.execute(update(Run).where(Run.id == older).values(status=RunStatus.QUEUED))
+        assert [claim_next_run(session, W2).id for _ in range(3)] == [orphan, older, newer]
+
+
 def test_concurrent_claims_take_every_run_exactly_once(db):
     run_ids = [queue(db, tiny_config()) for _ in range(40)]
     taken: dict[str, list[int]] = {f"w{i}": [] for i in range(4)}
@@ -184,6 +197,31 @@ def test_runs_with_a_stale_heartbeat_are_queued_again_with_their_checkpoint(db):
         statuses = {r.id: r.status for r in list_runs(session)}
         assert load_checkpoint(session, stale).data == b"state at 10"
     assert statuses == {stale: RunStatus.QUEUED, alive: RunStatus.RUNNING, stale_cancelled: RunStatus.CANCELLED}
+
+
+def test_the_runs_of_dead_workers_are_queued_again_without_waiting_for_the_timeout(db):
+    dead, alive = claimed(db, W1), claimed(db, W2)
+    with db.write() as session:
+        assert known_worker_ids(session) == {W1, W2}
+        assert requeue_stale_runs(session, stale_after=30, dead_workers={W1, "gone-before"}) == [dead]
+        forget_stale_workers(session, stale_after=30, dead_workers={W1})
+        assert known_worker_ids(session) == {W2}
+        assert get_run(session, alive).status == RunStatus.RUNNING
+
+
+def test_a_run_says_the_round_of_its_checkpoint_in_one_query(db):
+    with_checkpoint, without = claimed(db), queue(db, tiny_config())
+    with db.write() as session:
+        save_checkpoint(session, with_checkpoint, W1, 10, b"state at 10")
+    statements = []
+    event.listen(db.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with db.read() as session:
+        listed = {run.id: run.checkpoint_round for run in list_runs(session)}
+    assert listed == {with_checkpoint: 10, without: None}
+    assert len([sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]) == 1
+    with db.read() as session:
+        run = get_run(session, with_checkpoint)
+    assert run.checkpoint_round == 10 and json.loads(json.dumps(run.as_dict()))["checkpoint_round"] == 10
 
 
 def test_metrics_come_back_as_the_engine_wrote_them(db):

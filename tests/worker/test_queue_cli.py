@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
 from engine.cli import main as engine_main
 from storage.cli import main as queue_main
-from storage.queries import list_runs
+from storage.models import Run
+from storage.queries import claim_next_run, list_runs, requeue_stale_runs, save_checkpoint, utcnow
 from tests.storage.support import BAD_RUN_FLAGS, without_wall_clock
 
 RUN_FLAGS = ["--dataset", "synthetic", "--clients", "3", "--rounds", "6", "--batch-size", "8", "--eval-every", "3",
@@ -93,3 +96,40 @@ def test_the_database_url_comes_from_the_environment_without_db(url, capsys, mon
     assert queue_main(["submit", *RUN_FLAGS]) == 0
     run_id = int(capsys.readouterr().out)
     assert status_json(url, run_id, capsys)["status"] == "queued"
+
+
+def claimed_and_silent(db, capsys, worker_id: str, silent_s: float, checkpoint_round: int | None) -> int:
+    """A submitted run, claimed by ``worker_id``, whose last heartbeat was ``silent_s`` seconds ago."""
+    run_id = submit(db.url, capsys)
+    with db.write() as session:
+        claim_next_run(session, worker_id)
+        if checkpoint_round is not None:
+            save_checkpoint(session, run_id, worker_id, checkpoint_round, b"state")
+        session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(seconds=silent_s)))
+    return run_id
+
+
+def status_text(db, run_id: int, capsys) -> str:
+    assert engine_main(["status", str(run_id), "--db", db.url]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("checkpoint_round, resumes_from", [(3, 3), (None, 0)])
+def test_status_says_a_silent_worker_is_lost_and_where_its_run_resumes(db, capsys, checkpoint_round, resumes_from):
+    run_id = claimed_and_silent(db, capsys, "box:123", silent_s=42.4, checkpoint_round=checkpoint_round)
+    assert (f"worker box:123 lost (no heartbeat for 42 s); the run resumes from round {resumes_from} "
+            "when a worker takes it over") in status_text(db, run_id, capsys)
+    assert status_json(db.url, run_id, capsys)["checkpoint_round"] == checkpoint_round
+
+
+def test_status_says_where_a_run_queued_again_resumes(db, capsys):
+    run_id = claimed_and_silent(db, capsys, "box:123", silent_s=60, checkpoint_round=3)
+    with db.write() as session:
+        assert requeue_stale_runs(session, stale_after=30) == [run_id]
+    assert "queued again; resumes from round 3" in status_text(db, run_id, capsys)
+
+
+def test_status_shows_a_worker_that_beat_lately_as_alive(db, capsys):
+    run_id = claimed_and_silent(db, capsys, "box:123", silent_s=1, checkpoint_round=None)
+    text = status_text(db, run_id, capsys)
+    assert "worker box:123, last heartbeat " in text and "lost" not in text

@@ -1,9 +1,13 @@
-"""``kill -9`` a worker mid-run; the next worker resumes from the checkpoint and ends exactly as an uninterrupted run."""
+"""``kill -9`` a worker mid-run; the next worker resumes from the checkpoint (at once, before newer runs, when the
+dead worker was a process on this host) and ends exactly as an uninterrupted run."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
+import subprocess
 import time
 
 import numpy as np
@@ -29,11 +33,8 @@ class SnapshotRecorder(Callbacks):
             self.images[round_, client] = unpack_client_snapshot(packed)
 
 
-def test_a_killed_worker_s_run_resumes_and_ends_exactly_as_an_uninterrupted_run(db, tmp_path):
-    cfg = tiny_config(rounds=60)
-    run_id = queue(db, cfg)
-    flags = ("--once", "--stale-after", str(STALE_AFTER), "--checkpoint-every", str(CHECKPOINT_EVERY))
-    first = worker_process(db.url, *flags, "--worker-id", "first", cwd=tmp_path)
+def kill_after_a_checkpoint(db, run_id: int, worker: subprocess.Popen, rounds: int) -> int:
+    """``kill -9`` the worker once it recorded evaluation steps past a checkpoint; that checkpoint's round."""
 
     def past_a_checkpoint():
         """(checkpoint round, evaluated rounds) once evaluation steps were recorded after a checkpoint."""
@@ -43,24 +44,22 @@ def test_a_killed_worker_s_run_resumes_and_ends_exactly_as_an_uninterrupted_run(
         return checkpoint and rounds[-1] > checkpoint.round and (checkpoint.round, rounds)
 
     checkpoint_round, rounds_at_kill = wait_for(past_a_checkpoint, timeout=60)
-    os.kill(first.pid, signal.SIGKILL)
-    first.communicate(timeout=10)
-    assert first.returncode == -signal.SIGKILL and rounds_at_kill[-1] < cfg.rounds
-    time.sleep(STALE_AFTER)  # its heartbeat goes stale
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.communicate(timeout=10)
+    assert worker.returncode == -signal.SIGKILL and rounds_at_kill[-1] < rounds
+    return checkpoint_round
 
-    second = worker_process(db.url, *flags, "--worker-id", "second", cwd=tmp_path)
-    log = second.communicate(timeout=120)[0]
-    assert second.returncode == 0, log
-    assert f"resumes from its checkpoint at round {checkpoint_round}" in log
 
+def assert_ends_as_uninterrupted(db, run_id: int, cfg, worker_id: str) -> None:
+    """The run finished on its second attempt with the history, summary and images of an uninterrupted run."""
     reference = SnapshotRecorder()
     expected = Trainer(cfg).run(reference)
     with db.read() as session:
         run = get_run(session, run_id)
         stored = export_result(session, run_id)
         images = run_images(session, run_id)
-    assert (run.status, run.worker_id, run.attempts) == (RunStatus.FINISHED, "second", 2)
-    assert [row["round"] for row in stored["history"]] == list(range(5, 61, 5))  # none missing, none twice
+    assert (run.status, run.worker_id, run.attempts) == (RunStatus.FINISHED, worker_id, 2)
+    assert [row["round"] for row in stored["history"]] == list(range(5, cfg.rounds + 1, 5))  # none missing, none twice
     assert without_wall_clock(stored["history"]) == without_wall_clock(expected["history"])
     assert {k: v for k, v in stored["summary"].items() if k != "wall_s"} == \
            {k: v for k, v in expected["summary"].items() if k != "wall_s"}
@@ -69,3 +68,36 @@ def test_a_killed_worker_s_run_resumes_and_ends_exactly_as_an_uninterrupted_run(
         want = reference.images[image.round, image.client]
         assert np.array_equal(image.smashed, want["smashed"]) and np.array_equal(image.reconstruction,
                                                                                  want["reconstruction"])
+
+
+def test_a_killed_worker_s_run_resumes_and_ends_exactly_as_an_uninterrupted_run(db, tmp_path):
+    cfg = tiny_config(rounds=60)
+    run_id = queue(db, cfg)
+    flags = ("--once", "--stale-after", str(STALE_AFTER), "--checkpoint-every", str(CHECKPOINT_EVERY))
+    first = worker_process(db.url, *flags, "--worker-id", "first", cwd=tmp_path)
+    checkpoint_round = kill_after_a_checkpoint(db, run_id, first, cfg.rounds)
+    time.sleep(STALE_AFTER)  # its heartbeat goes stale ("first" names no process: only the timeout tells)
+
+    second = worker_process(db.url, *flags, "--worker-id", "second", cwd=tmp_path)
+    log = second.communicate(timeout=120)[0]
+    assert second.returncode == 0, log
+    assert f"resumes from its checkpoint at round {checkpoint_round}" in log
+    assert_ends_as_uninterrupted(db, run_id, cfg, "second")
+
+
+def test_a_dead_local_worker_s_run_is_taken_over_at_once_and_before_newer_runs(db, tmp_path):
+    cfg = tiny_config(rounds=60)
+    orphan = queue(db, cfg)
+    flags = ("--once", "--stale-after", "600", "--checkpoint-every", str(CHECKPOINT_EVERY))
+    first = worker_process(db.url, *flags, cwd=tmp_path)  # named host:pid, as by default
+    checkpoint_round = kill_after_a_checkpoint(db, orphan, first, cfg.rounds)
+    newer = queue(db, tiny_config(rounds=4, eval_every=2, image_every=0))
+
+    second = worker_process(db.url, *flags, "--worker-id", "second", cwd=tmp_path)  # no wait: 600 s is far off
+    log = second.communicate(timeout=120)[0]
+    assert second.returncode == 0, log
+    assert f"worker {socket.gethostname()}:{first.pid} is gone" in log
+    claims = [int(run_id) for run_id in re.findall(r"run (\d+) claimed by", log)]
+    assert claims == [orphan, newer], log
+    assert f"resumes from its checkpoint at round {checkpoint_round}" in log
+    assert_ends_as_uninterrupted(db, orphan, cfg, "second")

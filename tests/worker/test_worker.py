@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import socket
 import time
 
 import pytest
@@ -11,6 +15,7 @@ from engine.trainer import Trainer
 from storage.db import Database
 from storage.models import Run, RunStatus
 from storage.queries import (
+    claim_next_run,
     export_result,
     get_run,
     history_rows,
@@ -21,7 +26,7 @@ from storage.queries import (
     run_images,
 )
 from storage.worker import Worker, WorkerOptions, _Recorder
-from tests.storage.support import queue, tiny_config, without_wall_clock
+from tests.storage.support import dead_pid, queue, tiny_config, without_wall_clock
 
 FAST = WorkerOptions(stale_after=0.4, checkpoint_every=10, poll=0.05, once=True)  # heartbeat every 0.1 s
 
@@ -179,3 +184,53 @@ def test_runs_are_trained_in_the_order_they_were_queued(db: Database):
     with db.read() as session:
         started = [get_run(session, run_id).started_at for run_id in ids]
     assert started == sorted(started)
+
+
+def claim_as(db: Database, run_id: int, worker_id: str) -> None:
+    with db.write() as session:
+        assert claim_next_run(session, worker_id).id == run_id
+
+
+def test_a_run_whose_worker_process_here_is_gone_resumes_first_without_waiting_for_the_timeout(db, caplog):
+    cfg = tiny_config()
+    orphan = queue(db, cfg)
+    claim_as(db, orphan, f"{socket.gethostname()}:{dead_pid()}")
+    newer = queue(db, tiny_config(rounds=2, eval_every=1, image_every=0))
+    with caplog.at_level(logging.INFO, logger="splitlab.worker"):
+        assert Worker(db, WorkerOptions(stale_after=600, poll=0.05, once=True), worker_id="w").run() == 2
+    assert [int(m) for m in re.findall(r"run (\d+) claimed by w", caplog.text)] == [orphan, newer]
+    with db.read() as session:
+        assert get_run(session, orphan).status == RunStatus.FINISHED
+        assert_same_result(export_result(session, orphan), engine_result(cfg))
+
+
+@pytest.mark.parametrize("holder", [f"elsewhere:{os.getpid()}", f"{socket.gethostname()}:{os.getpid()}", "w1"],
+                         ids=["another host", "a live process here", "a name that is no pid"])
+def test_a_run_whose_worker_may_be_alive_waits_for_the_heartbeat_timeout(db, holder):
+    run_id = queue(db, tiny_config())
+    claim_as(db, run_id, holder)
+    assert Worker(db, WorkerOptions(stale_after=600, once=True)).claim() is None
+    with db.read() as session:
+        assert get_run(session, run_id).worker_id == holder
+
+
+def test_a_worker_with_exit_with_parent_stops_like_on_sigterm_when_its_parent_is_gone(db, monkeypatch):
+    run_id = queue(db, tiny_config(rounds=1000))
+    worker = Worker(db, WorkerOptions(stale_after=0.4, checkpoint_every=10, poll=0.05, exit_with_parent=True))
+
+    def adopted(recorder, trainer):  # the parent died: the orphan's parent pid changes
+        monkeypatch.setattr(os, "getppid", lambda: worker.parent_pid + 1)
+
+    on_eval_at(monkeypatch, 15, adopted)
+    assert worker.run() == 1  # without once: only the parent's end stops it
+    with db.read() as session:
+        run = get_run(session, run_id)
+        checkpoint = load_checkpoint(session, run_id)
+        assert live_workers(session, max_age=60) == []
+    assert (run.status, run.worker_id, run.last_round, checkpoint.round) == (RunStatus.QUEUED, None, 15, 15)
+
+
+def test_an_idle_worker_with_exit_with_parent_exits_when_its_parent_is_gone(db, monkeypatch):
+    worker = Worker(db, WorkerOptions(poll=0.05, exit_with_parent=True))
+    monkeypatch.setattr(os, "getppid", lambda: worker.parent_pid + 1)
+    assert worker.run() == 0 and worker.shutdown.is_set()
