@@ -17,7 +17,13 @@ from pages import common
 from storage import queries
 
 ROOT = Path(__file__).resolve().parent
-LIVE_WORKER_S = 30  # a worker whose heartbeat is newer than this counts as alive
+LIVE_WORKER_S = 10  # a worker whose heartbeat is newer than this counts as alive (it beats every 1-2 s)
+
+
+def configure_host() -> None:
+    """A read-only host for public result pages shows no traceback and no developer menu (Deploy, Rerun)."""
+    if common.readonly():
+        st.set_option("client.showErrorDetails", "none")
 
 
 def autostart_disabled() -> bool:
@@ -26,12 +32,14 @@ def autostart_disabled() -> bool:
 
 @st.cache_resource(show_spinner=False)
 def start_worker(db_url: str) -> subprocess.Popen:
-    """Start one background worker for this server (once; it outlives page reloads)."""
+    """Start one background worker for this server (once; it outlives page reloads). It stops with
+    the server (``--exit-with-parent``): after Ctrl-C on ``make run`` it checkpoints its run and exits."""
     log = open(os.environ.get("SPLITLAB_WORKER_LOG", ROOT / "worker.log"), "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen([sys.executable, "-m", "engine", "worker", "--db", db_url], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "engine", "worker", "--db", db_url, "--exit-with-parent"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+@st.cache_data(ttl=2, show_spinner=False)
 def live_workers() -> list[queries.WorkerInfo]:
     with common.db().read() as s:
         return queries.live_workers(s, LIVE_WORKER_S)
@@ -41,6 +49,7 @@ def ensure_worker() -> None:
     if autostart_disabled() or live_workers():
         return
     proc = start_worker(common.db().url)
+    live_workers.clear()
     if proc.poll() is not None:  # it died: let the next page load try again, and say so
         start_worker.clear()
         st.sidebar.error(f"The background worker exited (code {proc.returncode}); see worker.log.")
@@ -61,21 +70,33 @@ def sidebar() -> None:
         st.sidebar.warning("No worker is running. Start one: `python -m engine worker`")
     else:
         st.sidebar.info("Starting a worker…")
+    if not autostart_disabled():
+        st.sidebar.caption("The worker this app started stops with the app (Ctrl-C): its run is checkpointed "
+                           "and resumes at the next start. Workers started by hand keep running.")
     st.sidebar.caption(f"Database: `{common.db().display_url()}`")
 
 
 st.set_page_config(page_title="SplitLab", page_icon=":material/call_split:", layout="wide")
+configure_host()
 ensure_worker()
 sidebar()
+def results_home() -> None:
+    """The landing page of a read-only host: what it is, and links to the runs' result pages."""
+    st.header("SplitLab results")
+    st.caption("Read-only: every run's curves, reconstructions and downloads, by link. Nothing can be "
+               "submitted, cancelled or deleted here.")
+    common.run_links()
+
+
 pages = [
-    st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=not common.readonly()),
-    st.Page("pages/runs.py", title="Runs", icon=":material/list:", default=common.readonly()),
-    st.Page("pages/live.py", title="Live", icon=":material/show_chart:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:"),
-    st.Page("pages/infopro.py", title="InfoPro", icon=":material/image:"),
-    st.Page("pages/latency.py", title="Latency", icon=":material/timer:"),
+    st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
+    st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
+    st.Page("pages/live.py", title="Live", icon=":material/show_chart:", url_path="live"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:", url_path="compare"),
+    st.Page("pages/infopro.py", title="InfoPro", icon=":material/image:", url_path="infopro"),
+    st.Page("pages/latency.py", title="Latency", icon=":material/timer:", url_path="latency"),
     st.Page("pages/run.py", title="Result page", icon=":material/link:", url_path="run"),
 ]
-if common.readonly():
-    pages = pages[1:]
+if common.readonly():  # every page keeps its address; the default one ("/") lists the results
+    pages[0] = st.Page(results_home, title="Results", icon=":material/home:", default=True)
 st.navigation(pages).run()

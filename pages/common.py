@@ -7,7 +7,8 @@ modules (config, presets, latency). Nothing here trains.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+import re
+from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
@@ -18,6 +19,28 @@ from storage.models import RunStatus
 
 READ_TTL_S = 2  # cached reads refresh this often, so live pages stay live without hammering the DB
 STATUSES = ("queued", "running", "finished", "failed", "cancelled")
+LOST_AFTER_S = 5.0  # a running run whose worker has not reported for this long: "worker lost" (beats come every 1 s)
+MAX_RUN_ID = 2**63 - 1  # the largest id a database row can have; longer numbers are no run, never a query
+RUN_ID = re.compile(r"[0-9]{1,19}")
+
+
+def _run_through_app_py() -> None:
+    """Make every page run through ``app.py`` (sidebar, read-only settings, navigation).
+
+    Because a ``pages/`` folder exists, a fresh Streamlit server runs ``pages/<name>.py`` on its
+    own for deep links (``/run?run=3``) until some visit to ``/`` has run ``st.navigation``: a
+    shared result link opened first would skip app.py, and with it the read-only host's settings
+    (no tracebacks) and the sidebar. Every page imports this module first, so the first such run
+    switches that mode off and starts again, through app.py.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_run_through_app_py()
 
 
 def readonly() -> bool:
@@ -40,20 +63,41 @@ def runs_frame() -> pd.DataFrame:
     """Every run, newest first, one row each, with progress and times for the tables."""
     with db().read() as s:
         runs = queries.list_runs(s)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     rows = []
     for r in runs:
         elapsed = ((r.finished_at or now) - r.started_at).total_seconds() if r.started_at else 0.0
-        remaining = elapsed / r.progress * (1 - r.progress) if r.status == RunStatus.RUNNING and r.progress > 0 else None
+        lost = worker_lost(r.status.value, r.heartbeat_at, now)
+        remaining = elapsed / r.progress * (1 - r.progress) \
+            if r.status == RunStatus.RUNNING and r.progress > 0 and not lost else None
         summary = r.summary or {}
         rows.append({"id": r.id, "name": r.name, "status": r.status.value, "progress": r.progress,
                      "round": r.last_round, "rounds": r.rounds, "clients": r.config["num_clients"],
                      "techniques": technique_codes(r.config), "dataset": r.config["data"]["dataset"],
                      "final_acc": summary.get("final_test_acc"), "elapsed_s": elapsed, "remaining_s": remaining,
-                     "created": r.created_at, "error": r.error, "cancel_requested": r.cancel_requested})
+                     "created": r.created_at, "error": r.error, "cancel_requested": r.cancel_requested,
+                     "worker_lost": lost, "checkpoint_round": r.checkpoint_round,
+                     "state": run_state(r.status.value, lost, r.cancel_requested, r.checkpoint_round, r.attempts)})
     return pd.DataFrame(rows, columns=["id", "name", "status", "progress", "round", "rounds", "clients", "techniques",
                                        "dataset", "final_acc", "elapsed_s", "remaining_s", "created", "error",
-                                       "cancel_requested"])
+                                       "cancel_requested", "worker_lost", "checkpoint_round", "state"])
+
+
+def worker_lost(status: str, heartbeat_at: datetime | None, now: datetime) -> bool:
+    """A running run whose worker stopped reporting (killed, or its machine gone)."""
+    return status == "running" and heartbeat_at is not None and (now - heartbeat_at).total_seconds() > LOST_AFTER_S
+
+
+def run_state(status: str, lost: bool, cancel_requested: bool, checkpoint_round: int | None, attempts: int) -> str:
+    """The status as a person reads it: "worker lost, resumes from round 100", "queued (resumes from round 100)"."""
+    resume = f"resumes from round {checkpoint_round or 0}"
+    if lost:
+        return f"worker lost, {resume}"
+    if status in ("queued", "running") and cancel_requested:
+        return f"{status}, cancel requested"
+    if status == "queued" and attempts > 0:
+        return f"queued, {resume}"
+    return status
 
 
 @st.cache_data(ttl=READ_TTL_S, show_spinner=False)
@@ -64,6 +108,17 @@ def run_info(run_id: int) -> dict | None:
             return queries.get_run(s, run_id).as_dict()
         except queries.RunNotFound:
             return None
+
+
+@st.cache_data(ttl=1, show_spinner=False)
+def eval_signature(run_ids: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """(run id, latest evaluated round) for each run: what the charts show changes only when this does."""
+    out = []
+    with db().read() as s:
+        for run_id in run_ids:
+            latest = queries.latest_metrics(s, run_id)
+            out.append((run_id, int(latest["round"]) if latest else 0))
+    return tuple(out)
 
 
 @st.cache_data(ttl=READ_TTL_S, show_spinner=False)
@@ -92,7 +147,7 @@ def export(run_id: int) -> dict:
 
 def clear_caches() -> None:
     """After a write: the next read sees it."""
-    for fn in (runs_frame, run_info, history, image_rounds, export):
+    for fn in (runs_frame, run_info, history, image_rounds, export, eval_signature):
         fn.clear()
 
 
@@ -115,13 +170,65 @@ def pick_runs(label: str, frame: pd.DataFrame, default_ids: list[int], key: str)
     return [int(i) for i in chosen]
 
 
-def query_run_id() -> int | None:
-    """``?run=42`` as an int (None when absent or not a number)."""
-    value = st.query_params.get("run")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
+def parse_run_id(text: str | None) -> int | None:
+    """A run id from a link: whole digits only, 1 .. 2**63-1 (None for anything else, which no run has)."""
+    if text is None or not RUN_ID.fullmatch(text.strip()):
         return None
+    value = int(text.strip())
+    return value if 1 <= value <= MAX_RUN_ID else None
+
+
+def query_run_id() -> int | None:
+    """``?run=42`` as an int (None when absent or not a valid id); see :func:`linked_run_id`."""
+    return parse_run_id(st.query_params.get("run"))
+
+
+def linked_run_id() -> int | None:
+    """The run a link names (``?run=42``), or None when the link names none.
+
+    A link that names no run of this database (``?run=abc``, ``?run=999``, ``?run=``) says so,
+    offers the list of runs, and stops the page: it never quietly shows another run.
+    """
+    raw = st.query_params.get("run")
+    if raw is None:
+        return None
+    run_id = parse_run_id(raw)
+    if run_id is not None and run_info(run_id) is not None:
+        return run_id
+    no_such_run(raw)
+    st.stop()
+
+
+def escape_markdown(text: str) -> str:
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$:])", r"\\\1", text)
+
+
+def no_such_run(raw: str) -> None:
+    """The message for a link that names no run, and links to the runs there are."""
+    shown = raw if len(raw) <= 40 else raw[:40] + "…"
+    if not raw.strip():
+        st.error("This link names no run: `?run=` is empty.")
+    else:
+        st.error(f"There is no run {escape_markdown(shown)} in this database.")
+    run_links()
+
+
+def run_links(limit: int = 20) -> None:
+    """Links to the newest runs' result pages."""
+    frame = runs_frame()
+    if frame.empty:
+        st.info("There are no runs yet.")
+        return
+    st.markdown("**Runs here** (newest first):")
+    for _, r in frame.head(limit).iterrows():
+        st.page_link("pages/run.py", label=f"{run_label(r)}", query_params={"run": str(int(r["id"]))})
+    if len(frame) > limit:
+        st.caption(f"… and {len(frame) - limit} more on the Runs page.")
+
+
+def fmt_float(value: float | None, spec: str = ".4f") -> str:
+    """A number for a table or metric; "–" for none."""
+    return "–" if value is None or pd.isna(value) else format(value, spec)
 
 
 def fmt_seconds(seconds: float | None) -> str:

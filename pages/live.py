@@ -1,18 +1,41 @@
-"""Live: learning curves of one or several runs, updating while they train."""
+"""Live: learning curves of one or several runs, updating while they train.
+
+Cheap for many viewers: a small fragment polls every 2 s for progress and for the latest
+evaluated round of each shown run (one cached read for all viewers). The charts are drawn only
+when that changes, from figures built once per (run, evaluated round) for every viewer: a viewer
+of a run that has not moved receives no chart again.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from pages import common
 from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
+from storage import queries
 
 REFRESH_S = 2
 
 
+@dataclass(frozen=True)
+class LiveFigures:
+    """What the page draws for one state of the shown runs."""
+
+    accuracy: go.Figure
+    loss: go.Figure
+    terms: go.Figure
+    communication: go.Figure
+    first_label: str
+    last: dict  # the first run's latest evaluation row
+
+
 def default_selection(frame) -> list[int]:
     """The run in the link, else the running runs, else the newest one."""
-    linked = common.query_run_id()
+    linked = common.linked_run_id()  # a bad link says so and stops the page
     if linked is not None:
         return [linked]
     running = frame.loc[frame["status"] == "running", "id"].astype(int).tolist()
@@ -23,46 +46,56 @@ def progress_lines(frame, run_ids: list[int]) -> None:
     for run_id in run_ids:
         row = frame.loc[frame["id"] == run_id]
         if row.empty:
+            st.caption(f"Run #{run_id} no longer exists.")
             continue
         r = row.iloc[0]
-        eta = f", about {common.fmt_seconds(r['remaining_s'])} left" if r["status"] == "running" else ""
-        st.progress(float(r["progress"]), text=f"{common.run_label(r)}: round {r['round']}/{r['rounds']}{eta}")
+        eta = f", about {common.fmt_seconds(r['remaining_s'])} left" if pd.notna(r["remaining_s"]) else ""
+        st.progress(float(r["progress"]), text=f"#{r['id']} {r['name'] or 'run'}: {r['state']} · "
+                                                f"round {r['round']}/{r['rounds']}{eta}")
+
+
+@st.cache_resource(max_entries=64, show_spinner=False, ttl=600)
+def live_figures(signature: tuple[tuple[int, int], ...], x: str, t_comp: float, mbit_s: float) -> LiveFigures | None:
+    """The figures for runs at these evaluated rounds, built once for every viewer (read straight
+    from the database, so they hold exactly the rounds of ``signature`` or later)."""
+    histories = {}
+    with common.db().read() as s:
+        for run_id, _ in signature:
+            try:
+                info = queries.get_run(s, run_id)
+            except queries.RunNotFound:
+                continue
+            h = with_simulated_latency(queries.run_history(s, run_id), info.config, t_comp, mbit_s * 1e6 / 8)
+            histories[f"#{run_id} {info.name or 'run'}"] = h
+    if not any(len(h) for h in histories.values()):
+        return None
+    first_label, first = next((k, v) for k, v in histories.items() if len(v))
+    return LiveFigures(learning_curves(histories, "test_acc", x), learning_curves(histories, "test_loss", x),
+                       loss_terms(first), communication(first), first_label, first.iloc[-1].to_dict())
+
+
+def draw(figs: LiveFigures) -> None:
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(figs.accuracy, key="acc")
+    c2.plotly_chart(figs.loss, key="loss")
+    c3, c4 = st.columns(2)
+    c3.plotly_chart(figs.terms, key="terms")
+    c4.plotly_chart(figs.communication, key="comm")
+    st.caption(f"Loss terms and communication: {figs.first_label}.")
+    last = figs.last
+    m = st.columns(4)
+    m[0].metric("round", int(last["round"]))
+    m[1].metric("test accuracy", common.fmt_float(last["test_acc"]))
+    m[2].metric("uploaded", f"{last['bytes_up'] / 1e6:,.1f} MB")
+    m[3].metric("downloaded", f"{last['bytes_down'] / 1e6:,.1f} MB")
 
 
 @st.fragment(run_every=REFRESH_S)
-def live_view(run_ids: list[int], x_axis: str, t_comp: float, mbit_s: float) -> None:
-    """Redrawn every few seconds; plotly keeps zoom across redraws (uirevision), so no flicker."""
-    frame = common.runs_frame()
-    progress_lines(frame, run_ids)
-    histories, configs = {}, {}
-    for run_id in run_ids:
-        info = common.run_info(run_id)
-        if info is None:
-            continue
-        configs[run_id] = info["config"]
-        h = with_simulated_latency(common.history(run_id), info["config"], t_comp, mbit_s * 1e6 / 8)
-        histories[f"#{run_id} {info['name']}"] = h
-    if not any(len(h) for h in histories.values()):
-        st.info("No evaluation step recorded yet: the first point appears after the first evaluation.")
-        return
-    x = "latency_s" if x_axis.startswith("simulated") else "round"
-    c1, c2 = st.columns(2)
-    c1.markdown("**Test accuracy**")
-    c1.plotly_chart(learning_curves(histories, "test_acc", x), key="acc")
-    c2.markdown("**Test loss**")
-    c2.plotly_chart(learning_curves(histories, "test_loss", x), key="loss")
-    first_label, first = next((k, v) for k, v in histories.items() if len(v))
-    c3, c4 = st.columns(2)
-    c3.markdown(f"**Training-loss terms** ({first_label})")
-    c3.plotly_chart(loss_terms(first), key="terms")
-    c4.markdown(f"**Communication so far** ({first_label})")
-    c4.plotly_chart(communication(first), key="comm")
-    last = first.iloc[-1]
-    m = st.columns(4)
-    m[0].metric("round", int(last["round"]))
-    m[1].metric("test accuracy", f"{last['test_acc']:.4f}")
-    m[2].metric("uploaded", f"{last['bytes_up'] / 1e6:,.1f} MB")
-    m[3].metric("downloaded", f"{last['bytes_down'] / 1e6:,.1f} MB")
+def watch(run_ids: list[int], drawn: tuple[tuple[int, int], ...]) -> None:
+    """Progress every 2 s; the whole page (and so the charts) only when a new evaluation arrived."""
+    progress_lines(common.runs_frame(), run_ids)
+    if common.eval_signature(tuple(run_ids)) != drawn:
+        st.rerun()
 
 
 st.header("Live")
@@ -73,7 +106,16 @@ if runs.empty:
 chosen = common.pick_runs("runs", runs, default_selection(runs), key="live_runs")
 c1, c2, c3 = st.columns([2, 1, 1])
 axis = c1.radio("x axis", ["round", "simulated latency (Table 4 model)"], horizontal=True)
-t_comp = c2.number_input("client compute per step (s)", 0.0, 100.0, 0.05, disabled=not axis.startswith("simulated"))
-mbit = c3.number_input("shared uplink (Mbit/s)", 0.1, 100_000.0, 100.0, disabled=not axis.startswith("simulated"))
-if chosen:
-    live_view(chosen, axis, t_comp, mbit)
+simulated = axis.startswith("simulated")
+t_comp = c2.number_input("client compute per step (s)", 0.0, 100.0, 0.05, disabled=not simulated)
+mbit = c3.number_input("shared uplink (Mbit/s)", 0.1, 100_000.0, 100.0, disabled=not simulated)
+if not chosen:
+    st.info("Choose one or more runs above.")
+    st.stop()
+signature = common.eval_signature(tuple(chosen))
+watch(chosen, signature)
+figures = live_figures(signature, "latency_s" if simulated else "round", float(t_comp), float(mbit))
+if figures is None:
+    st.info("No evaluation step recorded yet: the first point appears after the first evaluation.")
+else:
+    draw(figures)

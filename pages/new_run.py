@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from engine.config import DATASETS, RunConfig, config_errors, deep_merge, field_help, validate_config
+from engine.config import DATASETS, MAX_CLIENTS, RunConfig, config_problems, deep_merge, field_help, validate_config
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
 from pages import common
 from pages.figures import beta_density
@@ -17,6 +17,18 @@ HELP = field_help()
 SECTION_OF = {"data": "data", "num_clients": "scale", "rounds": "scale", "batch_size": "scale", "seed": "scale",
               "optim": "scale", "eval_every": "scale", "image_every": "scale", "mixup": "knobs",
               "averaging": "knobs", "local_loss": "knobs", "cut_layer": "knobs"}
+
+
+# The form's own label for each field, so a message names what the user sees ("clients n must be ...").
+FORM_LABELS = {
+    "name": "name", "num_clients": "clients n", "rounds": "rounds T", "batch_size": "batch size b", "seed": "seed",
+    "optim.name": "optimiser", "optim.lr": "learning rate η", "eval_every": "evaluate every (rounds)",
+    "image_every": "images every (rounds, 0: never)", "data.dataset": "data set", "data.partition": "partition",
+    "data.dirichlet_beta": "Dirichlet β", "data.samples_per_client": "items per client",
+    "mixup.num_partners": "n_s, mixup partners per client", "mixup.alpha": "λ ~ Beta(α, β): α",
+    "mixup.beta": "λ ~ Beta(α, β): β", "averaging.interval": "T_c, average every (rounds)",
+    "split_lr.alpha": "SplitLr α", "split_avg.fraction": "SplitAvg φ", "cut_layer": "cut after LeNet-5 block",
+}
 
 
 def section_of(field: str) -> str:
@@ -62,29 +74,31 @@ def data_controls(base: RunConfig) -> dict[str, Any]:
     c1, c2, c3 = st.columns(3)
     dataset = c1.selectbox("data set", DATASETS, DATASETS.index(base.data.dataset), help=HELP["data.dataset"])
     partition = c2.selectbox("partition", ["paper", "iid", "dirichlet"], help=HELP["data.partition"])
-    beta = c3.number_input("Dirichlet β", 0.01, 100.0, float(base.data.dirichlet_beta), help=HELP["data.dirichlet_beta"],
+    beta = c3.number_input("Dirichlet β", value=float(base.data.dirichlet_beta), help=HELP["data.dirichlet_beta"],
                            disabled=partition != "dirichlet")
-    per_client = c3.number_input("items per client (0: default)", 0, 60_000, 0, help=HELP["data.samples_per_client"])
+    per_client = c3.number_input("items per client (0: default)", value=0, help=HELP["data.samples_per_client"])
     return {"data": {"dataset": dataset, "partition": partition, "dirichlet_beta": beta,
-                     "samples_per_client": per_client or None}}
+                     "samples_per_client": None if per_client == 0 else per_client}}
 
 
 def scale_controls(base: RunConfig) -> dict[str, Any]:
     st.markdown("**Scale and optimiser**")
     c1, c2, c3, c4 = st.columns(4)
-    n = c1.number_input("clients n", 1, 1000, base.num_clients, help=HELP["num_clients"])
-    rounds = c2.number_input("rounds T", 1, 100_000, base.rounds, help=HELP["rounds"])
-    batch = c3.number_input("batch size b", 1, 4096, base.batch_size, help=HELP["batch_size"])
-    seed = c4.number_input("seed", 0, 2**31 - 1, base.seed, help=HELP["seed"])
+    # No min/max on the widgets: a browser field clamps or silently keeps the old value, so the
+    # form would queue a number other than the one shown. The engine's validation judges instead.
+    n = c1.number_input("clients n", value=base.num_clients, step=1, help=HELP["num_clients"])
+    rounds = c2.number_input("rounds T", value=base.rounds, step=1, help=HELP["rounds"])
+    batch = c3.number_input("batch size b", value=base.batch_size, step=1, help=HELP["batch_size"])
+    seed = c4.number_input("seed", value=base.seed, step=1, help=HELP["seed"])
     optimizer = c1.selectbox("optimiser", ["adam", "momentum", "sgd"], ["adam", "momentum", "sgd"].index(base.optim.name),
                              help=HELP["optim.name"])
-    lr = c2.number_input("learning rate η", 0.0, 10.0, float(base.optim.lr), format="%.4f", step=0.0005,
+    lr = c2.number_input("learning rate η", value=float(base.optim.lr), format="%.4g", step=0.0005,
                          help=HELP["optim.lr"])
-    eval_every = c3.number_input("evaluate every (rounds)", 1, 10_000, base.eval_every, help=HELP["eval_every"])
-    image_every = c4.number_input("images every (rounds, 0: never)", 0, 10_000, base.image_every,
+    eval_every = c3.number_input("evaluate every (rounds)", value=base.eval_every, step=1, help=HELP["eval_every"])
+    image_every = c4.number_input("images every (rounds, 0: never)", value=base.image_every, step=1,
                                   help=HELP["image_every"])
-    return {"num_clients": int(n), "rounds": int(rounds), "batch_size": int(batch), "seed": int(seed),
-            "optim": {"name": optimizer, "lr": lr}, "eval_every": int(eval_every), "image_every": int(image_every)}
+    return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
+            "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every}
 
 
 def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str, Any]:
@@ -93,15 +107,17 @@ def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str
     c1, c2, c3 = st.columns(3)
     mixup_on = choice["mixup"]["enabled"]
     default_ns = min(base.mixup.num_partners or 0, max(n - 1, 0)) if base.mixup.num_partners is not None else n // 2
-    num_partners = c1.slider("n_s, mixup partners per client", 0, max(n - 1, 1), min(default_ns, max(n - 1, 0)),
+    top = min(max(n - 1, 1), MAX_CLIENTS - 1)  # n may be out of range here: its own message says so
+    num_partners = c1.slider("n_s, mixup partners per client", 0, top, max(0, min(default_ns, top)),
                              help=HELP["mixup.num_partners"], disabled=not mixup_on or n < 2)
     variant = c1.radio("mixing", ["mixup", "cutmix"], horizontal=True, disabled=not mixup_on, help=HELP["mixup.variant"])
     reduction = c1.radio("over partners", ["mean", "sum"], ["mean", "sum"].index(base.mixup.reduction),
                          horizontal=True, disabled=not mixup_on, help=HELP["mixup.reduction"])
-    alpha = c2.number_input("λ ~ Beta(α, β): α", 0.05, 20.0, float(base.mixup.alpha), 0.05, disabled=not mixup_on)
-    beta = c2.number_input("λ ~ Beta(α, β): β", 0.05, 20.0, float(base.mixup.beta), 0.05, disabled=not mixup_on)
-    c2.plotly_chart(beta_density(alpha, beta), key="beta_density", config={"displayModeBar": False})
-    interval = c3.number_input("T_c, average every (rounds)", 1, 100_000, base.averaging.interval,
+    alpha = c2.number_input("λ ~ Beta(α, β): α", value=float(base.mixup.alpha), step=0.05, disabled=not mixup_on)
+    beta = c2.number_input("λ ~ Beta(α, β): β", value=float(base.mixup.beta), step=0.05, disabled=not mixup_on)
+    if alpha > 0 and beta > 0:
+        c2.plotly_chart(beta_density(alpha, beta), key="beta_density", config={"displayModeBar": False})
+    interval = c3.number_input("T_c, average every (rounds)", value=base.averaging.interval, step=1,
                                disabled=not choice["averaging"]["enabled"], help=HELP["averaging.interval"])
     kind = c3.selectbox("local loss", ["infopro", "classifier", "norm"],
                         ["infopro", "classifier", "norm"].index(base.local_loss.kind),
@@ -109,7 +125,7 @@ def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str
     cut = c3.selectbox("cut after LeNet-5 block", [1, 2, 3, 4], base.cut_layer - 1, help=HELP["cut_layer"])
     return {"mixup": {"num_partners": int(num_partners), "variant": variant, "reduction": reduction,
                       "alpha": alpha, "beta": beta},
-            "averaging": {"interval": int(interval)}, "local_loss": {"kind": kind}, "cut_layer": int(cut)}
+            "averaging": {"interval": interval}, "local_loss": {"kind": kind}, "cut_layer": int(cut)}
 
 
 def queue(config: RunConfig) -> int:
@@ -136,21 +152,41 @@ def new_run_form() -> None:
         knobs = technique_knobs(base, scale["num_clients"], choice)
         slots["knobs"] = st.empty()
     raw = deep_merge(deep_merge(deep_merge(deep_merge({"name": name}, choice), data), scale), knobs)
-    errors = config_errors(raw)
+    problems = config_problems(raw)
     by_section: dict[str, list[str]] = {}
-    for field, message in errors.items():
-        by_section.setdefault(section_of(field), []).append(f"**{field}**: {message}")
+    for problem in problems:
+        by_section.setdefault(section_of(problem.field), []).append(problem.text(FORM_LABELS))
     for section, lines in by_section.items():
-        slots[section].error("  \n".join(lines))
-    if not errors:
+        slots[section].error("  \n".join(common.escape_markdown(line) for line in lines))
+    if problems:
+        st.error(f"Not queued: {len(problems)} value{'s' if len(problems) > 1 else ''} to fix above.")
+    else:
         cfg = validate_config(raw)
         for warning in cfg.warnings():
             st.warning(warning)
         st.caption(f"techniques {common.technique_codes(cfg.model_dump())} · "
                    f"{cfg.num_clients} clients × {cfg.rounds} rounds × b={cfg.batch_size}")
-    if st.button("Queue run", type="primary", disabled=bool(errors), key="submit"):
+    if st.button("Queue run", type="primary", disabled=bool(problems), key="submit"):
         run_id = queue(validate_config(raw))
         st.switch_page("pages/live.py", query_params={"run": str(run_id)})
+
+
+SWEEP_LABELS = {**FORM_LABELS, "rounds": "rounds", "num_clients": "clients n"}
+
+
+def parse_client_counts(text: str) -> tuple[list[int], str | None]:
+    """'5,10,20' -> [5, 10, 20]; or a message naming what is wrong (not a number, a repeat, none)."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        return [], "**clients n**: give at least one value, e.g. 10,20,40"
+    bad = [v for v in values if not v.isdigit()]
+    if bad:
+        return [], f"**clients n**: {common.escape_markdown(bad[0])} is not a whole number; e.g. 10,20,40"
+    ns = [int(v) for v in values]
+    repeated = sorted({n for n in ns if ns.count(n) > 1})
+    if repeated:
+        return [], f"**clients n**: {', '.join(map(str, repeated))} appears more than once; give each n once"
+    return sorted(ns), None
 
 
 def sweep_form() -> None:
@@ -159,24 +195,26 @@ def sweep_form() -> None:
                           format_func=lambda r: f"row {r}: {TABLE3_ROWS[r].title} ({TABLE3_ROWS[r].techniques})")
     c1, c2, c3, c4 = st.columns(4)
     ns_text = c1.text_input("clients n (comma-separated)", "5,10,20")
-    rounds = c2.number_input("rounds", 1, 100_000, 200, key="sweep_rounds")
+    rounds = c2.number_input("rounds", value=200, step=1, key="sweep_rounds")
     dataset = c3.selectbox("data set", DATASETS, DATASETS.index("fashion-mnist"), key="sweep_dataset")
-    seed = c4.number_input("seed", 0, 2**31 - 1, 0, key="sweep_seed")
-    try:
-        ns = sorted({int(v) for v in ns_text.split(",") if v.strip()})
-    except ValueError:
-        st.error("**clients n**: whole numbers separated by commas, e.g. 10,20,40")
+    seed = c4.number_input("seed", value=0, step=1, key="sweep_seed")
+    ns, n_problem = parse_client_counts(ns_text)
+    if n_problem:
+        st.error(n_problem)
+        st.button("Queue sweep", disabled=True, key="submit_sweep")
         return
-    configs, problems = [], []
+    configs, problems = [], {}
     for row in rows:
         for n in ns:
             raw = deep_merge(deep_merge(PROFILES["demo"], techniques_to_config(TABLE3_ROWS[row].techniques)), {
-                "name": f"T3 row {row} n={n}", "num_clients": n, "rounds": int(rounds), "seed": int(seed),
+                "name": f"T3 row {row} n={n}", "num_clients": n, "rounds": rounds, "seed": seed,
                 "data": {"dataset": dataset}})
-            problems += [f"row {row}, n={n}: {f}: {m}" for f, m in config_errors(raw).items()]
+            for p in config_problems(raw):  # one line per problem, naming the rows it hits
+                problems.setdefault(p.text(SWEEP_LABELS), []).append(row)
             configs.append(raw)
-    for p in problems:
-        st.error(p)
+    for text, hit in problems.items():
+        where = "every row" if len(set(hit)) == len(rows) else "rows " + ", ".join(map(str, sorted(set(hit))))
+        st.error(f"{common.escape_markdown(text)} ({where})")
     st.caption(f"{len(configs)} runs: {len(rows)} combinations × {len(ns)} values of n")
     if st.button("Queue sweep", disabled=bool(problems) or not configs, key="submit_sweep"):
         ids = [queue(validate_config(c)) for c in configs]

@@ -13,9 +13,9 @@ from pages.figures import communication, learning_curves, loss_terms, with_simul
 from pages.images import snapshot_grid
 from pages.report import run_report
 
-run_id = common.query_run_id()
-runs = common.runs_frame()
+run_id = common.linked_run_id()  # a link that names no run says so and stops here
 if run_id is None:
+    runs = common.runs_frame()
     if runs.empty:
         st.info("No runs yet.")
         st.stop()
@@ -23,8 +23,8 @@ if run_id is None:
     run_id = st.selectbox("run", list(labels), format_func=labels.get)
     st.query_params["run"] = str(run_id)
 run = common.run_info(run_id)
-if run is None:
-    st.error(f"There is no run #{run_id} in this database.")
+if run is None:  # deleted since the link was checked
+    common.no_such_run(str(run_id))
     st.stop()
 
 st.header(f"Run #{run['id']}: {run['name']}")
@@ -37,9 +37,10 @@ if run["error"]:
 history = with_simulated_latency(common.history(run_id), run["config"])
 summary = run.get("summary") or {}
 m = st.columns(4)
-m[0].metric("final test accuracy", f"{summary['final_test_acc']:.4f}" if summary.get("final_test_acc") else "–")
-m[1].metric("best (live subset)", f"{summary['best_test_acc']:.4f}" if summary.get("best_test_acc") else "–")
-m[2].metric(f"rounds to {run['config']['target_acc']:.0%}", summary.get("rounds_to_target") or "–")
+m[0].metric("final test accuracy", common.fmt_float(summary.get("final_test_acc")))
+m[1].metric("best (live subset)", common.fmt_float(summary.get("best_test_acc")))
+reached = summary.get("rounds_to_target")
+m[2].metric(f"rounds to {run['config']['target_acc']:.0%}", "–" if reached is None else f"{reached:,}")
 m[3].metric("wall time", common.fmt_seconds(summary.get("wall_s")))
 
 if history.empty:
@@ -65,7 +66,8 @@ with st.expander("Configuration"):
     st.json(run["config"])
 if summary:
     with st.expander("Summary"):
-        st.dataframe(pd.DataFrame([{"figure": k, "value": str(v)} for k, v in summary.items()]), hide_index=True)
+        st.dataframe(pd.DataFrame([{"figure": k, "value": "–" if v is None else f"{v:.6g}" if isinstance(v, float)
+                                    else str(v)} for k, v in summary.items()]), hide_index=True)
 
 d1, d2, d3 = st.columns(3)
 d1.download_button("metrics (CSV)", common.history(run_id).to_csv(index=False), f"splitlab-run-{run_id}.csv",

@@ -90,8 +90,11 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     def display_url(self) -> str:
-        """The URL without its password, for messages."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The URL without its password, for messages; a SQLite file by its absolute path."""
+        url = self.engine.url
+        if self.is_sqlite and url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            url = url.set(database=str(Path(url.database).resolve()))
+        return url.render_as_string(hide_password=True)
 
 
 _open_databases: dict[str, Database] = {}

@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from datetime import timedelta
+
 import pytest
+from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
 from engine.config import validate_config
 from storage import queries
 from storage.db import connect
+from storage.models import Run
 from storage.worker import Worker, WorkerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,8 +76,41 @@ def test_new_run_explains_invalid_input_and_blocks_submit(db_url):
     at = page("new_run")
     next(w for w in at.number_input if w.label == "learning rate η").set_value(0.0).run()
     errors = " ".join(e.value for e in at.error)
-    assert "optim.lr" in errors and "greater than 0" in errors
+    assert "learning rate η must be greater than 0 and at most 10, got 0" in errors.replace("\\", "")
     assert next(b for b in at.button if b.label == "Queue run").disabled
+    assert runs_in_db(db_url) == []
+
+
+@pytest.mark.parametrize(("label", "value", "message"), [
+    ("clients n", 100000, "clients n must be between 1 and 1000, got 100,000"),
+    ("clients n", -5, "clients n must be between 1 and 1000, got -5"),
+    ("rounds T", 10**9, "rounds T must be between 1 and 100,000, got 1,000,000,000"),
+    ("batch size b", 0, "batch size b must be between 1 and 4096, got 0"),
+    ("learning rate η", 1e9, "learning rate η must be greater than 0 and at most 10, got 1e+09"),
+    ("T_c, average every (rounds)", 0, "T_c, average every (rounds) must be between 1 and 100,000, got 0"),
+    ("evaluate every (rounds)", 0, "evaluate every (rounds) must be between 1 and 100,000, got 0"),
+])
+def test_new_run_refuses_an_out_of_range_value_in_the_form_s_words(db_url, label, value, message):
+    at = page("new_run")
+    next(w for w in at.number_input if w.label == label).set_value(value).run()
+    assert next(w for w in at.number_input if w.label == label).value == value  # kept as typed, never replaced
+    errors = " ".join(e.value for e in at.error).replace("\\", "")
+    assert message in errors
+    assert next(b for b in at.button if b.label == "Queue run").disabled
+    assert not any("clients ×" in c.value for c in at.caption)  # no summary of numbers that would not be queued
+    assert runs_in_db(db_url) == []
+
+
+def test_sweep_refuses_repeated_n_and_says_a_shared_problem_once(db_url):
+    at = page("new_run")
+    ns = next(w for w in at.text_input if w.label.startswith("clients n"))
+    ns.set_value("5,5,10").run()
+    assert any("5 appears more than once" in e.value for e in at.error)
+    assert next(b for b in at.button if b.label == "Queue sweep").disabled
+    next(w for w in at.text_input if w.label.startswith("clients n")).set_value("0,10").run()
+    errors = [e.value.replace("\\", "") for e in at.error]
+    assert errors == ["clients n must be between 1 and 1000, got 0 (every row)"]
+    assert next(b for b in at.button if b.label == "Queue sweep").disabled
     assert runs_in_db(db_url) == []
 
 
@@ -105,15 +142,49 @@ def test_runs_page_lists_runs_with_progress(finished_run, db_url):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["id"]) == [finished_run]
-    assert table["progress"].iloc[0] == 1.0 and table["status"].iloc[0] == "finished"
+    assert table["progress"].iloc[0] == 100 and table["state"].iloc[0] == "finished"
+    assert table["rounds_done"].iloc[0] == "6 / 6" and table["remaining"].iloc[0] == "–"
+    assert not table.astype(str).isin(["None", "nan", "NaN"]).any().any()
 
 
-def test_runs_page_offers_actions_for_the_linked_run(finished_run):
+def test_runs_page_offers_actions_for_the_linked_run_by_its_id(finished_run):
     at = page("runs", finished_run)
     labels = {b.label for b in at.button}
-    assert {"Open live view", "Result page", "Cancel", "Re-run"} <= labels
-    next(b for b in at.button if b.label == "Re-run").click().run()
+    assert {f"Live view #{finished_run}", f"Result page #{finished_run}", f"Cancel #{finished_run}",
+            f"Re-run #{finished_run}"} <= labels
+    next(b for b in at.button if b.label == f"Re-run #{finished_run}").click().run()
     assert len(runs_in_db(os.environ["SPLITLAB_DB"])) == 2
+
+
+def test_runs_page_says_when_a_worker_is_lost_and_where_its_run_resumes(db_url):
+    db = connect(db_url)
+    with db.write() as s:
+        run_id = queries.create_run(s, validate_config({**TINY, "name": "orphan", "rounds": 60}))
+        queries.claim_next_run(s, "elsewhere:1")
+        queries.save_checkpoint(s, run_id, "elsewhere:1", 40, b"not a real checkpoint")
+        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=queries.utcnow() - timedelta(seconds=60),
+                                                             last_round=47))
+    at = page("runs", run_id)
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert table["state"].iloc[0] == "worker lost, resumes from round 40"
+    assert table["remaining"].iloc[0] == "–"
+    assert any("1 running (1 with a lost worker)" in c.value for c in at.caption)
+    assert any("resumes it from its checkpoint at round 40" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize(("name", "link"), [
+    *[("run", link) for link in ("abc", "1.5", "", "99999999999999999999999", "1';DROP TABLE runs", "999")],
+    ("live", "abc"), ("live", "999"), ("runs", "1.5"), ("runs", "")])
+def test_a_link_that_names_no_run_says_so_and_lists_the_runs(name, link, finished_run):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)  # through app.py: the links resolve
+    at.switch_page(f"pages/{name}.py")
+    at.query_params["run"] = link
+    at.run()
+    assert not at.exception
+    shown = " ".join(e.value for e in at.error).replace("\\", "")
+    assert ("This link names no run" in shown) if not link else (f"There is no run {link}" in shown)
+    assert not at.get("plotly_chart") and at.query_params["run"] in (link, [link])  # no other run shown, link kept
 
 
 def test_live_page_draws_the_curves_of_the_linked_run(finished_run):
@@ -179,5 +250,5 @@ def test_read_only_mode_has_no_control_that_changes_anything(name, finished_run,
     monkeypatch.setenv("SPLITLAB_READONLY", "1")
     at = page(name, finished_run)
     assert not at.exception
-    forbidden = {"Queue run", "Queue sweep", "Cancel", "Re-run", "Delete", "Yes, delete"}
-    assert not forbidden & {b.label for b in at.button}
+    forbidden = ("Queue run", "Queue sweep", "Cancel", "Re-run", "Delete", "Yes, delete")
+    assert not [b.label for b in at.button if b.label.startswith(forbidden)]

@@ -1,0 +1,80 @@
+"""Helpers for the browser tests: the app's processes, Chromium, and Streamlit's widgets as a person
+uses them. Headless Debian Chromium driven by Playwright (its own browser download does not work
+here). Screenshots go to ``artifacts/screenshots/``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs it (apt-get install chromium chromium-driver)")
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class App:
+    url: str
+    db_url: str
+    server: subprocess.Popen
+    folder: Path
+
+
+def shoot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def set_number(page, label: str, value: float | str) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(400)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the (first) selectbox called ``label``: Streamlit's selectbox is a searchable input."""
+    box = page.get_by_label(label, exact=True).first
+    box.click()
+    box.fill(option)
+    box.press("Enter")
+    page.wait_for_timeout(400)
+
+
+def settle(page, timeout_ms: int = 30_000) -> None:
+    """Wait until the script run is over (Streamlit shows a 'running' status widget meanwhile)."""
+    page.wait_for_timeout(300)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=timeout_ms)
