@@ -5,12 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.paper import TABLE3_TECHNIQUES, table3_rows
+from engine.paper import table3_rows
 from engine.presets import without_mixup
 from pages import common
-from pages.figures import accuracy_vs_n
-
-ROW_OF = {codes: row for row, codes in TABLE3_TECHNIQUES.items()}
+from pages.figures import ROW_OF, accuracy_vs_n, combination_name
 
 
 def rounds_to(history: pd.DataFrame, target: float) -> float:
@@ -25,20 +23,25 @@ def finished_results(frame: pd.DataFrame, target: float) -> pd.DataFrame:
     for _, r in frame.loc[frame["status"] == "finished"].iterrows():
         rows.append({"techniques": r["techniques"], "n": int(r["clients"]), "dataset": r["dataset"],
                      "accuracy": r["final_acc"], "rounds_to_target": rounds_to(common.history(int(r["id"])), target)})
-    return pd.DataFrame(rows, columns=["techniques", "n", "dataset", "accuracy", "rounds_to_target"])
+    out = pd.DataFrame(rows, columns=["techniques", "n", "dataset", "accuracy", "rounds_to_target"])
+    out["accuracy"] = pd.to_numeric(out["accuracy"], errors="coerce")  # a run without a summary: NaN, shown "–"
+    return out
 
 
-def row_label(codes: str) -> str:
-    row = ROW_OF.get(codes)
-    return f"{row}: {codes}" if row else codes
+def default_dataset(finished: pd.DataFrame) -> str:
+    """The data set with the most finished runs; on a tie, the newest finished run's."""
+    counts = finished["dataset"].value_counts()
+    most = set(counts[counts == counts.max()].index)
+    newest_first = finished.sort_values(["created", "id"], ascending=False)
+    return next(d for d in newest_first["dataset"] if d in most)
 
 
 def grid(results: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Rows = technique combinations (Table 3 order first), columns = n, mean over repeated runs."""
+    """Rows = technique combinations by name (Table 3 order first), columns = n, mean over repeated runs."""
     table = results.pivot_table(index="techniques", columns="n", values=value, aggfunc="mean", dropna=False)
     order = sorted(table.index, key=lambda c: (ROW_OF.get(c, 99), c))
-    table = table.loc[order]
-    table.index = [row_label(c) for c in table.index]
+    table = table.loc[order].astype(float)
+    table.index = [combination_name(c) for c in table.index]
     table.columns = [f"n={n}" for n in table.columns]
     return table
 
@@ -51,8 +54,21 @@ def mixup_effect(results: pd.DataFrame) -> pd.DataFrame:
     for (codes, n), acc in mean.items():
         base = without_mixup(codes)
         if base is not None and (base, n) in mean.index:
-            effect.setdefault(f"{row_label(codes)} vs {row_label(base)}", {})[f"n={n}"] = 100 * (acc - mean[(base, n)])
+            effect.setdefault(f"{combination_name(codes)} vs {combination_name(base)}", {})[f"n={n}"] = \
+                100 * (acc - mean[(base, n)])
     return pd.DataFrame.from_dict(effect, orient="index")
+
+
+def show(table: pd.DataFrame, fmt: str, best: str | None = None, label: str = "technique combination") -> None:
+    """A grid with its row names in full (the index column sized to the longest), every empty cell
+    "–", and the best value per column highlighted (``best``: "max", "min" or None)."""
+    styled = table.style.format(fmt, na_rep="–")
+    if best == "max":
+        styled = styled.highlight_max(axis=0, color="#c8e6c9")
+    elif best == "min":
+        styled = styled.highlight_min(axis=0, color="#c8e6c9")
+    width = 24 + 8 * max([len(label)] + [len(str(i)) for i in table.index])
+    st.dataframe(styled, column_config={"_index": st.column_config.TextColumn(label, width=width)}, placeholder="–")
 
 
 st.header("Compare")
@@ -62,25 +78,24 @@ if finished.empty:
     st.info("No finished runs yet. Queue a sweep (New run → Sweep) to build a Table 3 grid.")
     st.stop()
 c1, c2 = st.columns(2)
-dataset = c1.selectbox("data set", sorted(finished["dataset"].unique()))
+datasets = sorted(finished["dataset"].unique())
+dataset = c1.selectbox("data set", datasets, datasets.index(default_dataset(finished)))
 target = c2.slider("target accuracy for 'rounds to target'", 0.1, 1.0, 0.75, 0.01)
 results = finished_results(runs.loc[runs["dataset"] == dataset], target)
-acc = grid(results, "accuracy")
-speed = grid(results, "rounds_to_target")
 st.markdown("**Final test accuracy** (best per column highlighted)")
-st.dataframe(acc.style.highlight_max(axis=0, color="#c8e6c9").format("{:.4f}", na_rep="–"))
+show(grid(results, "accuracy"), "{:.4f}", "max")
 st.markdown(f"**Rounds to {target:.0%}** (fewest per column highlighted; – never reached)")
-st.dataframe(speed.style.highlight_min(axis=0, color="#c8e6c9").format("{:.0f}", na_rep="–"))
+show(grid(results, "rounds_to_target"), "{:.0f}", "min")
 paper = pd.DataFrame(table3_rows())
-st.markdown("**Accuracy against n** (dotted: the paper's Table 3, LeNet-5 on CIFAR-10)")
 shown_paper = paper.loc[paper["techniques"].isin(results["techniques"].unique())]
+dotted = " (dotted: the paper's Table 3, LeNet-5 on CIFAR-10)" if len(shown_paper) else ""
+st.markdown(f"**Accuracy against n**{dotted}")
 st.plotly_chart(accuracy_vs_n(results, shown_paper), key="acc_vs_n")
 effect = mixup_effect(results)
 if not effect.empty:
     st.markdown("**What adding ③ mixup changes** (accuracy points, the same combination with and without ③; "
                 "mean over repeated runs)")
-    st.dataframe(effect.style.format("{:+.1f}", na_rep="–"))
+    show(effect, "{:+.1f}", label="with ③ vs without")
 with st.expander("The paper's Table 3 (CIFAR-10, n = 20..100), and what ③ adds there"):
-    st.dataframe(grid(paper.rename(columns={"comm_rounds": "rounds_to_target"}), "accuracy")
-                 .style.highlight_max(axis=0, color="#c8e6c9").format("{:.4f}"))
-    st.dataframe(mixup_effect(paper).style.format("{:+.1f}"))
+    show(grid(paper.rename(columns={"comm_rounds": "rounds_to_target"}), "accuracy"), "{:.4f}", "max")
+    show(mixup_effect(paper), "{:+.1f}", label="with ③ vs without")

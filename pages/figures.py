@@ -1,21 +1,90 @@
 """Plotly figures built from stored runs. Pure functions: no Streamlit, so the standalone HTML
-report uses exactly the figures the pages show."""
+report uses exactly the figures the pages show.
+
+Every figure names its template and every trace its colour. Streamlit replaces plotly's default
+template in its server process with one whose colours are placeholders (``#000001``, ...) that only
+its own front end resolves; a figure that relied on the default came out black and grey in the
+HTML report, which is written inside that process.
+"""
 
 from __future__ import annotations
 
 import math
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from engine.latency import latency_curve_for_run
+from engine.latency import BEST_CASE_LABEL, WORST_CASE_LABEL, latency_curve_for_run
+from engine.paper import TABLE3_TECHNIQUES
+from engine.presets import PRESETS
 
+TEMPLATE = "plotly_white"
+PALETTE = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F",
+           "#BCBD22", "#17BECF")  # D3's category10: distinct on white, and in the report
 BYTE_KINDS = {"bytes_smashed_up": "smashed data up", "bytes_grads_down": "gradients down",
               "bytes_model_up": "models up", "bytes_model_down": "models down"}
+BYTE_COLORS = dict(zip(BYTE_KINDS, ("#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD")))
 LOSS_TERMS = {"train_loss": "L (server)", "train_loss_mixup": "L~ (mixup)", "train_loss_local": "L^ (local)"}
+LOSS_COLORS = dict(zip(LOSS_TERMS, ("#1F77B4", "#D62728", "#2CA02C")))
 METRIC_LABELS = {"test_acc": "test accuracy", "test_loss": "test loss"}
+LEGEND_BELOW = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
+
+# Table 4's methods as people name them, and how each is drawn. Curves that lie on one another
+# (see latency_overlaps) get wider, paler lines underneath and thinner dashed ones on top, each
+# with its own marker, so every one stays visible. (name, colour, dash, marker, width, marker size)
+LATENCY_STYLE = {
+    "vanilla_sl": ("Vanilla SL", "#1F77B4", "solid", "circle", 2.0, 7),
+    "splitfed": ("SplitFed", "#FF7F0E", "solid", "square-open", 7.0, 12),
+    "locsplitfed": ("LocSplitFed", "#2CA02C", "solid", "diamond-open", 7.0, 13),
+    "locfedmix_sl": ("LocFedMix-SL (T_c = {interval})", "#D62728", "dot", "circle", 1.5, 5),
+    BEST_CASE_LABEL: ("LocFedMix-SL best case (T_c = T)", "#9467BD", "dash", "triangle-up", 3.0, 9),
+    WORST_CASE_LABEL: ("LocFedMix-SL worst case (T_c = 1)", "#8C564B", "dash", "x", 3.5, 9),
+}
+LATENCY_DRAW_ORDER = ("splitfed", "locsplitfed", WORST_CASE_LABEL, "vanilla_sl", BEST_CASE_LABEL, "locfedmix_sl")
+WHY_THEY_COINCIDE = {
+    frozenset({"splitfed", BEST_CASE_LABEL}): "SplitFed's per-round model upload |w_c| is tiny next to |s|, "
+                                              "and the best case averages only once",
+    frozenset({"locsplitfed", WORST_CASE_LABEL}): "once n·T_comm ≥ T_comp, LocSplitFed's second compute step "
+                                                  "hides behind the upload: both pay T_comp + n·T_comm + the "
+                                                  "model exchange every round",
+    frozenset({"locfedmix_sl", WORST_CASE_LABEL}): "with T_c = 1, LocFedMix-SL is its own worst case",
+    frozenset({"locfedmix_sl", BEST_CASE_LABEL}): "with T_c ≥ T, LocFedMix-SL averages once: its best case",
+}
+
+TECHNIQUE_NAMES = {"3": "mixup", "4": "local loss", "4p": "local loss (aux averaged)", "5": "averaging",
+                   "splitlr": "SplitLr", "splitavg": "SplitAvg"}
+ROW_OF = {codes: row for row, codes in TABLE3_TECHNIQUES.items()}
+PRESET_TITLES: dict[str, str] = {}
+for _p in PRESETS.values():  # the first preset of a technique set names it (the plain one before variants)
+    if not _p.title.startswith("Table 3"):
+        PRESET_TITLES.setdefault(_p.techniques, _p.title)
+
+
+def combination_name(codes: str) -> str:
+    """A technique combination as people name it: 'LocFedMix-SL (row 8)', 'SplitFed (row 4)',
+    'Parallel SL + mixup (row 2)'; a combination no preset names is built from technique names."""
+    name = PRESET_TITLES.get(codes)
+    if name is None:
+        parts = codes.split(",")
+        base = "Vanilla SL" if parts == ["1"] else "Parallel SL" if "2" in parts else "Parallel SL without ②"
+        name = " + ".join([base] + [TECHNIQUE_NAMES[c] for c in parts if c in TECHNIQUE_NAMES])
+    row = ROW_OF.get(codes)
+    return f"{name} (row {row})" if row else name
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _style(fig: go.Figure, title: str, **layout) -> go.Figure:
+    """The look every figure shares: an explicit template, a title, the legend under the plot."""
+    layout = {"margin": {"t": 50, "b": 10, "l": 60, "r": 20}, "legend": LEGEND_BELOW, **layout}
+    fig.update_layout(template=TEMPLATE, title={"text": title, "x": 0.01, "xanchor": "left"}, **layout)
+    return fig
 
 
 def with_simulated_latency(history: pd.DataFrame, config: dict, t_comp: float = 0.05,
@@ -31,80 +100,199 @@ def with_simulated_latency(history: pd.DataFrame, config: dict, t_comp: float = 
     return out
 
 
-def learning_curves(histories: dict[str, pd.DataFrame], metric: str = "test_acc", x: str = "round") -> go.Figure:
+def learning_curves(histories: dict[str, pd.DataFrame], metric: str = "test_acc", x: str = "round", *,
+                    title: str | None = None) -> go.Figure:
     """One line per run: ``metric`` against ``x`` (``round`` or ``latency_s``); min-max band for accuracy."""
     fig = go.Figure()
     for i, (label, h) in enumerate(histories.items()):
         if h.empty:
             continue
-        color = px.colors.qualitative.Plotly[i % 10]
+        color = PALETTE[i % len(PALETTE)]
         if metric == "test_acc" and {"test_acc_min", "test_acc_max"} <= set(h.columns) and len(histories) <= 3:
-            fig.add_trace(go.Scatter(x=pd.concat([h[x], h[x][::-1]]), y=pd.concat([h["test_acc_max"], h["test_acc_min"][::-1]]),
-                                     fill="toself", line={"width": 0}, fillcolor=color, opacity=0.15,
-                                     hoverinfo="skip", showlegend=False))
+            fig.add_trace(go.Scatter(x=pd.concat([h[x], h[x][::-1]]),
+                                     y=pd.concat([h["test_acc_max"], h["test_acc_min"][::-1]]),
+                                     fill="toself", line={"width": 0, "color": color}, fillcolor=_rgba(color, 0.15),
+                                     hoverinfo="skip", showlegend=False, name=f"{label} (client min-max)"))
         fig.add_trace(go.Scatter(x=h[x], y=h[metric], mode="lines+markers", name=label, line={"color": color},
-                                 marker={"size": 4}))
-    fig.update_layout(xaxis_title="simulated latency (s)" if x == "latency_s" else "round",
-                      yaxis_title=METRIC_LABELS.get(metric, metric), margin={"t": 30, "b": 40},
-                      legend={"orientation": "h", "y": -0.2}, uirevision="keep")
-    return fig
+                                 marker={"size": 4, "color": color}))
+    label = METRIC_LABELS.get(metric, metric)
+    if title is None:
+        title = label.capitalize() + (" against simulated latency" if x == "latency_s" else "")
+    return _style(fig, title, xaxis_title="simulated latency (s)" if x == "latency_s" else "round",
+                  yaxis_title=label, uirevision="keep")
 
 
-def loss_terms(history: pd.DataFrame) -> go.Figure:
+def loss_terms(history: pd.DataFrame, *, title: str = "Training-loss terms") -> go.Figure:
     """The training-loss terms L, L~ and L^ against round (terms that stay zero are left out)."""
-    cols = [c for c in LOSS_TERMS if c in history and history[c].abs().sum() > 0]
-    long = history.melt(id_vars="round", value_vars=cols, var_name="term", value_name="loss")
-    long["term"] = long["term"].map(LOSS_TERMS)
-    fig = px.line(long, x="round", y="loss", color="term", markers=True)
-    fig.update_layout(margin={"t": 30, "b": 40}, uirevision="keep")
-    return fig
+    fig = go.Figure()
+    for col, name in LOSS_TERMS.items():
+        if col in history and history[col].abs().sum() > 0:
+            fig.add_trace(go.Scatter(x=history["round"], y=history[col], mode="lines+markers", name=name,
+                                     line={"color": LOSS_COLORS[col]}, marker={"size": 4, "color": LOSS_COLORS[col]}))
+    return _style(fig, title, xaxis_title="round", yaxis_title="loss", uirevision="keep", showlegend=True)
 
 
-def communication(history: pd.DataFrame) -> go.Figure:
+def communication(history: pd.DataFrame, *, title: str = "Communication so far") -> go.Figure:
     """Cumulative megabytes exchanged by kind, stacked, against round."""
-    cols = [c for c in BYTE_KINDS if c in history]
-    long = history.melt(id_vars="round", value_vars=cols, var_name="kind", value_name="bytes")
-    long["MB"] = long["bytes"] / 1e6
-    long["kind"] = long["kind"].map(BYTE_KINDS)
-    fig = px.area(long, x="round", y="MB", color="kind")
-    fig.update_layout(yaxis_title="MB exchanged so far", margin={"t": 30, "b": 40}, uirevision="keep")
-    return fig
+    fig = go.Figure()
+    for col, name in BYTE_KINDS.items():
+        if col in history:
+            fig.add_trace(go.Scatter(x=history["round"], y=history[col] / 1e6, name=name, mode="lines",
+                                     stackgroup="bytes", line={"color": BYTE_COLORS[col], "width": 1},
+                                     fillcolor=_rgba(BYTE_COLORS[col], 0.55)))
+    return _style(fig, title, xaxis_title="round", yaxis_title="MB exchanged so far", uirevision="keep",
+                  showlegend=True, legend={**LEGEND_BELOW, "traceorder": "normal"})  # bottom layer first
 
 
-def beta_density(alpha: float, beta: float) -> go.Figure:
+def bytes_exchanged(totals: pd.DataFrame, per_round: bool = True, *,
+                    title: str = "Bytes exchanged by finished runs") -> go.Figure:
+    """Stacked bars, one per run: ``totals`` has columns run, kind (a BYTE_KINDS key), MB, rounds."""
+    fig = go.Figure()
+    for col, name in BYTE_KINDS.items():
+        part = totals.loc[totals["kind"] == col]
+        y = part["MB"] / part["rounds"].clip(lower=1) if per_round else part["MB"]
+        fig.add_trace(go.Bar(x=part["run"], y=y, name=name, marker={"color": BYTE_COLORS[col]}))
+    return _style(fig, title, barmode="stack", yaxis_title="MB per round" if per_round else "MB in all",
+                  xaxis={"title": "run", "type": "category", "automargin": True}, showlegend=True,
+                  legend={**LEGEND_BELOW, "traceorder": "normal"})
+
+
+def beta_density(alpha: float, beta: float, *, title: str = "Mixing ratio λ ~ Beta(α, β)") -> go.Figure:
     """The density of lambda ~ Beta(alpha, beta) on (0, 1)."""
     lam = np.linspace(0.005, 0.995, 199)
     log_b = math.lgamma(alpha) + math.lgamma(beta) - math.lgamma(alpha + beta)
     density = np.exp((alpha - 1) * np.log(lam) + (beta - 1) * np.log1p(-lam) - log_b)
-    fig = go.Figure(go.Scatter(x=lam, y=density, fill="tozeroy", mode="lines"))
-    fig.update_layout(height=160, margin={"t": 10, "b": 30, "l": 30, "r": 10}, xaxis_title="lambda",
+    fig = go.Figure(go.Scatter(x=lam, y=density, fill="tozeroy", mode="lines", line={"color": PALETTE[0]},
+                               fillcolor=_rgba(PALETTE[0], 0.3)))
+    fig.update_layout(template=TEMPLATE, height=185, title={"text": title, "x": 0.01, "font": {"size": 13}},
+                      margin={"t": 30, "b": 30, "l": 30, "r": 10}, xaxis_title="lambda",
                       yaxis={"showticklabels": False}, showlegend=False)
     return fig
 
 
-def latency_figure(rows: list[dict]) -> go.Figure:
-    """Fig. 8: latency against n for each T_comp:T_comm ratio, one panel each."""
-    df = pd.DataFrame(rows)
-    # several methods tie (e.g. LocSplitFed and LocFedMix-SL at T_c = 1 once n*T_comm >= T_comp):
-    # dashes keep every line visible where they overlap
-    fig = px.line(df, x="n", y="latency", color="method", line_dash="method", facet_col="ratio", log_y=True,
-                  labels={"latency": "latency (s)", "n": "clients n"},
-                  color_discrete_sequence=px.colors.qualitative.D3)
-    fig.for_each_annotation(lambda a: a.update(text="T_comp:T_comm = " + a.text.split("=")[-1]))
-    fig.update_layout(margin={"t": 40, "b": 40}, legend={"orientation": "h", "y": -0.25})
-    return fig
+def latency_name(method: str, avg_interval: int | None = None) -> str:
+    """'locfedmix_sl (T_c=T)' -> 'LocFedMix-SL best case (T_c = T)'; unknown methods stay as they are."""
+    style = LATENCY_STYLE.get(method)
+    if style is None:
+        return method
+    return style[0].format(interval=avg_interval) if avg_interval else style[0].replace(" (T_c = {interval})", "")
 
 
-def accuracy_vs_n(measured: pd.DataFrame, paper: pd.DataFrame | None = None) -> go.Figure:
-    """The paper's scalability view: final accuracy against n, one line per technique combination.
-    ``measured`` has columns techniques, n, accuracy; ``paper`` the same (dashed)."""
+def latency_figure(rows: list[dict], *, title: str = "Latency against the number of clients (Fig. 8)",
+                   avg_interval: int | None = None) -> go.Figure:
+    """Fig. 8: latency against n for each T_comp:T_comm ratio, one panel each (log scale)."""
+    df = pd.DataFrame(rows, columns=["ratio", "method", "n", "latency"])
+    ratios = list(dict.fromkeys(df["ratio"]))
+    fig = make_subplots(rows=1, cols=max(len(ratios), 1), shared_yaxes=True, horizontal_spacing=0.03,
+                        subplot_titles=[f"T_comp : T_comm = {r}" for r in ratios])
+    order = [m for m in LATENCY_DRAW_ORDER if m in set(df["method"])]
+    order += [m for m in dict.fromkeys(df["method"]) if m not in order]
+    for i, method in enumerate(order):
+        _, color, dash, symbol, width, size = LATENCY_STYLE.get(
+            method, (method, PALETTE[i % len(PALETTE)], "solid", "circle", 2.0, 6))
+        wide = width > 5  # drawn underneath, pale, so what lies on top shows through
+        for col, ratio in enumerate(ratios, start=1):
+            part = df.loc[(df["method"] == method) & (df["ratio"] == ratio)].sort_values("n")
+            fig.add_trace(go.Scatter(
+                x=part["n"], y=part["latency"], mode="lines+markers", name=latency_name(method, avg_interval),
+                legendgroup=method, showlegend=col == 1, legendrank=list(LATENCY_STYLE).index(method)
+                if method in LATENCY_STYLE else 100, opacity=0.45 if wide else 1.0,
+                line={"color": color, "dash": dash, "width": width},
+                marker={"symbol": symbol, "size": size, "color": color, "maxdisplayed": 12,
+                        "line": {"width": 1.5, "color": color}}), row=1, col=col)
+    fig.update_yaxes(type="log", dtick=1)  # one tick a decade
+    fig.update_yaxes(title_text="latency (s)", row=1, col=1)
+    fig.update_xaxes(title_text="clients n")
+    return _style(fig, title, height=480, margin={"t": 80, "b": 10, "l": 60, "r": 20})
+
+
+def latency_overlaps(rows: list[dict], rel_tol: float = 0.01, avg_interval: int | None = None) -> list[str]:
+    """Which curves of ``rows`` lie on one another, where, and why: one sentence per pair, for a note
+    under the figure. Identical curves are named together; two curves "coincide" where they are
+    within ``rel_tol`` at three or more n >= 2 of a panel (a mere crossing is not reported)."""
+    from engine.latency_study import ranges
+
+    table: dict[str, dict[tuple[str, int], float]] = {}
+    for r in rows:
+        if r["n"] >= 2:
+            table.setdefault(r["method"], {})[(r["ratio"], r["n"])] = r["latency"]
+    ratios = list(dict.fromkeys(r["ratio"] for r in rows))
+
+    def close(a: str, b: str, key: tuple[str, int], tol: float) -> bool:
+        return key in table[b] and math.isclose(table[a][key], table[b][key], rel_tol=tol)
+
+    groups: list[list[str]] = []  # methods whose curves are the same everywhere
+    for m, points in table.items():
+        same = next((g for g in groups if all(close(m, g[0], k, 1e-9) for k in points)), None)
+        same.append(m) if same else groups.append([m])
+
+    def why(a: list[str], b: list[str]) -> str | None:  # the first reason listed for a pair across a and b
+        return next((reason for pair, reason in WHY_THEY_COINCIDE.items()
+                     if any(frozenset({x, y}) == pair for x in a for y in b)), None)
+
+    def named(g: list[str]) -> str:
+        return " = ".join(latency_name(m, avg_interval) for m in g)
+
+    notes = [f"{' and '.join(latency_name(m, avg_interval) for m in g)} are one curve"
+             + (f": {reason}." if (reason := why(g[:1], g[1:])) else ".") for g in groups if len(g) > 1]
+    for a, b in combinations(groups, 2):
+        full, partial = [], []
+        for ratio in ratios:
+            ns = [n for (q, n) in table[a[0]] if q == ratio and (q, n) in table[b[0]]]
+            same = [n for n in ns if close(a[0], b[0], (ratio, n), rel_tol)]
+            if len(same) == len(ns) and ns:
+                full.append(ratio)
+            elif len(same) >= 3:
+                partial.append(f"at {ratio} for n = {ranges(same)}")
+        if full or partial:
+            where = " and ".join(([f"at {' and '.join(full)} (every n)"] if full else []) + partial)
+            if len(full) == len(ratios):
+                where = "in every panel"
+            notes.append(f"{named(a)} and {named(b)} coincide {where}" + (f": {r}." if (r := why(a, b)) else "."))
+    return notes
+
+
+def _fitted_unit_range(values: pd.Series) -> list[float]:
+    """A y range inside [0, 1] around ``values``, with a little room below and above."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.02, 0.08 * (hi - lo))
+    return [max(0.0, lo - pad), min(1.0, hi + pad)]
+
+
+def accuracy_vs_n(measured: pd.DataFrame, paper: pd.DataFrame | None = None, *,
+                  title: str = "Final test accuracy against n") -> go.Figure:
+    """The paper's scalability view: final accuracy against n, one line per technique combination,
+    named as people know it. ``measured`` has columns techniques, n, accuracy; ``paper`` the same (dotted)."""
     fig = go.Figure()
-    for i, (tech, g) in enumerate(measured.sort_values("n").groupby("techniques", sort=False)):
-        fig.add_trace(go.Scatter(x=g["n"], y=g["accuracy"], mode="lines+markers", name=f"{tech} (measured)",
-                                 line={"color": px.colors.qualitative.Plotly[i % 10]}))
-    if paper is not None:
-        for i, (tech, g) in enumerate(paper.sort_values("n").groupby("techniques", sort=False)):
-            fig.add_trace(go.Scatter(x=g["n"], y=g["accuracy"], mode="lines", name=f"{tech} (paper, CIFAR-10)",
-                                     line={"dash": "dot", "color": px.colors.qualitative.Pastel[i % 10]}))
-    fig.update_layout(xaxis_title="clients n", yaxis_title="final test accuracy", margin={"t": 30, "b": 40})
-    return fig
+    paper = paper if paper is not None else measured.iloc[:0]
+    combos = list(dict.fromkeys(list(measured["techniques"]) + list(paper["techniques"])))
+    color = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(combos)}  # one colour per combination
+    shown = []
+    for tech, g in measured.dropna(subset=["accuracy"]).groupby("techniques", sort=False):
+        g = g.groupby("n", as_index=False)["accuracy"].mean()
+        fig.add_trace(go.Scatter(x=g["n"], y=g["accuracy"], mode="lines+markers",
+                                 name=f"{combination_name(tech)} (measured)", line={"color": color[tech], "width": 2.5},
+                                 marker={"color": color[tech], "size": 8}))
+        shown.append(g)
+    for tech, g in paper.sort_values("n").groupby("techniques", sort=False):
+        fig.add_trace(go.Scatter(x=g["n"], y=g["accuracy"], mode="lines+markers",
+                                 name=f"{combination_name(tech)} (paper, CIFAR-10)",
+                                 line={"dash": "dot", "color": color[tech]}, marker={"color": color[tech], "size": 5}))
+        shown.append(g)
+    layout = {}
+    if shown:  # ticks only at the n that were run; a log axis when small and large n share it
+        everything = pd.concat(shown)
+        ns = sorted({int(n) for n in everything["n"]})
+        layout = {"yaxis_range": _fitted_unit_range(everything["accuracy"]), "xaxis_tickmode": "array",
+                  "xaxis_tickvals": ns, "xaxis_type": "log" if ns[-1] >= 8 * ns[0] else "linear"}
+    return _style(fig, title, yaxis_title="final test accuracy", xaxis_title="clients n", showlegend=True, **layout)
+
+
+def reconstruction_mse(mse: pd.DataFrame, *, title: str = "Reconstruction MSE over rounds") -> go.Figure:
+    """One line per client: ``mse`` has columns round, client (a label), mse."""
+    fig = go.Figure()
+    for i, (client, g) in enumerate(mse.groupby("client", sort=True)):
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=g["round"], y=g["mse"], mode="lines+markers", name=str(client),
+                                 line={"color": color}, marker={"color": color, "size": 6}))
+    return _style(fig, title, xaxis_title="round", yaxis_title="MSE (input vs reconstruction)", showlegend=True)

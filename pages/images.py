@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-SCALE = 4  # nearest-neighbour upscaling so 28x28 images are visible
+SCALE = 4  # the least nearest-neighbour upscaling
+MIN_TILE_PX = 112  # a tile is upscaled to at least this many pixels (28x28 -> 112, digits' 8x8 -> 112)
+GAP_PX = 8
+HEADER_PX = 28
+ROW_LABEL_PX = 96
+FONT_PX = 15
+
+
+def tile_scale(height: int) -> int:
+    """The upscaling that makes an image ``height`` pixels tall at least MIN_TILE_PX on screen."""
+    return max(SCALE, math.ceil(MIN_TILE_PX / max(height, 1)))
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -25,21 +36,77 @@ def channel_to_rgb(channel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.asarray(img)[..., None], 3, axis=2)
 
 
+def _tiles(inputs: np.ndarray, smashed: np.ndarray, reconstruction: np.ndarray | None, j: int) -> list[np.ndarray]:
+    h, w = inputs.shape[2:]
+    tiles = [to_rgb(inputs[j])]
+    if smashed.ndim == 4:
+        tiles += [channel_to_rgb(c, (h, w)) for c in smashed[j]]
+    if reconstruction is not None:
+        tiles.append(to_rgb(reconstruction[j]))
+    return tiles
+
+
+def column_titles(smashed: np.ndarray, reconstruction: np.ndarray | None) -> list[str]:
+    """'input', 'channel 1' .. 'channel k', 'reconstruction': the columns of a snapshot grid."""
+    channels = smashed.shape[1] if smashed.ndim == 4 else 0
+    last = ["reconstruction"] if reconstruction is not None else []
+    return ["input"] + [f"channel {c + 1}" for c in range(channels)] + last
+
+
 def snapshot_grid(inputs: np.ndarray, smashed: np.ndarray, reconstruction: np.ndarray | None) -> np.ndarray:
     """One row per test image: input | smashed channels | reconstruction, separated by white lines."""
-    k, _, h, w = inputs.shape
+    k, _, h, _ = inputs.shape
+    scale = tile_scale(h)
     rows = []
     for j in range(k):
-        tiles = [to_rgb(inputs[j])]
-        if smashed.ndim == 4:
-            tiles += [channel_to_rgb(c, (h, w)) for c in smashed[j]]
-        if reconstruction is not None:
-            tiles.append(to_rgb(reconstruction[j]))
-        gap = np.full((h, 2, 3), 255, np.uint8)
+        tiles = [t.repeat(scale, axis=0).repeat(scale, axis=1) for t in _tiles(inputs, smashed, reconstruction, j)]
+        gap = np.full((h * scale, GAP_PX, 3), 255, np.uint8)
         rows.append(np.concatenate([x for t in tiles for x in (t, gap)][:-1], axis=1))
-        rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))
-    grid = np.concatenate(rows[:-1], axis=0)
-    return grid.repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+        rows.append(np.full((GAP_PX, rows[-1].shape[1], 3), 255, np.uint8))
+    return np.concatenate(rows[:-1], axis=0)
+
+
+def _font(size: int = FONT_PX) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # an old Pillow or one without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_snapshot_grid(inputs: np.ndarray, smashed: np.ndarray, reconstruction: np.ndarray | None,
+                           labels: np.ndarray | None = None) -> np.ndarray:
+    """:func:`snapshot_grid` with column headers (input | channel 1..k | reconstruction) above and a
+    row label ('image 1', its class) on the left, drawn into the picture so it reads the same anywhere."""
+    grid = snapshot_grid(inputs, smashed, reconstruction)
+    k, _, h, _ = inputs.shape
+    tile = h * tile_scale(h)
+    canvas = Image.new("RGB", (ROW_LABEL_PX + grid.shape[1], HEADER_PX + grid.shape[0]), "white")
+    canvas.paste(Image.fromarray(grid), (ROW_LABEL_PX, HEADER_PX))
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for c, text in enumerate(column_titles(smashed, reconstruction)):
+        centre = ROW_LABEL_PX + c * (tile + GAP_PX) + tile // 2
+        draw.text((centre, HEADER_PX // 2), text, fill="black", font=font, anchor="mm")
+    for j in range(k):
+        top = HEADER_PX + j * (tile + GAP_PX) + tile // 2
+        text = f"image {j + 1}" + (f"\nclass {int(labels[j])}" if labels is not None and j < len(labels) else "")
+        draw.multiline_text((ROW_LABEL_PX // 2, top), text, fill="black", font=font, anchor="mm", align="center")
+    return np.asarray(canvas)
+
+
+def identical_clients_note(config: dict, round_: int) -> str | None:
+    """Why every client's pictures can be the same at ``round_``: averaging ⑤ ran at the end of it, so
+    the lower models (and with ④' the decoders) are one. None when no averaging fell on this round."""
+    averaging = config.get("averaging") or {}
+    interval = int(averaging.get("interval") or 1)
+    if not averaging.get("enabled") or round_ % interval != 0:
+        return None
+    local = config.get("local_loss") or {}
+    decoders_too = bool(local.get("enabled") and local.get("average_aux"))
+    same = ("every client's lower model and, with ④', its InfoPro decoder are the same, and so are their smashed "
+            "data and reconstructions" if decoders_too else
+            "every client's lower model is the same, and so is their smashed data")
+    return (f"Why the clients look alike: averaging ⑤ runs every T_c = {interval} round(s), and round {round_} "
+            f"ended with one, so the lower models had just been averaged: {same} for the same test images.")
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from pages import common
-from pages.images import snapshot_grid
+from pages.figures import reconstruction_mse
+from pages.images import identical_clients_note, labelled_snapshot_grid
+
+
+def mse_text(mse: float | None) -> str:
+    return f"{mse:.4f}" if mse is not None and pd.notna(mse) else "–"
+
 
 st.header("InfoPro reconstructions")
 runs = common.runs_frame()
@@ -23,14 +28,17 @@ run_id = st.selectbox("run", with_images, with_images.index(linked) if linked in
 rounds = common.image_rounds(run_id)
 round_ = st.select_slider("round", rounds, rounds[-1]) if len(rounds) > 1 else rounds[0]
 records = common.images(run_id, round_)
-st.caption("Each row: a test image | its first smashed-data channels (what the client uploads) | "
-           "the client's InfoPro decoder reconstruction (only with the InfoPro local loss).")
-cols = st.columns(len(records))
-for col, rec in zip(cols, records):
-    title = f"client {rec.client}" + (f" · MSE {rec.mse:.4f}" if rec.mse is not None else "")
-    col.image(snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction), caption=title)
+st.caption("Each row: a test image | the first channels of its smashed data (what the client uploads), each "
+           "scaled to its own range (black: the channel is constant, usually all zero after the ReLU) | the "
+           "client's InfoPro decoder reconstruction (only with the InfoPro local loss).")
+info = common.run_info(run_id) or {}
+note = identical_clients_note(info.get("config") or {}, round_)
+if note and len(records) > 1:
+    st.info(note)
+for rec in records:
+    st.markdown(f"**Client {rec.client}**, round {rec.round} · reconstruction MSE {mse_text(rec.mse)}")
+    st.image(labelled_snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction, rec.labels), width="content")
 mse = pd.DataFrame([{"round": r, "client": f"client {rec.client}", "mse": rec.mse}
                     for r in rounds for rec in common.images(run_id, r) if rec.mse is not None])
 if not mse.empty:
-    st.markdown("**Reconstruction MSE over rounds**")
-    st.plotly_chart(px.line(mse, x="round", y="mse", color="client", markers=True), key="mse")
+    st.plotly_chart(reconstruction_mse(mse), key="mse")

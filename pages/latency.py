@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
 from engine.latency import LatencyParams, latency_curves
 from engine.latency_study import fig8_claims
 from pages import common
-from pages.figures import latency_figure
+from pages.figures import BYTE_KINDS, bytes_exchanged, latency_figure, latency_overlaps
 
 st.header("Latency model")
 st.caption("Only client compute T_comp and uplink T_comm count; the server is infinitely fast and n clients "
@@ -26,12 +25,20 @@ aux = c7.number_input("|ŵ_c|: auxiliary network (parameters)", 0, 10**9, 793)
 params = LatencyParams(t_comp=t_comm, t_comm=t_comm, smashed_size=smashed, lower_size=lower, aux_size=aux,
                        avg_interval=int(interval))
 curves = latency_curves(range(1, int(max_n) + 1), int(rounds), params)
-st.plotly_chart(latency_figure(curves), key="fig8")
+st.plotly_chart(latency_figure(curves, avg_interval=int(interval)), key="fig8")
+overlaps = latency_overlaps(curves, avg_interval=int(interval))
+if overlaps:
+    st.markdown("**Curves on top of one another** (within 1 %; each keeps its own dash and marker):\n"
+                + "\n".join(f"- {line}" for line in overlaps))
 st.caption("Panels: T_comp : T_comm = 10:1, 1:1, 1:10. Defaults: LeNet-5 cut after conv1+pool "
            "(|s| = 64·6·14·14, |w_c| = 156, InfoPro decoder |ŵ_c| = 793).")
 st.subheader("The paper's claims about this figure, checked on these settings")
-st.dataframe(pd.DataFrame([{"claim": c.text, "holds": "yes" if c.holds else "no", "numbers": c.evidence}
-                           for c in fig8_claims(curves)]), hide_index=True, width="stretch")
+claims = fig8_claims(curves)
+st.markdown("\n".join(f"- {'✅ holds' if c.holds else '❌ does not hold'}: **{c.text}**  \n  {c.evidence}"
+                       for c in claims))
+with st.expander("The same as a table"):
+    st.dataframe(pd.DataFrame([{"claim": c.text, "holds": "yes" if c.holds else "no", "numbers": c.evidence}
+                               for c in claims]), hide_index=True, width="stretch")
 
 st.subheader("Bytes exchanged by finished runs")
 runs = common.runs_frame()
@@ -45,10 +52,9 @@ for _, r in finished.iterrows():
     if h.empty:
         continue
     last = h.iloc[-1]
-    for key, kind in (("bytes_smashed_up", "smashed up"), ("bytes_grads_down", "gradients down"),
-                      ("bytes_model_up", "models up"), ("bytes_model_down", "models down")):
-        rows.append({"run": common.run_label(r), "kind": kind, "MB": last[key] / 1e6,
-                     "MB per round": last[key] / 1e6 / max(int(last["round"]), 1)})
-df = pd.DataFrame(rows)
+    rows += [{"run": common.run_label(r, with_status=False), "kind": kind, "MB": last[kind] / 1e6,
+              "rounds": int(last["round"])} for kind in BYTE_KINDS]
 per_round = st.toggle("per round", True)
-st.plotly_chart(px.bar(df, x="run", y="MB per round" if per_round else "MB", color="kind"), key="bytes")
+st.plotly_chart(bytes_exchanged(pd.DataFrame(rows, columns=["run", "kind", "MB", "rounds"]), per_round,
+                                title="Megabytes per round, by kind" if per_round else "Megabytes in all, by kind"),
+                key="bytes")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 
 import pandas as pd
 import plotly.io as pio
 
 from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
-from pages.images import png_bytes, snapshot_grid
+from pages.images import identical_clients_note, labelled_snapshot_grid, png_bytes
 
 
 def _figure_html(fig, first: bool) -> str:
@@ -25,7 +26,16 @@ def summary_table(summary: dict) -> str:
 
 
 def _fmt(value) -> str:
+    """A summary value as text; an empty one (None, NaN) is "–"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _png(record) -> str:
+    """One client's snapshot as a labelled grid, base64 PNG."""
+    grid = labelled_snapshot_grid(record.inputs, record.smashed, record.reconstruction, record.labels)
+    return base64.b64encode(png_bytes(grid)).decode()
 
 
 def run_report(run: dict, history: pd.DataFrame, snapshots: list) -> str:
@@ -34,14 +44,16 @@ def run_report(run: dict, history: pd.DataFrame, snapshots: list) -> str:
     h = with_simulated_latency(history, run["config"])
     label = f"#{run['id']} {run['name']}"
     figures = []
-    if not h.empty:
-        figures = [("Test accuracy", learning_curves({label: h}, "test_acc")),
-                   ("Test loss", learning_curves({label: h}, "test_loss")),
-                   ("Training-loss terms", loss_terms(h)), ("Communication", communication(h))]
-    parts = [f"<h2>{html.escape(name)}</h2>{_figure_html(fig, i == 0)}" for i, (name, fig) in enumerate(figures)]
+    if not h.empty:  # each figure carries its title, template and colours (pages.figures)
+        figures = [learning_curves({label: h}, "test_acc"), learning_curves({label: h}, "test_loss"),
+                   loss_terms(h), communication(h)]
+    parts = [_figure_html(fig, i == 0) for i, fig in enumerate(figures)]
     images = "".join(
-        f"<figure><img src='data:image/png;base64,{base64.b64encode(png_bytes(snapshot_grid(r.inputs, r.smashed, r.reconstruction))).decode()}'>"
-        f"<figcaption>client {r.client}, round {r.round}</figcaption></figure>" for r in snapshots)
+        f"<figure><img alt='client {r.client}, round {r.round}' src='data:image/png;base64,{_png(r)}'>"
+        f"<figcaption>client {r.client}, round {r.round}, reconstruction MSE {_fmt(r.mse)}</figcaption></figure>"
+        for r in snapshots)
+    why = identical_clients_note(run["config"], snapshots[0].round) if len(snapshots) > 1 else None
+    note = f"<p><i>{html.escape(why)}</i></p>" if why else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
 table{{border-collapse:collapse}}th,td{{border:1px solid #ddd;padding:3px 8px;text-align:left}}
@@ -49,7 +61,7 @@ figure{{display:inline-block;margin:0 1em 1em 0}}pre{{background:#f6f6f6;padding
 </head><body><h1>{html.escape(title)}</h1>
 <p>Status: <b>{html.escape(run['status'])}</b>, {run['last_round']}/{run['rounds']} rounds.</p>
 <h2>Summary</h2>{summary_table(run.get('summary') or {})}
-{''.join(parts)}
-{'<h2>InfoPro snapshots</h2>' + images if images else ''}
+{'<h2>Curves</h2>' + ''.join(parts) if parts else ''}
+{'<h2>InfoPro snapshots</h2>' + note + images if images else ''}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(run['config'], indent=1))}</pre>
 <p>Made with SplitLab.</p></body></html>"""

@@ -1,0 +1,178 @@
+"""The figures and pictures the pages and the HTML report share (pages/figures.py, pages/images.py).
+
+Streamlit, once imported, makes its own plotly template the default; that template's colours are
+placeholders (#000001, ...) only Streamlit's front end resolves. Every figure must name its own.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.io as pio
+import pytest
+
+from engine.latency import LatencyParams, latency_curves
+from pages import figures
+from pages.images import MIN_TILE_PX, identical_clients_note, labelled_snapshot_grid, snapshot_grid, tile_scale
+
+PLACEHOLDER = re.compile(r"^#0000\d\d$")
+
+
+@pytest.fixture
+def streamlit_template(monkeypatch):
+    """plotly's default template as a Streamlit server process has it."""
+    from streamlit.elements import plotly_chart  # noqa: F401  (importing it installs the template)
+
+    assert pio.templates.default == "streamlit"
+    monkeypatch.setattr(pio.templates, "default", "streamlit")
+
+
+def history(rounds: int = 4) -> pd.DataFrame:
+    r = np.arange(1, rounds + 1)
+    return pd.DataFrame({"round": r, "test_acc": 0.1 * r, "test_acc_min": 0.08 * r, "test_acc_max": 0.12 * r,
+                         "test_loss": 2.0 / r, "train_loss": 2.0 / r, "train_loss_mixup": 2.2 / r,
+                         "train_loss_local": 0.3 / r, "bytes_smashed_up": 100 * r, "bytes_grads_down": 100 * r,
+                         "bytes_model_up": 10 * r, "bytes_model_down": 10 * r, "bytes_up": 110 * r})
+
+
+def trace_colors(fig) -> list[str]:
+    return [t.line.color if t.type == "scatter" else t.marker.color for t in fig.data]
+
+
+def all_figures() -> dict[str, object]:
+    h = history()
+    rows = latency_curves(range(1, 21), 100, LatencyParams(smashed_size=1000, lower_size=10, aux_size=50))
+    totals = pd.DataFrame([{"run": "#1", "kind": k, "MB": 1.0, "rounds": 4} for k in figures.BYTE_KINDS])
+    measured = pd.DataFrame({"techniques": ["1,2,5", "1,2,5"], "n": [2, 4], "accuracy": [0.8, 0.82]})
+    mse = pd.DataFrame({"round": [1, 2, 1, 2], "client": ["client 0"] * 2 + ["client 1"] * 2, "mse": [0.1, 0.05] * 2})
+    return {"Test accuracy": figures.learning_curves({"a": h, "b": h}, "test_acc"),
+            "Test loss": figures.learning_curves({"a": h}, "test_loss"),
+            "Training-loss terms": figures.loss_terms(h), "Communication so far": figures.communication(h),
+            "Bytes exchanged by finished runs": figures.bytes_exchanged(totals),
+            "Mixing ratio λ ~ Beta(α, β)": figures.beta_density(2.0, 2.0),
+            "Latency against the number of clients (Fig. 8)": figures.latency_figure(rows),
+            "Final test accuracy against n": figures.accuracy_vs_n(measured),
+            "Reconstruction MSE over rounds": figures.reconstruction_mse(mse)}
+
+
+def test_every_figure_has_a_default_title_and_takes_another():
+    for title, fig in all_figures().items():
+        assert fig.layout.title.text == title
+    assert figures.loss_terms(history(), title="Losses of run 3").layout.title.text == "Losses of run 3"
+    h = figures.with_simulated_latency(history(), {"num_clients": 2})
+    assert figures.learning_curves({"a": h}, "test_acc", "latency_s").layout.title.text == \
+        "Test accuracy against simulated latency"
+
+
+def test_figures_name_their_template_and_colours_under_streamlits_default(streamlit_template):
+    for title, fig in all_figures().items():
+        assert fig.layout.template.layout.colorway == pio.templates[figures.TEMPLATE].layout.colorway, title
+        colors = trace_colors(fig)
+        assert all(c and not PLACEHOLDER.match(c) for c in colors), (title, colors)
+
+
+def test_loss_terms_and_byte_kinds_get_distinct_colours(streamlit_template):
+    terms = figures.loss_terms(history())
+    assert [t.name for t in terms.data] == ["L (server)", "L~ (mixup)", "L^ (local)"]
+    assert len(set(trace_colors(terms))) == 3
+    comm = figures.communication(history())
+    assert [t.name for t in comm.data] == list(figures.BYTE_KINDS.values())
+    assert len({t.line.color for t in comm.data}) == 4 and len({t.fillcolor for t in comm.data}) == 4
+
+
+def test_loss_terms_leave_out_terms_that_stay_zero():
+    h = history().assign(train_loss_mixup=0.0)
+    assert [t.name for t in figures.loss_terms(h).data] == ["L (server)", "L^ (local)"]
+
+
+@pytest.mark.parametrize(("codes", "name"), [
+    ("1,2,3,4p,5", "LocFedMix-SL (row 8)"), ("1,2,5", "SplitFed (row 4)"), ("1", "Vanilla SL (row 1)"),
+    ("1,2", "Parallel SL"), ("1,2,4p,5", "LocSplitFed + ② (row 7)"), ("1,2,3", "Parallel SL + mixup (row 2)"),
+    ("1,2,3,4", "Parallel SL + mixup + local loss (row 5)"), ("1,2,splitavg", "Parallel SL + SplitAvg"),
+    ("1,3", "Parallel SL without ② + mixup"),
+])
+def test_combinations_are_named_as_people_know_them(codes, name):
+    assert figures.combination_name(codes) == name
+
+
+def test_accuracy_vs_n_fits_y_inside_unit_range_and_ticks_only_measured_n():
+    measured = pd.DataFrame({"techniques": ["1,2,3,4p,5", "1,2,3,4p,5", "1,2,5", "1,2,5"], "n": [2, 3, 2, 3],
+                             "accuracy": [0.78, 0.77, 0.81, 0.82]})
+    fig = figures.accuracy_vs_n(measured)
+    lo, hi = fig.layout.yaxis.range
+    assert 0 <= lo < 0.77 and 0.82 < hi <= 1 and lo > 0.5  # fitted to the data, not -0.5..1
+    assert list(fig.layout.xaxis.tickvals) == [2, 3]
+    assert [t.name for t in fig.data] == ["LocFedMix-SL (row 8) (measured)", "SplitFed (row 4) (measured)"]
+
+
+def test_accuracy_vs_n_gives_a_combination_one_colour_measured_and_paper():
+    measured = pd.DataFrame({"techniques": ["1,2,5"], "n": [2], "accuracy": [0.99]})
+    paper = pd.DataFrame({"techniques": ["1,2,5", "1,2,5"], "n": [20, 40], "accuracy": [0.62, 0.63]})
+    fig = figures.accuracy_vs_n(measured, paper)
+    assert fig.data[0].line.color == fig.data[1].line.color and fig.data[1].line.dash == "dot"
+    assert fig.layout.yaxis.range[1] == 1.0 and list(fig.layout.xaxis.tickvals) == [2, 20, 40]
+
+
+def test_latency_figure_names_methods_and_draws_each_differently():
+    rows = latency_curves(range(1, 31), 1000, LatencyParams(smashed_size=75264, lower_size=156, aux_size=793))
+    fig = figures.latency_figure(rows, avg_interval=1)
+    legend = [t for t in fig.data if t.showlegend]
+    assert sorted(t.name for t in legend) == sorted([
+        "Vanilla SL", "SplitFed", "LocSplitFed", "LocFedMix-SL (T_c = 1)", "LocFedMix-SL best case (T_c = T)",
+        "LocFedMix-SL worst case (T_c = 1)"])
+    assert len({(t.line.dash, t.marker.symbol, t.line.width) for t in legend}) == 6
+    assert len({t.line.color for t in legend}) == 6
+    assert not any("_" in t.name.replace("T_c", "") for t in legend)  # no code names left
+
+
+def test_latency_overlaps_say_which_curves_coincide_and_why():
+    rows = latency_curves(range(1, 101), 10_000, LatencyParams(t_comp=0.01, t_comm=0.01, smashed_size=75264,
+                                                               lower_size=156, aux_size=793, avg_interval=1))
+    notes = figures.latency_overlaps(rows, avg_interval=1)
+    assert len(notes) == 3
+    assert notes[0].startswith("LocFedMix-SL (T_c = 1) and LocFedMix-SL worst case (T_c = 1) are one curve")
+    assert notes[1].startswith("SplitFed and LocFedMix-SL best case (T_c = T) coincide in every panel")
+    # LocSplitFed waits on its compute only while n * T_comm < T_comp, i.e. n < 10 at 10:1
+    assert "at 1:1 and 1:10 (every n) and at 10:1 for n = 10–100" in notes[2]
+    assert "hides behind the upload" in notes[2] and "|w_c| is tiny next to |s|" in notes[1]
+
+
+def test_latency_overlaps_ignore_a_mere_crossing():
+    rows = latency_curves(range(1, 101), 10_000, LatencyParams(t_comp=0.01, t_comm=0.01, smashed_size=75264,
+                                                               lower_size=156, aux_size=793, avg_interval=5))
+    assert not any(n.startswith("Vanilla SL") for n in figures.latency_overlaps(rows, avg_interval=5))
+
+
+@pytest.mark.parametrize("side", [8, 28, 32])
+def test_snapshot_tiles_are_large_enough_to_read(side):
+    assert side * tile_scale(side) >= MIN_TILE_PX
+    inputs = np.random.default_rng(0).random((2, 1, side, side))
+    smashed = np.random.default_rng(1).random((2, 3, side // 2, side // 2))
+    grid = snapshot_grid(inputs, smashed, inputs)
+    assert grid.shape[0] >= 2 * MIN_TILE_PX and grid.shape[1] >= 5 * MIN_TILE_PX
+
+
+def test_labelled_grid_adds_a_header_row_and_a_label_column():
+    inputs = np.random.default_rng(0).random((2, 1, 28, 28))
+    smashed = np.random.default_rng(1).random((2, 4, 14, 14))
+    plain = snapshot_grid(inputs, smashed, inputs)
+    labelled = labelled_snapshot_grid(inputs, smashed, inputs, np.array([3, 7]))
+    assert labelled.shape[0] > plain.shape[0] and labelled.shape[1] > plain.shape[1]
+    assert (labelled[:20] < 128).any()  # the column headers are drawn in black on white
+
+
+@pytest.mark.parametrize(("averaging", "local", "round_", "expected"), [
+    ({"enabled": True, "interval": 1}, {"enabled": True, "average_aux": True}, 10, "reconstructions"),
+    ({"enabled": True, "interval": 5}, {"enabled": True, "average_aux": False}, 10, "smashed data"),
+    ({"enabled": True, "interval": 4}, {"enabled": True, "average_aux": True}, 10, None),
+    ({"enabled": False, "interval": 1}, {"enabled": True, "average_aux": True}, 10, None),
+])
+def test_identical_clients_note_only_when_averaging_fell_on_the_round(averaging, local, round_, expected):
+    note = identical_clients_note({"averaging": averaging, "local_loss": local}, round_)
+    if expected is None:
+        assert note is None
+    else:
+        assert expected in note and f"T_c = {averaging['interval']}" in note
+        assert ("decoder" in note) == local["average_aux"]
