@@ -30,6 +30,8 @@ BYTE_COLORS = dict(zip(BYTE_KINDS, ("#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD"))
 LOSS_TERMS = {"train_loss": "L (server)", "train_loss_mixup": "L~ (mixup)", "train_loss_local": "L^ (local)"}
 LOSS_COLORS = dict(zip(LOSS_TERMS, ("#1F77B4", "#D62728", "#2CA02C")))
 METRIC_LABELS = {"test_acc": "test accuracy", "test_loss": "test loss"}
+DASHES = ("solid", "dash", "dot", "dashdot")
+SYMBOLS = ("square-open", "diamond-open", "circle", "x", "triangle-up")
 LEGEND_BELOW = {"orientation": "h", "yref": "container", "y": 0.0, "yanchor": "bottom", "x": 0.0, "xanchor": "left"}
 
 # Table 4's methods as people name them, and how each is drawn. Curves that lie on one another
@@ -289,10 +291,14 @@ def accuracy_vs_n(measured: pd.DataFrame, paper: pd.DataFrame | None = None, *,
 
 
 def reconstruction_mse(mse: pd.DataFrame, *, title: str = "Reconstruction MSE over rounds") -> go.Figure:
-    """One line per client: ``mse`` has columns round, client (a label), mse."""
+    """One line per client: ``mse`` has columns round, client (a label), mse. Clients whose models were
+    just averaged have the same MSE: each line is narrower than the one before and has its own dash and
+    marker, so lines on top of one another all show."""
     fig = go.Figure()
     for i, (client, g) in enumerate(mse.groupby("client", sort=True)):
         color = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=g["round"], y=g["mse"], mode="lines+markers", name=str(client),
-                                 line={"color": color}, marker={"color": color, "size": 6}))
-    return _style(fig, title, xaxis_title="round", yaxis_title="MSE (input vs reconstruction)", showlegend=True)
+        line = {"color": color, "width": max(1.5, 6 - 1.5 * i), "dash": DASHES[i % len(DASHES)]}
+        marker = {"color": color, "size": max(5, 13 - 3 * i), "symbol": SYMBOLS[i % len(SYMBOLS)]}
+        fig.add_trace(go.Scatter(x=g["round"], y=g["mse"], mode="lines+markers", name=str(client), line=line,
+                                 marker=marker))
+    return _style(fig, title, xaxis_title="round", yaxis_title="MSE", showlegend=True)

@@ -34,7 +34,7 @@ st.caption("Panels: T_comp : T_comm = 10:1, 1:1, 1:10. Defaults: LeNet-5 cut aft
            "(|s| = 64·6·14·14, |w_c| = 156, InfoPro decoder |ŵ_c| = 793).")
 st.subheader("The paper's claims about this figure, checked on these settings")
 claims = fig8_claims(curves)
-st.markdown("\n".join(f"- {'✅ holds' if c.holds else '❌ does not hold'}: **{c.text}**  \n  {c.evidence}"
+st.markdown("\n".join(f"- {'✓ holds' if c.holds else '✗ does not hold'}: **{c.text}**  \n  {c.evidence}"
                        for c in claims))
 with st.expander("The same as a table"):
     st.dataframe(pd.DataFrame([{"claim": c.text, "holds": "yes" if c.holds else "no", "numbers": c.evidence}

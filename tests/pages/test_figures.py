@@ -176,3 +176,11 @@ def test_identical_clients_note_only_when_averaging_fell_on_the_round(averaging,
     else:
         assert expected in note and f"T_c = {averaging['interval']}" in note
         assert ("decoder" in note) == local["average_aux"]
+
+
+def test_reconstruction_mse_keeps_identical_clients_visible():
+    mse = pd.DataFrame({"round": [2, 4] * 3, "client": [f"client {c}" for c in (0, 0, 1, 1, 2, 2)],
+                        "mse": [0.1, 0.05] * 3})
+    lines = figures.reconstruction_mse(mse).data
+    assert len({(t.line.dash, t.marker.symbol) for t in lines}) == 3
+    assert [t.line.width for t in lines] == sorted((t.line.width for t in lines), reverse=True)  # wider ones first
