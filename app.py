@@ -55,31 +55,34 @@ def ensure_worker() -> None:
         st.sidebar.error(f"The background worker exited (code {proc.returncode}); see worker.log.")
 
 
+@st.fragment(run_every=3)
+def worker_status() -> None:
+    """What each worker is doing, refreshed every 3 s (a cached read shared by all viewers)."""
+    workers = live_workers()
+    if workers:
+        for w in workers:
+            doing = f"training run #{w.run_id}" if w.run_id else "idle, waiting for runs"
+            st.success(f"Worker {w.worker_id}: {doing}")
+    elif autostart_disabled():
+        st.warning("No worker is running. Start one: `python -m engine worker`")
+    else:
+        st.info("Starting a worker…")
+
+
 def sidebar() -> None:
     st.sidebar.title("SplitLab")
     st.sidebar.caption("Parallel split learning, one technique at a time.")
     if common.readonly():
         st.sidebar.info("Read-only: result pages only.")
         return
-    workers = live_workers()
-    if workers:
-        for w in workers:
-            doing = f"training run #{w.run_id}" if w.run_id else "idle, waiting for runs"
-            st.sidebar.success(f"Worker {w.worker_id}: {doing}")
-    elif autostart_disabled():
-        st.sidebar.warning("No worker is running. Start one: `python -m engine worker`")
-    else:
-        st.sidebar.info("Starting a worker…")
+    with st.sidebar:
+        worker_status()
     if not autostart_disabled():
         st.sidebar.caption("The worker this app started stops with the app (Ctrl-C): its run is checkpointed "
                            "and resumes at the next start. Workers started by hand keep running.")
     st.sidebar.caption(f"Database: `{common.db().display_url()}`")
 
 
-st.set_page_config(page_title="SplitLab", page_icon=":material/call_split:", layout="wide")
-configure_host()
-ensure_worker()
-sidebar()
 def results_home() -> None:
     """The landing page of a read-only host: what it is, and links to the runs' result pages."""
     st.header("SplitLab results")
@@ -88,6 +91,10 @@ def results_home() -> None:
     common.run_links()
 
 
+st.set_page_config(page_title="SplitLab", page_icon=":material/call_split:", layout="wide")
+configure_host()
+ensure_worker()
+sidebar()
 pages = [
     st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
     st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),

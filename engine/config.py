@@ -168,7 +168,7 @@ class RunConfig(_Section):
         return data
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> "RunConfig":
+    def _check_ranges(self) -> RunConfig:
         n = self.num_clients
         if self.data.dataset not in DATASETS:
             raise FieldValueError("data.dataset", f"must be one of {', '.join(DATASETS)}, got {self.data.dataset!r}")

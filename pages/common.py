@@ -88,15 +88,21 @@ def worker_lost(status: str, heartbeat_at: datetime | None, now: datetime) -> bo
     return status == "running" and heartbeat_at is not None and (now - heartbeat_at).total_seconds() > LOST_AFTER_S
 
 
+def checkpoint_text(row: pd.Series) -> str:
+    """The round a run resumes from, as text ("0" without a checkpoint)."""
+    value = row["checkpoint_round"]
+    return "0" if value is None or pd.isna(value) else str(int(value))
+
+
 def run_state(status: str, lost: bool, cancel_requested: bool, checkpoint_round: int | None, attempts: int) -> str:
-    """The status as a person reads it: "worker lost, resumes from round 100", "queued (resumes from round 100)"."""
-    resume = f"resumes from round {checkpoint_round or 0}"
+    """The status as a person reads it: "worker lost (resumes at 100)", "queued (resumes at 100)"."""
+    resume = f"resumes at {checkpoint_round or 0}"
     if lost:
-        return f"worker lost, {resume}"
+        return f"worker lost ({resume})"
     if status in ("queued", "running") and cancel_requested:
         return f"{status}, cancel requested"
     if status == "queued" and attempts > 0:
-        return f"queued, {resume}"
+        return f"queued ({resume})"
     return status
 
 

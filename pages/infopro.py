@@ -15,6 +15,7 @@ def mse_text(mse: float | None) -> str:
 
 
 st.header("InfoPro reconstructions")
+linked = common.linked_run_id()  # a link that names no run says so and stops here
 runs = common.runs_frame()
 with_images = [int(i) for i in runs["id"] if common.image_rounds(int(i))]
 if not with_images:
@@ -22,7 +23,8 @@ if not with_images:
             "(the demo profile: every 50); runs with the InfoPro local loss (④) also show reconstructions.")
     st.stop()
 labels = {int(r["id"]): common.run_label(r) for _, r in runs.iterrows()}
-linked = common.query_run_id()
+if linked is not None and linked not in with_images:
+    st.info(f"Run #{linked} has recorded no snapshots yet; choose a run that has.")
 run_id = st.selectbox("run", with_images, with_images.index(linked) if linked in with_images else 0,
                       format_func=labels.get)
 rounds = common.image_rounds(run_id)

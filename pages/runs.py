@@ -17,20 +17,26 @@ from pages import common
 from storage import queries
 
 SELECTED = "selected_run"  # session state: the id of the run the user picked (None: none)
-COLUMNS = {
-    "id": st.column_config.NumberColumn("id", width="small", format="%d"),
-    "name": st.column_config.TextColumn("name", width="medium"),
-    "state": st.column_config.TextColumn("status", width="medium"),
-    "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%",
-                                                width="small"),
-    "rounds_done": st.column_config.TextColumn("rounds", width="small"),
-    "clients": st.column_config.NumberColumn("n", width="small", help="clients"),
-    "techniques": st.column_config.TextColumn("techniques", width="small"),
-    "dataset": st.column_config.TextColumn("data", width="small"),
-    "accuracy": st.column_config.TextColumn("final acc", width="small"),
-    "elapsed": st.column_config.TextColumn("elapsed", width="small"),
-    "remaining": st.column_config.TextColumn("remaining", width="small"),
+COLUMNS = {  # sized to fit beside the sidebar on a 1400-px-wide screen
+    "id": st.column_config.NumberColumn("id", width=40, format="%d"),
+    "name": st.column_config.TextColumn("name", width=120),
+    "state": st.column_config.TextColumn("status", width=195),
+    "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=100, format="%.0f%%", width=75),
+    "rounds_done": st.column_config.TextColumn("rounds", width=85),
+    "clients": st.column_config.NumberColumn("n", width=36, help="clients"),
+    "techniques": st.column_config.TextColumn("techniques", width=95),
+    "dataset": st.column_config.TextColumn("data", width=95),
+    "accuracy": st.column_config.TextColumn("final acc", width=70),
+    "time": st.column_config.TextColumn("time", width=125, help="elapsed, and the estimated time left"),
 }
+
+
+def time_text(status: str, elapsed_s: float, remaining_s: float | None) -> str:
+    """"0:43", or "1:23, 4:56 left" while running; "–" before a run starts."""
+    if status == "queued" and not elapsed_s:
+        return "–"
+    left = common.fmt_seconds(remaining_s)
+    return common.fmt_seconds(elapsed_s) + (f", {left} left" if left != "–" else "")
 
 
 def shown_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -45,8 +51,7 @@ def shown_frame(frame: pd.DataFrame) -> pd.DataFrame:
         "techniques": frame["techniques"],
         "dataset": frame["dataset"],
         "accuracy": frame["final_acc"].map(common.fmt_float),
-        "elapsed": [common.fmt_seconds(e) if s != "queued" else "–" for e, s in zip(frame["elapsed_s"], frame["status"])],
-        "remaining": frame["remaining_s"].map(common.fmt_seconds),
+        "time": [time_text(*v) for v in zip(frame["status"], frame["elapsed_s"], frame["remaining_s"])],
     })
 
 
@@ -63,7 +68,8 @@ def runs_table(frame: pd.DataFrame) -> None:
     selected = st.session_state.get(SELECTED)
     default = {"selection": {"rows": [ids.index(selected)] if selected in ids else []}}
     event = st.dataframe(shown_frame(frame), hide_index=True, column_config=COLUMNS, on_select="rerun",
-                         selection_mode="single-row", key=key, selection_default=default, width="stretch")
+                         selection_mode="single-row", key=key, selection_default=default, width="stretch",
+                         placeholder="–")
     rows = event.selection.rows
     picked = ids[rows[0]] if rows and rows[0] < len(ids) else None
     if st.session_state.get("runs_table_key") != key:  # a new widget: its selection came from SELECTED
@@ -110,7 +116,7 @@ def actions(run: dict) -> None:
                f"{common.technique_codes(run['config'])} · {run['config']['num_clients']} clients")
     if not row.empty and row.iloc[0]["worker_lost"]:
         st.warning(f"The worker training #{run_id} stopped reporting. The next worker to look takes the run over "
-                   f"and resumes it from its checkpoint at round {row.iloc[0]['checkpoint_round'] or 0}.")
+                   f"and resumes it from its checkpoint at round {common.checkpoint_text(row.iloc[0])}.")
     if run["error"]:
         st.error(run["error"])
     c = st.columns(5)

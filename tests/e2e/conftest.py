@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -41,7 +42,8 @@ def start_app(tmp_path) -> Iterator[Callable[..., App]]:
 
     yield start
     for app in started:
-        os.killpg(app.server.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
+            os.killpg(app.server.pid, signal.SIGKILL)
         app.server.wait(timeout=20)
         subprocess.run(["pkill", "-KILL", "-f", f"worker --db {app.db_url}"], check=False)
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from engine.config import validate_config
 from storage import queries
 from storage.db import connect
 
@@ -26,12 +27,15 @@ def test_sidebar_shows_a_live_worker(db_url):
     assert any("lab:42" in m.value and "idle" in m.value for m in at.sidebar.success)
 
 
-def test_read_only_app_opens_on_runs_and_starts_nothing(db_url, monkeypatch):
+def test_read_only_app_opens_on_the_results_and_starts_nothing(db_url, monkeypatch):
     monkeypatch.setenv("SPLITLAB_READONLY", "1")
     monkeypatch.delenv("SPLITLAB_NO_WORKER")
+    with connect(db_url).write() as s:
+        run_id = queries.create_run(s, validate_config({"name": "shared", "data": {"dataset": "synthetic"}}))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception
-    assert at.header[0].value == "Runs"
+    assert at.header[0].value == "SplitLab results"
+    assert any(f"#{run_id} shared" in str(link.proto.label) for link in at.get("page_link"))
     assert any("Read-only" in m.value for m in at.sidebar.info)
     with connect(db_url).read() as s:
         assert queries.live_workers(s, 60) == []

@@ -143,7 +143,7 @@ def test_runs_page_lists_runs_with_progress(finished_run, db_url):
     table = at.dataframe[0].value
     assert list(table["id"]) == [finished_run]
     assert table["progress"].iloc[0] == 100 and table["state"].iloc[0] == "finished"
-    assert table["rounds_done"].iloc[0] == "6 / 6" and table["remaining"].iloc[0] == "–"
+    assert table["rounds_done"].iloc[0] == "6 / 6" and "left" not in table["time"].iloc[0]
     assert not table.astype(str).isin(["None", "nan", "NaN"]).any().any()
 
 
@@ -167,8 +167,8 @@ def test_runs_page_says_when_a_worker_is_lost_and_where_its_run_resumes(db_url):
     at = page("runs", run_id)
     assert not at.exception
     table = at.dataframe[0].value
-    assert table["state"].iloc[0] == "worker lost, resumes from round 40"
-    assert table["remaining"].iloc[0] == "–"
+    assert table["state"].iloc[0] == "worker lost (resumes at 40)"
+    assert "left" not in table["time"].iloc[0]  # no time left is promised for a run nobody trains
     assert any("1 running (1 with a lost worker)" in c.value for c in at.caption)
     assert any("resumes it from its checkpoint at round 40" in w.value for w in at.warning)
 
@@ -198,7 +198,7 @@ def test_compare_page_builds_the_grid(finished_run):
     at = page("compare")
     assert not at.exception
     grid = at.dataframe[0].value
-    assert "n=3" in grid.columns and grid.index[0].startswith("8: 1,2,3,4p,5")
+    assert "n=3" in grid.columns and grid.index[0] == "LocFedMix-SL (row 8)"
 
 
 def test_compare_page_shows_what_adding_mixup_changes(finished_run, db_url):
@@ -211,11 +211,13 @@ def test_compare_page_shows_what_adding_mixup_changes(finished_run, db_url):
     at = page("compare")
     assert not at.exception
     effect = at.dataframe[2].value
-    assert list(effect.index) == ["8: 1,2,3,4p,5 vs 7: 1,2,4p,5"]
+    row8_vs_7 = "LocFedMix-SL (row 8) vs LocSplitFed + ② (row 7)"
+    assert list(effect.index) == [row8_vs_7]
     assert effect.loc[effect.index[0], "n=3"] == pytest.approx(100 * (acc8 - acc7))
     paper = at.dataframe[-1].value  # the paper's own mixup effect, in the expander
-    assert set(paper.index) == {"5: 1,2,3,4 vs 3: 1,2,4", "6: 1,2,3,5 vs 4: 1,2,5", "8: 1,2,3,4p,5 vs 7: 1,2,4p,5"}
-    assert paper.loc["8: 1,2,3,4p,5 vs 7: 1,2,4p,5", "n=100"] == pytest.approx(100 * (0.6810 - 0.6381))
+    assert set(paper.index) == {"Parallel SL + mixup + local loss (row 5) vs Parallel SL + local loss (row 3)",
+                                "Parallel SL + mixup + averaging (row 6) vs SplitFed (row 4)", row8_vs_7}
+    assert paper.loc[row8_vs_7, "n=100"] == pytest.approx(100 * (0.6810 - 0.6381))
 
 
 def test_infopro_page_shows_reconstructions(finished_run):
