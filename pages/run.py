@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
-from pages.images import snapshot_grid
+from pages.figures import combination_name, communication, learning_curves, loss_terms, with_simulated_latency
+from pages.images import identical_clients_note, labelled_snapshot_grid
 from pages.report import run_report
 
 run_id = common.linked_run_id()  # a link that names no run says so and stops here
@@ -29,8 +29,9 @@ if run is None:  # deleted since the link was checked
 
 st.header(f"Run #{run['id']}: {run['name']}")
 status = run["status"]
-st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · techniques "
-           f"{common.technique_codes(run['config'])} · {run['config']['num_clients']} clients · "
+codes = common.technique_codes(run["config"])
+st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · {combination_name(codes)} (techniques "
+           f"{codes}) · {run['config']['num_clients']} clients · "
            f"{run['config']['data']['dataset']} · link: `?run={run['id']}`")
 if run["error"]:
     st.error(run["error"])
@@ -58,9 +59,13 @@ rounds = common.image_rounds(run_id)
 snapshots = common.images(run_id, rounds[-1]) if rounds else []
 if snapshots:
     st.subheader(f"InfoPro snapshots, round {rounds[-1]}")
-    cols = st.columns(len(snapshots))
-    for col, rec in zip(cols, snapshots):
-        col.image(snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction), caption=f"client {rec.client}")
+    note = identical_clients_note(run["config"], rounds[-1])
+    if note and len(snapshots) > 1:
+        st.info(note)
+    for rec in snapshots:
+        mse = "" if rec.mse is None else f" · reconstruction MSE {rec.mse:.4f}"
+        st.markdown(f"**Client {rec.client}**{mse}")
+        st.image(labelled_snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction, rec.labels), width="content")
 
 with st.expander("Configuration"):
     st.json(run["config"])
