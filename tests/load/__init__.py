@@ -1,0 +1,1 @@
+"""Many viewers of the dashboard at once, through Streamlit's own websocket protocol."""

@@ -54,6 +54,7 @@ POLL_S = 0.25          # how often the run's progress and latest evaluation are 
 START_TIMEOUT_S = 120  # the app answering, the worker reaching its second evaluation
 STOP_TIMEOUT_S = 10    # SIGTERM, then SIGKILL
 SATURATED_PCT = 90     # server CPU % (of one core) from which it counts as saturated
+RECORDED_ENV = ("STREAMLIT_", "OMP_", "MKL_", "TORCH_", "SPLITLAB_")  # settings that change the figures
 RUN_FLAGS = ("--preset", "locfedmix_sl", "--profile", "demo", "--dataset", "digits", "--clients", "10",
              "--rounds", "100000", "--eval-every", "10")  # ~0.3 s a round on 2 cores (4 s when others load them)
 
@@ -474,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             phases = asyncio.run(measure(lab, run_id, args))
         summary = summarize(phases, args.viewers)
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "app": {"root": str(ROOT), "commit": git_commit(), "streamlit": streamlit_version()},
+              "app": {"root": str(ROOT), "commit": git_commit(), "streamlit": streamlit_version(),
+                      "env": {k: v for k, v in os.environ.items() if k.startswith(RECORDED_ENV)}},
               "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                           "note": "shared machine: other work ran at the same time, figures are indicative"},
               "summary": summary, "phases": [p.as_dict() for p in phases]}
