@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from storage import queries
 from storage.db import Database, connect, resolve_db_url
@@ -24,23 +27,25 @@ MAX_RUN_ID = 2**63 - 1  # the largest id a database row can have; longer numbers
 RUN_ID = re.compile(r"[0-9]{1,19}")
 
 
-def _run_through_app_py() -> None:
-    """Make every page run through ``app.py`` (sidebar, read-only settings, navigation).
+def run_through_app_py() -> None:
+    """Make this page run through ``app.py`` (sidebar, read-only settings, navigation). Every page
+    calls it first.
 
     Because a ``pages/`` folder exists, a fresh Streamlit server runs ``pages/<name>.py`` on its
-    own for deep links (``/run?run=3``) until some visit to ``/`` has run ``st.navigation``: a
-    shared result link opened first would skip app.py, and with it the read-only host's settings
-    (no tracebacks) and the sidebar. Every page imports this module first, so the first such run
-    switches that mode off and starts again, through app.py.
+    own for deep links (``/run?run=3``) until some visit has run ``st.navigation``: a shared
+    result link opened first would skip app.py, and with it the read-only host's settings (no
+    tracebacks) and the sidebar. Such a run registers the folder's files as its pages; seeing
+    this very module among them, the page switches that mode off and starts again, through
+    app.py. Each session checks its own run, so viewers arriving together all get there.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    folder_listing = any(Path(p.get("script_path", "")).name == Path(__file__).name
+                         for p in ctx.pages_manager.get_pages().values())
+    if folder_listing:
         PagesManager.uses_pages_directory = False
         st.rerun()
-
-
-_run_through_app_py()
 
 
 def readonly() -> bool:

@@ -10,6 +10,8 @@ from engine.presets import without_mixup
 from pages import common
 from pages.figures import ROW_OF, accuracy_vs_n, combination_name
 
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
 
 def rounds_to(history: pd.DataFrame, target: float) -> float:
     """First evaluated round with test accuracy >= target (NaN if never)."""

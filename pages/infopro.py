@@ -9,6 +9,8 @@ from pages import common
 from pages.figures import reconstruction_mse
 from pages.images import identical_clients_note, labelled_snapshot_grid
 
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
 
 def mse_text(mse: float | None) -> str:
     return f"{mse:.4f}" if mse is not None and pd.notna(mse) else "–"

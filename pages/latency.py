@@ -10,6 +10,8 @@ from engine.latency_study import fig8_claims
 from pages import common
 from pages.figures import BYTE_KINDS, bytes_exchanged, latency_figure, latency_overlaps
 
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
 st.header("Latency model")
 st.caption("Only client compute T_comp and uplink T_comm count; the server is infinitely fast and n clients "
            "share the uplink, so uploading together takes n·T_comm (the paper's Table 4).")

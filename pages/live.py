@@ -2,12 +2,13 @@
 
 Cheap for many viewers: a small fragment polls every 2 s for progress and for the latest
 evaluated round of each shown run (one cached read for all viewers). The charts are drawn only
-when that changes, from figures built once per (run, evaluated round) for every viewer: a viewer
-of a run that has not moved receives no chart again.
+when that changes (at most every 6 s), from figures built once per (run, evaluated round) for
+every viewer: a viewer of a run that has not moved receives no chart again.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,7 +19,11 @@ from pages import common
 from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
 from storage import queries
 
-REFRESH_S = 2
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
+REFRESH_S = 2       # progress, and the check for a new evaluation
+MIN_REDRAW_S = 6    # charts at most this often per viewer: a run that evaluates every 2 s costs a third
+DRAWN_AT = "live_charts_drawn_at"
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,11 @@ def draw(figs: LiveFigures) -> None:
 
 @st.fragment(run_every=REFRESH_S)
 def watch(run_ids: list[int], drawn: tuple[tuple[int, int], ...]) -> None:
-    """Progress every 2 s; the whole page (and so the charts) only when a new evaluation arrived."""
+    """Progress every 2 s; the whole page (and so the charts) only when a new evaluation arrived,
+    and at most every ``MIN_REDRAW_S`` seconds."""
     progress_lines(common.runs_frame(), run_ids)
-    if common.eval_signature(tuple(run_ids)) != drawn:
+    due = time.monotonic() - st.session_state.get(DRAWN_AT, 0.0) >= MIN_REDRAW_S
+    if due and common.eval_signature(tuple(run_ids)) != drawn:
         st.rerun()
 
 
@@ -119,3 +126,4 @@ if figures is None:
     st.info("No evaluation step recorded yet: the first point appears after the first evaluation.")
 else:
     draw(figures)
+    st.session_state[DRAWN_AT] = time.monotonic()

@@ -12,6 +12,8 @@ from pages import common
 from pages.figures import beta_density
 from storage import queries
 
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
 HELP = field_help()
 # Which section of the form a field's error is shown under.
 SECTION_OF = {"data": "data", "num_clients": "scale", "rounds": "scale", "batch_size": "scale", "seed": "scale",

@@ -13,6 +13,8 @@ from pages.figures import combination_name, communication, learning_curves, loss
 from pages.images import identical_clients_note, labelled_snapshot_grid
 from pages.report import run_report
 
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
 run_id = common.linked_run_id()  # a link that names no run says so and stops here
 if run_id is None:
     runs = common.runs_frame()

@@ -16,6 +16,8 @@ from engine.config import validate_config
 from pages import common
 from storage import queries
 
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
 SELECTED = "selected_run"  # session state: the id of the run the user picked (None: none)
 COLUMNS = {  # sized to fit beside the sidebar on a 1400-px-wide screen
     "id": st.column_config.NumberColumn("id", width=40, format="%d"),
