@@ -23,8 +23,6 @@ from storage.models import RunStatus
 READ_TTL_S = 2  # cached reads refresh this often, so live pages stay live without hammering the DB
 STATUSES = ("queued", "running", "finished", "failed", "cancelled")
 LOST_AFTER_S = 5.0  # a running run whose worker has not reported for this long: "worker lost" (beats come every 1 s)
-MAX_RUN_ID = 2**63 - 1  # the largest id a database row can have; longer numbers are no run, never a query
-RUN_ID = re.compile(r"[0-9]{1,19}")
 
 
 def run_through_app_py() -> None:
@@ -181,17 +179,9 @@ def pick_runs(label: str, frame: pd.DataFrame, default_ids: list[int], key: str)
     return [int(i) for i in chosen]
 
 
-def parse_run_id(text: str | None) -> int | None:
-    """A run id from a link: whole digits only, 1 .. 2**63-1 (None for anything else, which no run has)."""
-    if text is None or not RUN_ID.fullmatch(text.strip()):
-        return None
-    value = int(text.strip())
-    return value if 1 <= value <= MAX_RUN_ID else None
-
-
 def query_run_id() -> int | None:
     """``?run=42`` as an int (None when absent or not a valid id); see :func:`linked_run_id`."""
-    return parse_run_id(st.query_params.get("run"))
+    return queries.parse_run_id(st.query_params.get("run"))
 
 
 def linked_run_id() -> int | None:
@@ -203,7 +193,7 @@ def linked_run_id() -> int | None:
     raw = st.query_params.get("run")
     if raw is None:
         return None
-    run_id = parse_run_id(raw)
+    run_id = queries.parse_run_id(raw)
     if run_id is not None and run_info(run_id) is not None:
         return run_id
     no_such_run(raw)

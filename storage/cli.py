@@ -24,7 +24,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
 from storage.db import DB_ENV_VAR, DEFAULT_DB_URL, Database, StorageError, connect, resolve_db_url
 from storage.models import RunStatus
-from storage.queries import RunInfo, create_run, export_result, get_run, latest_metrics, request_cancel, utcnow
+from storage.queries import (
+    MAX_RUN_ID,
+    RunInfo,
+    create_run,
+    export_result,
+    get_run,
+    latest_metrics,
+    parse_run_id,
+    request_cancel,
+    utcnow,
+)
 from storage.worker import Worker, WorkerOptions
 
 Command = Callable[[argparse.Namespace], int]
@@ -52,14 +62,22 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     submit = _add_command(sub, "submit", "queue a run (the flags of run); prints its id", cmd_submit)
     add_run_arguments(submit)
     status = _add_command(sub, "status", "a run's state, progress and latest metrics", cmd_status)
-    status.add_argument("run_id", type=int, metavar="RUN_ID")
+    status.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     status.add_argument("--json", action="store_true", help="print JSON")
     export = _add_command(sub, "export", "write a run's config, history and summary as JSON (as run --out)",
                           cmd_export)
-    export.add_argument("run_id", type=int, metavar="RUN_ID")
+    export.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     export.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
     cancel = _add_command(sub, "cancel", "cancel a queued or running run", cmd_cancel)
-    cancel.add_argument("run_id", type=int, metavar="RUN_ID")
+    cancel.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
+
+
+def run_id_argument(text: str) -> int:
+    """RUN_ID as argparse reads it: refused with one line, before any query, unless it can be a run's id."""
+    run_id = parse_run_id(text)
+    if run_id is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a run id (a whole number from 1 to {MAX_RUN_ID:,})")
+    return run_id
 
 
 def _add_command(sub: argparse._SubParsersAction, name: str, help_text: str, func: Command) -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ deleted), so a worker that was presumed dead can never write over its successor.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -111,6 +112,19 @@ class ImageRecord:
     smashed: np.ndarray                   # [k, channels, h, w] or [k, d]
     reconstruction: np.ndarray | None  # [k, C, H, W]; None without an InfoPro decoder
     mse: float | None
+
+
+MAX_RUN_ID = 2**63 - 1  # the largest id a database row can hold; a longer number names no run, and is never queried
+_RUN_ID = re.compile(r"[0-9]{1,19}")
+
+
+def parse_run_id(text: str | None) -> int | None:
+    """A run id as a person types it (a link's ``?run=``, a command's RUN_ID): whole digits,
+    1 .. 2**63-1; None for anything else, which no run can have."""
+    if text is None or not _RUN_ID.fullmatch(text.strip()):
+        return None
+    value = int(text.strip())
+    return value if 1 <= value <= MAX_RUN_ID else None
 
 
 def utcnow() -> datetime:

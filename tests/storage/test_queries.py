@@ -24,14 +24,15 @@ from storage.queries import (
     get_run,
     heartbeat,
     history_rows,
-    known_worker_ids,
     image_rounds,
+    known_worker_ids,
     latest_metrics,
     list_runs,
     live_workers,
     load_checkpoint,
     mark_failed,
     mark_finished,
+    parse_run_id,
     release_run,
     remove_worker,
     request_cancel,
@@ -343,3 +344,11 @@ def test_deleting_a_run_deletes_its_records(db):
     assert counts == [0, 0, 0, 0]
     with db.write() as session, pytest.raises(RunNotFound):
         delete_run(session, run_id)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1", 1), (" 42 ", 42), ("9223372036854775807", 2**63 - 1), ("9223372036854775808", None),
+    ("99999999999999999999999", None), ("0", None), ("-1", None), ("1.5", None), ("abc", None), ("", None),
+    ("1';DROP TABLE runs", None), ("１", None), (None, None)])
+def test_a_run_id_is_whole_digits_within_what_a_row_id_can_hold(text, expected):
+    assert parse_run_id(text) == expected

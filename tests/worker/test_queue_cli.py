@@ -133,3 +133,12 @@ def test_status_shows_a_worker_that_beat_lately_as_alive(db, capsys):
     run_id = claimed_and_silent(db, capsys, "box:123", silent_s=1, checkpoint_round=None)
     text = status_text(db, run_id, capsys)
     assert "worker box:123, last heartbeat " in text and "lost" not in text
+
+
+@pytest.mark.parametrize("command", [["status"], ["cancel"], ["export", "--out", "unused.json"]])
+@pytest.mark.parametrize("run_id", ["99999999999999999999999", "abc", "0", "1.5"])
+def test_a_run_id_no_run_can_have_is_refused_in_one_line_before_any_query(url, capsys, command, run_id):
+    assert engine_main([command[0], run_id, "--db", url, *command[1:]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"'{run_id}' is not a run id (a whole number from 1 to" in err
+    assert "Traceback" not in err and "OverflowError" not in err
