@@ -47,7 +47,7 @@ def test_bad_flags_and_unknown_runs_exit_with_code_2_and_one_line(url, capsys):
     assert queue_main(["status", "99", "--db", url]) == 2
     assert capsys.readouterr().err == "error: no run with id 99\n"
     assert queue_main(["status", "one", "--db", url]) == 2
-    assert "invalid int value" in capsys.readouterr().err
+    assert "is not a run id" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", BAD_RUN_FLAGS, ids=" ".join)
