@@ -74,16 +74,17 @@ def runs_frame() -> pd.DataFrame:
         remaining = elapsed / r.progress * (1 - r.progress) \
             if r.status == RunStatus.RUNNING and r.progress > 0 and not lost else None
         summary = r.summary or {}
+        resume = r.checkpoint_round or 0
         rows.append({"id": r.id, "name": r.name, "status": r.status.value, "progress": r.progress,
                      "round": r.last_round, "rounds": r.rounds, "clients": r.config["num_clients"],
                      "techniques": technique_codes(r.config), "dataset": r.config["data"]["dataset"],
                      "final_acc": summary.get("final_test_acc"), "elapsed_s": elapsed, "remaining_s": remaining,
                      "created": r.created_at, "error": r.error, "cancel_requested": r.cancel_requested,
-                     "worker_lost": lost, "checkpoint_round": r.checkpoint_round,
-                     "state": run_state(r.status.value, lost, r.cancel_requested, r.checkpoint_round, r.attempts)})
+                     "worker_lost": lost, "resume_round": resume,
+                     "state": run_state(r.status.value, lost, r.cancel_requested, resume, r.attempts)})
     return pd.DataFrame(rows, columns=["id", "name", "status", "progress", "round", "rounds", "clients", "techniques",
                                        "dataset", "final_acc", "elapsed_s", "remaining_s", "created", "error",
-                                       "cancel_requested", "worker_lost", "checkpoint_round", "state"])
+                                       "cancel_requested", "worker_lost", "resume_round", "state"])
 
 
 def worker_lost(status: str, heartbeat_at: datetime | None, now: datetime) -> bool:
@@ -91,15 +92,9 @@ def worker_lost(status: str, heartbeat_at: datetime | None, now: datetime) -> bo
     return status == "running" and heartbeat_at is not None and (now - heartbeat_at).total_seconds() > LOST_AFTER_S
 
 
-def checkpoint_text(row: pd.Series) -> str:
-    """The round a run resumes from, as text ("0" without a checkpoint)."""
-    value = row["checkpoint_round"]
-    return "0" if value is None or pd.isna(value) else str(int(value))
-
-
-def run_state(status: str, lost: bool, cancel_requested: bool, checkpoint_round: int | None, attempts: int) -> str:
+def run_state(status: str, lost: bool, cancel_requested: bool, resume_round: int, attempts: int) -> str:
     """The status as a person reads it: "worker lost (resumes at 100)", "queued (resumes at 100)"."""
-    resume = f"resumes at {checkpoint_round or 0}"
+    resume = f"resumes at {resume_round}"
     if lost:
         return f"worker lost ({resume})"
     if status in ("queued", "running") and cancel_requested:
@@ -177,11 +172,6 @@ def pick_runs(label: str, frame: pd.DataFrame, default_ids: list[int], key: str)
     chosen = st.multiselect(label, list(labels), default=[i for i in default_ids if i in labels],
                             format_func=labels.get, key=key)
     return [int(i) for i in chosen]
-
-
-def query_run_id() -> int | None:
-    """``?run=42`` as an int (None when absent or not a valid id); see :func:`linked_run_id`."""
-    return queries.parse_run_id(st.query_params.get("run"))
 
 
 def linked_run_id() -> int | None:

@@ -118,7 +118,7 @@ def actions(run: dict) -> None:
                f"{common.technique_codes(run['config'])} · {run['config']['num_clients']} clients")
     if not row.empty and row.iloc[0]["worker_lost"]:
         st.warning(f"The worker training #{run_id} stopped reporting. The next worker to look takes the run over "
-                   f"and resumes it from its checkpoint at round {common.checkpoint_text(row.iloc[0])}.")
+                   f"and resumes it from its checkpoint at round {row.iloc[0]['resume_round']}.")
     if run["error"]:
         st.error(run["error"])
     c = st.columns(5)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import plotly.io as pio
@@ -18,9 +17,8 @@ from engine.config import validate_config
 from storage import queries
 from storage.db import connect
 from storage.worker import Worker, WorkerOptions
+from tests.pages.support import page
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 60
 TINY = {"num_clients": 3, "rounds": 4, "batch_size": 8, "eval_every": 2, "image_every": 2,
         "data": {"dataset": "synthetic", "eval_subset": 32}, "optim": {"name": "adam", "lr": 0.001}}
 LOCFEDMIX = {"mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
@@ -39,13 +37,6 @@ def train(db_url: str, *configs: dict) -> list[int]:
     with db.read() as s:
         assert all(queries.get_run(s, i).status.value == "finished" for i in ids)
     return ids
-
-
-def page(name: str, run_id: int | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
-    if run_id is not None:
-        at.query_params["run"] = str(run_id)
-    return at.run()
 
 
 def shown_text(at: AppTest) -> str:

@@ -6,8 +6,6 @@ A finished run is trained for real by the worker (tiny synthetic data) before th
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 from datetime import timedelta
 
 import pytest
@@ -19,9 +17,8 @@ from storage import queries
 from storage.db import connect
 from storage.models import Run
 from storage.worker import Worker, WorkerOptions
+from tests.pages.support import ROOT, TIMEOUT, page
 
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 60
 TINY = {"num_clients": 3, "rounds": 6, "batch_size": 8, "eval_every": 2, "image_every": 3,
         "data": {"dataset": "synthetic", "eval_subset": 32}, "optim": {"name": "adam", "lr": 0.001},
         "mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
@@ -38,13 +35,6 @@ def finished_run(db_url) -> int:
     with db.read() as s:
         assert queries.get_run(s, run_id).status.value == "finished"
     return run_id
-
-
-def page(name: str, run_id: int | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)
-    if run_id is not None:
-        at.query_params["run"] = str(run_id)
-    return at.run()
 
 
 def runs_in_db(url: str) -> list[queries.RunInfo]:
