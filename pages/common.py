@@ -212,7 +212,8 @@ def run_links(limit: int = 20) -> None:
         return
     st.markdown("**Runs here** (newest first):")
     for _, r in frame.head(limit).iterrows():
-        st.page_link("pages/run.py", label=f"{run_label(r)}", query_params={"run": str(int(r["id"]))})
+        label = f"{run_label(r, with_status=False)} ({r['state']})"  # "worker lost (resumes at 50)", not "running"
+        st.page_link("pages/run.py", label=label, query_params={"run": str(int(r["id"]))})
     if len(frame) > limit:
         st.caption(f"… and {len(frame) - limit} more on the Runs page.")
 
