@@ -120,6 +120,12 @@ class SplitAvgConfig(_Section):
     phase_fraction: float = Field(0.5, gt=0, le=1, description="length of the averaging phase as a fraction of the rounds")
 
 
+class PrivacyConfig(_Section):
+    every: int = Field(0, ge=0, le=MAX_ROUNDS, description=(
+        "measure what the server can reconstruct from smashed data every N rounds and at the end "
+        "(0: never); a multiple of eval_every"))
+
+
 class OptimConfig(_Section):
     name: Literal["sgd", "momentum", "adam"] = Field("sgd", description="optimiser: sgd, momentum (SGD with momentum), adam")
     lr: float = Field(0.004, gt=0, le=MAX_LR, description="learning rate eta (clients; and server unless SplitLr)")
@@ -151,6 +157,7 @@ class RunConfig(_Section):
     averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     split_lr: SplitLrConfig = Field(default_factory=SplitLrConfig)
     split_avg: SplitAvgConfig = Field(default_factory=SplitAvgConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -175,6 +182,10 @@ class RunConfig(_Section):
         if self.mixup.num_partners is not None and not 0 <= self.mixup.num_partners <= n - 1:
             raise FieldValueError("mixup.num_partners",
                                   f"must be between 0 and n-1 = {n - 1} (n = {n} clients), got {self.mixup.num_partners}")
+        every = self.privacy.every
+        if every and every % self.eval_every:
+            raise FieldValueError("privacy.every", f"must be a multiple of eval_every ({self.eval_every}): leakage "
+                                  f"is recorded in the evaluation rows, got {every}")
         if self.mixup.enabled and self.schedule == "sequential":
             raise FieldValueError("", "mixup needs the parallel schedule: a sequential step holds one client's smashed data")
         return self

@@ -19,6 +19,7 @@ import torch
 from engine.config import RunConfig
 from engine.data import Dataset
 from engine.evaluate import Evaluator, reconstruction_snapshot
+from engine.privacy import LEAK_KEYS, LeakageReport, attach_to_snapshot, measure_client
 from engine.round import RoundLosses, run_round
 from engine.runtime import flush_denormals, tune_allocator
 from engine.state import TrainState
@@ -108,23 +109,41 @@ class Trainer:
         wall = time.perf_counter() - start
         self.wall_s += wall
         self._running.add(losses, wall)
-        t = self.state.round
-        if t % self.cfg.eval_every == 0 or t == self.cfg.rounds:
-            record = self.evaluate_now()
+        t, last = self.state.round, self.state.round == self.cfg.rounds
+        leakage = self.measure_leakage() if self.privacy_due(t) else None
+        if t % self.cfg.eval_every == 0 or last:
+            record = self.evaluate_now(leakage)
             cb.on_eval(self, record)
-        if self.cfg.image_every and t % self.cfg.image_every == 0:
-            cb.on_images(self, t, self.snapshot())
+        if (self.cfg.image_every and t % self.cfg.image_every == 0) or leakage is not None:
+            snapshot = self.snapshot()
+            cb.on_images(self, t, attach_to_snapshot(snapshot, leakage[0]) if leakage else snapshot)
         cb.on_round(self, losses)
 
-    def evaluate_now(self) -> dict[str, Any]:
-        """Evaluate on the live subset and append a history row."""
+    def privacy_due(self, t: int) -> bool:
+        """Leakage is measured every ``privacy.every`` rounds (evaluation rounds, by validation) and at the end."""
+        every = self.cfg.privacy.every
+        return bool(every) and (t % every == 0 or t == self.cfg.rounds)
+
+    def measure_leakage(self) -> tuple[LeakageReport, float]:
+        """Attack the first shown client's lower model (:mod:`engine.privacy`); the seconds it took are
+        not training time (``wall_s``), they are reported as ``leak_s``."""
+        start = time.perf_counter()
+        report = measure_client(self.state, self.evaluator.live_clients[0])
+        return report, time.perf_counter() - start
+
+    def evaluate_now(self, leakage: tuple[LeakageReport, float] | None = None) -> dict[str, Any]:
+        """Evaluate on the live subset and append a history row (with the leakage measured this round)."""
         record = {"round": self.state.round, **self.evaluator.live(self.state).metrics(),
                   **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
+        if leakage is not None:
+            report, seconds = leakage
+            record.update(report.metrics(), leak_client=report.client, leak_s=seconds)
         self._running = _Running()
         self.history.append(record)
         return record
 
     def snapshot(self, num_clients: int = 3) -> dict:
+        """The InfoPro snapshot of the first ``num_clients`` evaluated clients (the first is the one attacked)."""
         clients = self.evaluator.live_clients[:num_clients]
         return reconstruction_snapshot(self.state, clients)
 
@@ -141,6 +160,9 @@ class Trainer:
             "wall_s": self.wall_s,
             **self.state.ledger.as_metrics(),
         }
+        measured = [row for row in self.history if "leak_mse" in row]
+        if measured:  # the last measurement: at the end, or the last before a stop
+            out.update({key: measured[-1][key] for key in (*LEAK_KEYS, "leak_client")}, leak_round=measured[-1]["round"])
         if self.final:
             out.update({f"final_{k}": v for k, v in self.final.items() if k != "test_acc"})
         return out
@@ -160,7 +182,7 @@ class Trainer:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {sd.get('version')} is not {CHECKPOINT_VERSION}")
-        if sd["config"] != self.cfg.model_dump(mode="json"):
+        if RunConfig.model_validate(sd["config"]) != self.cfg:  # a setting added since reads as its default
             raise ValueError("checkpoint was written for a different config")
         self.state.load_state_dict(sd["state"])
         self.history = list(sd["history"])
