@@ -22,7 +22,7 @@ import pandas as pd
 from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
-from storage.arrays import pack_client_snapshot, unpack_client_snapshot
+from storage.arrays import SCORE_KEYS, pack_client_snapshot, unpack_client_snapshot
 from storage.db import StorageError
 from storage.models import METRIC_COLUMNS, Checkpoint, Image, Metric, Run, RunStatus, WorkerRecord
 
@@ -112,6 +112,13 @@ class ImageRecord:
     smashed: np.ndarray                   # [k, channels, h, w] or [k, d]
     reconstruction: np.ndarray | None  # [k, C, H, W]; None without an InfoPro decoder
     mse: float | None
+    # Only where leakage was measured (privacy.every), for the attacked client: the server's inversion
+    # of the same images [k, C, H, W], its PSNR (dB) and SSIM per image [k], and those of ``reconstruction``.
+    attack: np.ndarray | None = None
+    attack_psnr: np.ndarray | None = None
+    attack_ssim: np.ndarray | None = None
+    psnr: np.ndarray | None = None
+    ssim: np.ndarray | None = None
 
 
 MAX_RUN_ID = 2**63 - 1  # the largest id a database row can hold; a longer number names no run, and is never queried
@@ -387,7 +394,8 @@ def _history_row(metric: Metric) -> dict[str, Any]:
 def _image_record(image: Image) -> ImageRecord:
     arrays = unpack_client_snapshot(image.arrays)
     return ImageRecord(round=image.round, client=image.client, inputs=arrays["inputs"], labels=arrays["labels"],
-                       smashed=arrays["smashed"], reconstruction=arrays.get("reconstruction"), mse=image.mse)
+                       smashed=arrays["smashed"], reconstruction=arrays.get("reconstruction"), mse=image.mse,
+                       **{key: arrays.get(key) for key in ("attack", *SCORE_KEYS)})
 
 
 def _oldest_queued(started: bool = False) -> Select[tuple[Run]]:

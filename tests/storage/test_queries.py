@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from datetime import timedelta
@@ -267,6 +268,62 @@ def test_images_come_back_as_compact_arrays_per_client(db):
     np.testing.assert_allclose(first.smashed, snap["clients"][0]["smashed"], rtol=1e-3, atol=1e-3)
     assert first.labels.tolist() == [3, 1, 4, 1] and first.mse == 0.25
     assert at_20[0].reconstruction is None and at_20[0].mse is None
+
+
+def with_attack(snap: dict, client: int = 0) -> dict:
+    """``snap`` as :func:`engine.privacy.attach_to_snapshot` leaves it: the attacked client's entry
+    gains the server's reconstruction of the shown images and the PSNR/SSIM of both reconstructions."""
+    rng = np.random.default_rng(1)
+    entry = snap["clients"][client]
+    entry["attack"] = rng.random(snap["inputs"].shape, dtype=np.float32)
+    entry["attack_psnr"], entry["attack_ssim"] = np.array([11.5, 12.25, 9.0, 10.0]), np.array([0.5, 0.25, 0.125, 0.0])
+    if entry.get("reconstruction") is not None:
+        entry["psnr"], entry["ssim"] = np.array([20.5, 21.0, 19.0, 18.0]), np.array([0.75, 0.875, 0.625, 0.5])
+    return snap
+
+
+def test_the_attack_reconstruction_and_its_scores_come_back_for_the_attacked_client_only(db):
+    run_id = claimed(db)
+    snap = with_attack(snapshot())
+    with db.write() as session:
+        append_images(session, run_id, W1, 10, snap)
+    with db.read() as session:
+        attacked, other = run_images(session, run_id, 10)
+    entry = snap["clients"][0]
+    np.testing.assert_allclose(attacked.attack, entry["attack"], atol=0.5 / 255 + 1e-7)
+    assert attacked.attack.dtype == np.float32 and attacked.attack.shape == (4, 3, 8, 8)
+    for key in ("attack_psnr", "attack_ssim", "psnr", "ssim"):
+        value = getattr(attacked, key)
+        assert value.dtype == np.float32 and value.tolist() == entry[key].tolist(), key  # exact in float32
+    assert attacked.reconstruction is not None and attacked.mse == 0.25
+    assert all(getattr(other, key) is None for key in ("attack", "attack_psnr", "attack_ssim", "psnr", "ssim"))
+
+
+def test_an_attack_on_a_client_without_infopro_keeps_its_scores_and_no_reconstruction_scores(db):
+    run_id = claimed(db)
+    snap = with_attack(snapshot(with_reconstruction=False))
+    with db.write() as session:
+        append_images(session, run_id, W1, 10, snap)
+    with db.read() as session:
+        attacked = run_images(session, run_id, 10)[0]
+    assert attacked.reconstruction is None and attacked.psnr is None and attacked.ssim is None
+    assert attacked.attack is not None and attacked.attack_psnr.tolist() == [11.5, 12.25, 9.0, 10.0]
+
+
+def test_a_snapshot_stored_before_leakage_existed_still_reads(db):
+    """The bytes an older SplitLab wrote: inputs, labels, smashed, reconstruction and nothing more."""
+    run_id = claimed(db)
+    rng = np.random.default_rng(2)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, inputs=np.full((2, 1, 4, 4), 255, np.uint8), labels=np.array([1, 2]),
+                        smashed=rng.standard_normal((2, 3)).astype(np.float16),
+                        reconstruction=np.zeros((2, 1, 4, 4), np.uint8))
+    with db.write() as session:
+        session.add(Image(run_id=run_id, round=5, client=1, arrays=buf.getvalue(), mse=0.5))
+    with db.read() as session:
+        (record,) = run_images(session, run_id)
+    assert record.inputs.max() == 1.0 and record.reconstruction.max() == 0.0 and record.labels.tolist() == [1, 2]
+    assert (record.attack, record.attack_psnr, record.attack_ssim, record.psnr, record.ssim) == (None,) * 5
 
 
 def test_a_checkpoint_is_replaced_and_a_rewind_drops_the_rows_after_it(db):
