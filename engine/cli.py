@@ -104,7 +104,7 @@ def _int_list(flag: str, text: str, example: str) -> list[int]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from engine.reproduce import StudyMismatch, reproduce, study_dir
 
-    ns = _int_list("--clients", args.clients, "10,20,40")
+    ns = _int_list("--clients", args.clients or ("10" if args.study == "privacy" else "10,20,40"), "10,20,40")
     if min(ns) < 2:
         raise UsageError("--clients: every n must be at least 2")
     seeds = _int_list("--seeds", args.seeds, "0,1,2")
@@ -148,15 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and "
-                         "plots; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
-    rep.add_argument("study", choices=["table3", "sglr", "latency"])
+                         "plots; `privacy`: what each combination leaks at two cut layers; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
+    rep.add_argument("study", choices=["table3", "sglr", "privacy", "latency"])
     rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
-    rep.add_argument("--clients", default="10,20,40", help="comma-separated n values")
+    rep.add_argument("--clients", help="comma-separated n values (default 10,20,40; privacy: 10)")
     rep.add_argument("--rounds", type=int, default=300, help="rounds per run (the paper: 10,000)")
     rep.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds; tables show mean ± std")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (in-process only)")
     rep.add_argument("--arms", help="train only these lines, in this order (table3: row1..row8; "
-                     "sglr: parallel, splitavg, splitlr, sglr); the tables still show every finished run")
+                     "sglr: parallel, splitavg, splitlr, sglr; privacy: row3_cut1, sglr_cut2, ...); the tables still show every finished run")
     rep.add_argument("--no-train", action="store_true",
                      help="train nothing: rewrite the tables and plots from the runs already finished")
     rep.add_argument("--profile", default="demo", choices=list(PROFILES))

@@ -8,8 +8,8 @@ Three measurements of one client's lower model, each deterministic for a seed:
   (:class:`AttackBudget`), then decodes the smashed data of client images it never trained on.
   Reported as MSE, PSNR (dB) and SSIM of the reconstructions (torchmetrics' implementations).
 * **Distance correlation** between raw inputs and smashed data on a fixed batch (Szekely et al.
-  2007; the leakage measure of NoPeek, Vepakomma et al. 2020): 0 for independent, 1 for a
-  similarity transform.
+  2007; the leakage measure of NoPeek, Vepakomma et al. 2020), in its bias-corrected squared form
+  (Szekely and Rizzo 2014): about 0 for independent samples, 1 for a similarity transform.
 * **Mutual information** I(x; s) by the Kraskov-Stoegbauer-Grassberger estimator (KSG, 2004,
   estimator 1) on the first :data:`MI_DIMS` principal components of each side. A deterministic
   lower model makes the true I(x; s) infinite for continuous x; the estimate measures how much of
@@ -104,16 +104,27 @@ def image_quality(recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tens
 
 
 def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> float:
-    """Sample distance correlation of two paired samples (rows are samples; any shapes per sample)."""
-    def centred(a: torch.Tensor) -> torch.Tensor:
-        d = torch.cdist(a, a)
-        return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+    """Bias-corrected squared distance correlation of two paired samples (rows are samples, any shape each).
 
-    a = centred(x.flatten(1).double())
-    b = centred(z.flatten(1).double())
-    dcov_xy = (a * b).mean()
-    denom = torch.sqrt((a * a).mean() * (b * b).mean())
-    return float(torch.sqrt(torch.clamp(dcov_xy, min=0) / denom)) if denom > 0 else 0.0
+    Szekely and Rizzo (2014): U-centred distance matrices make the estimate unbiased, so independent
+    samples give about 0 (the plain sample dCor of two independent 500-sample, 20-dimensional
+    Gaussians is about 0.37) while x with itself, or with a similarity transform of itself, gives 1.
+    It can dip slightly below 0 for independent data. Needs at least 4 samples.
+    """
+    n = len(x)
+    if n < 4:
+        raise ValueError(f"distance correlation needs at least 4 samples, got {n}")
+
+    def u_centred(a: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(a, a)
+        u = (d - d.sum(0, keepdim=True) / (n - 2) - d.sum(1, keepdim=True) / (n - 2)
+             + d.sum() / ((n - 1) * (n - 2)))
+        return u.fill_diagonal_(0.0)
+
+    a = u_centred(x.flatten(1).double())
+    b = u_centred(z.flatten(1).double())
+    xy, xx, zz = (a * b).sum(), (a * a).sum(), (b * b).sum()
+    return float(xy / torch.sqrt(xx * zz)) if xx > 0 and zz > 0 else 0.0
 
 
 def ksg_mutual_information(x: np.ndarray, z: np.ndarray, k: int = KSG_K) -> float:

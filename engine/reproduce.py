@@ -28,6 +28,7 @@ from typing import Any
 from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
 from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
 from engine.presets import PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
+from engine.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
 from engine.trainer import Callbacks, Trainer
 
 
@@ -43,6 +44,7 @@ class Arm:
     label: str
     overrides: dict[str, Any]
     paper_row: int | None = None
+    leakage: bool = False  # measure privacy leakage (engine.privacy) during the run
 
 
 def table3_arms() -> list[Arm]:
@@ -60,7 +62,7 @@ def sglr_arms() -> list[Arm]:
 
 POLL_S = 2.0  # seconds between looks at the queued runs
 CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process run
-STUDIES = {"table3": table3_arms, "sglr": sglr_arms}
+STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms}
 
 
 def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int, reduction: str = "sum") -> Path:
@@ -84,10 +86,12 @@ def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile
     """The profile's hyper-parameters, the arm's techniques, n_s = n // 2 (the paper grows n_s with n),
     and the paper's summed mixup loss (Adam's step does not scale with it), or its mean over the
     partners when ``reduction`` says so (the ablation that weighs the mixed samples as one batch)."""
+    eval_every = max(1, rounds // 30)
     return validate_config(deep_merge(deep_merge(PROFILES[profile], arm.overrides), {
         "name": run_name(arm, n, seed), "num_clients": n, "rounds": rounds, "seed": seed,
-        "eval_every": max(1, rounds // 30), "image_every": 0, "data": {"dataset": dataset},
-        "mixup": {"num_partners": n // 2, "reduction": reduction}}))
+        "eval_every": eval_every, "image_every": 0, "data": {"dataset": dataset},
+        "mixup": {"num_partners": n // 2, "reduction": reduction},
+        "privacy": {"every": eval_every * LEAK_EVERY_EVALS if arm.leakage else 0}}))
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -402,7 +406,8 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
                 if stored_run["summary"].get("final_test_acc") is None:  # failed or cancelled in the queue
                     todo[path] = cfg
                     continue
-                stored = stored_run["config"]
+                # read through today's config: a setting added since the run was stored reads as its default
+                stored = RunConfig.model_validate(stored_run["config"]).model_dump(mode="json")
                 planned = cfg.model_dump(mode="json")
                 diff = sorted(k for k in set(stored) | set(planned) if k != "name" and stored.get(k) != planned.get(k))
                 if diff:
@@ -450,6 +455,9 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     results = load_results(out)
     if not results:
         raise ValueError(f"no finished runs in {out}")
+    if study == "privacy":
+        write_privacy_report(out, ns, seeds, results)
+        return out
     rows = aggregate(arms, ns, seeds, results)
     write_tables(out, arms, ns, rows, study, reduction, mixup_effects(arms, ns, seeds, results))
     write_plots(out, arms, ns, seeds, rows, results)
