@@ -8,7 +8,15 @@ import streamlit as st
 from engine.paper import table3_rows
 from engine.presets import without_mixup
 from pages import common
-from pages.figures import ROW_OF, accuracy_vs_n, combination_name
+from pages.figures import (
+    LEAK_FORMATS,
+    LEAK_LABELS,
+    LESS_LEAKAGE,
+    ROW_OF,
+    accuracy_vs_leakage,
+    accuracy_vs_n,
+    combination_name,
+)
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
 
@@ -19,15 +27,53 @@ def rounds_to(history: pd.DataFrame, target: float) -> float:
     return float(hit.iloc[0]) if len(hit) else float("nan")
 
 
+RESULT_COLUMNS = ["id", "name", "techniques", "n", "dataset", "accuracy", "rounds_to_target", *LEAK_LABELS]
+
+
 def finished_results(frame: pd.DataFrame, target: float) -> pd.DataFrame:
-    """One row per finished run: techniques, n, final accuracy, rounds to target."""
+    """One row per finished run: id, name, techniques, n, final accuracy, rounds to target, and the leakage
+    measures of its summary (NaN for a run that did not measure them)."""
     rows = []
     for _, r in frame.loc[frame["status"] == "finished"].iterrows():
-        rows.append({"techniques": r["techniques"], "n": int(r["clients"]), "dataset": r["dataset"],
-                     "accuracy": r["final_acc"], "rounds_to_target": rounds_to(common.history(int(r["id"])), target)})
-    out = pd.DataFrame(rows, columns=["techniques", "n", "dataset", "accuracy", "rounds_to_target"])
-    out["accuracy"] = pd.to_numeric(out["accuracy"], errors="coerce")  # a run without a summary: NaN, shown "–"
+        summary = (common.run_info(int(r["id"])) or {}).get("summary") or {}
+        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": r["techniques"], "n": int(r["clients"]),
+                     "dataset": r["dataset"], "accuracy": r["final_acc"],
+                     "rounds_to_target": rounds_to(common.history(int(r["id"])), target),
+                     **{key: summary.get(key) for key in LEAK_LABELS}})
+    out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    for column in ("accuracy", *LEAK_LABELS):  # a run without a summary or a measure: NaN, shown "–"
+        out[column] = pd.to_numeric(out[column], errors="coerce")
     return out
+
+
+def leakage_measures(results: pd.DataFrame) -> list[str]:
+    """The leakage measures at least one of ``results`` has."""
+    return [key for key in LEAK_LABELS if results[key].notna().any()]
+
+
+def leakage_section(results: pd.DataFrame, dataset: str) -> None:
+    """Leakage beside accuracy: a grid of one measure (least leaking highlighted) and the trade-off scatter."""
+    measures = leakage_measures(results)
+    if not measures:
+        how = "" if common.readonly() else (" Runs measure it when **leakage every (rounds, 0: off)** on the New run "
+                                            "form (`privacy.every` in a config) is above 0.")
+        st.info(f"No finished run on {dataset} measured privacy leakage.{how}")
+        return
+    metric = st.selectbox("leakage measure", measures, format_func=LEAK_LABELS.get, key="leak_metric")
+    least = LESS_LEAKAGE.get(metric, "min")
+    label = LEAK_LABELS[metric]
+    st.markdown(f"**{label[0].upper() + label[1:]}** at the last measurement (least leakage per column "
+                f"highlighted; {'lower' if least == 'max' else 'higher'} means the server sees more)")
+    show(grid(results, metric), LEAK_FORMATS[metric], least)
+    points = results.dropna(subset=[metric, "accuracy"])
+    st.markdown("**Privacy-utility trade-off**: one point per finished run")
+    combinations = list(dict.fromkeys(results["techniques"]))  # coloured as in accuracy against n
+    st.plotly_chart(accuracy_vs_leakage(points, metric, combinations), key="acc_vs_leak")
+    left_out = int(results[metric].isna().sum())
+    if left_out:
+        runs = "run" if left_out == 1 else "runs"
+        st.caption(f"{left_out} finished {runs} on {dataset} left out: no leakage measurement "
+                   "(set `privacy.every` to measure it).")
 
 
 def default_dataset(finished: pd.DataFrame) -> str:
@@ -88,6 +134,7 @@ st.markdown("**Final test accuracy** (best per column highlighted)")
 show(grid(results, "accuracy"), "{:.4f}", "max")
 st.markdown(f"**Rounds to {target:.0%}** (fewest per column highlighted; – never reached)")
 show(grid(results, "rounds_to_target"), "{:.0f}", "min")
+leakage_section(results, dataset)
 paper = pd.DataFrame(table3_rows())
 shown_paper = paper.loc[paper["techniques"].isin(results["techniques"].unique())]
 dotted = " (dotted: the paper's Table 3, LeNet-5 on CIFAR-10)" if len(shown_paper) else ""

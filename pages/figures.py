@@ -302,3 +302,86 @@ def reconstruction_mse(mse: pd.DataFrame, *, title: str = "Reconstruction MSE ov
         fig.add_trace(go.Scatter(x=g["round"], y=g["mse"], mode="lines+markers", name=str(client), line=line,
                                  marker=marker))
     return _style(fig, title, xaxis_title="round", yaxis_title="MSE", showlegend=True)
+
+
+# ---- privacy leakage (engine.privacy): what an honest-but-curious server learns from smashed data -----
+LEAK_LABELS = {"leak_ssim": "attack SSIM", "leak_psnr": "attack PSNR (dB)", "leak_dcor": "distance correlation",
+               "leak_mi": "mutual information (nats)", "leak_mse": "attack MSE"}
+LEAK_FORMATS = {"leak_ssim": "{:.3f}", "leak_psnr": "{:.2f}", "leak_dcor": "{:.3f}", "leak_mi": "{:.3f}",
+                "leak_mse": "{:.4f}"}
+LEAK_COLORS = {"leak_psnr": "#D62728", "leak_ssim": "#1F77B4", "leak_dcor": "#9467BD", "leak_mi": "#2CA02C",
+               "leak_mse": "#FF7F0E"}
+LESS_LEAKAGE = {"leak_mse": "max"}  # the best (least leaking) value of each measure; "min" for the others
+BOUNDED_LEAKAGE = ("leak_ssim", "leak_dcor")  # at most 1; the other measures have no upper bound
+LEAK_TITLES = {("leak_psnr", "leak_ssim"): "What the server reconstructs, over rounds",
+               ("leak_dcor", "leak_mi"): "How much the smashed data depend on the inputs, over rounds"}
+
+
+def leakage_direction(metric: str) -> str:
+    """Which way of the measure means more leakage, for an axis title."""
+    return "lower: the server sees more" if LESS_LEAKAGE.get(metric) == "max" else "higher: the server sees more"
+
+
+def leakage_over_rounds(history: pd.DataFrame, metrics: tuple[str, str] = ("leak_psnr", "leak_ssim"), *,
+                        title: str | None = None) -> go.Figure:
+    """Two leakage measures against round at the rounds they were measured, the first on the left axis
+    and the second on the right, each axis in its trace's colour."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for right, metric in enumerate(metrics):
+        part = history.dropna(subset=[metric]) if metric in history else pd.DataFrame({"round": [], metric: []})
+        color = LEAK_COLORS[metric]
+        fig.add_trace(go.Scatter(x=part["round"], y=part[metric], mode="lines+markers", name=LEAK_LABELS[metric],
+                                 line={"color": color, "dash": DASHES[right]},
+                                 marker={"color": color, "size": 8, "symbol": SYMBOLS[right]}),
+                      secondary_y=bool(right))
+        fig.update_yaxes(title_text=LEAK_LABELS[metric], title_font_color=color, tickfont_color=color,
+                         secondary_y=bool(right), showgrid=not right, tickmode="auto",
+                         range=_leakage_range(part[metric], metric))
+    fig.update_xaxes(title_text="round")
+    return _style(fig, title or LEAK_TITLES.get(tuple(metrics), "Leakage over rounds"), showlegend=True,
+                  margin={"t": 50, "b": 10, "l": 60, "r": 60})
+
+
+def _leakage_range(values: pd.Series, metric: str) -> list[float] | None:
+    """An axis from zero (or below, for a negative SSIM) to 1 for bounded measures, else to a little above the
+    largest value: runs and rounds compare on one honest scale, not a zoom into a small change."""
+    if values.empty:
+        return [0.0, 1.0] if metric in BOUNDED_LEAKAGE else None
+    lo, hi = min(0.0, float(values.min())), float(values.max())
+    if metric in BOUNDED_LEAKAGE:
+        return [lo - 0.02 if lo < 0 else 0.0, 1.02]
+    return [lo, hi * 1.15 if hi > 0 else 1.0]
+
+
+def accuracy_vs_leakage(points: pd.DataFrame, metric: str, combinations: list[str] | None = None, *,
+                        title: str | None = None) -> go.Figure:
+    """The privacy-utility trade-off: one point per run, final test accuracy against a leakage measure,
+    one colour per technique combination. ``points`` has columns id, name, techniques, accuracy, ``metric``;
+    ``combinations`` fixes the colours (the i-th gets the i-th palette colour, as in :func:`accuracy_vs_n`)."""
+    fig = go.Figure()
+    order = list(combinations or [])
+    order += [c for c in dict.fromkeys(points["techniques"]) if c not in order]
+    for codes, g in points.groupby("techniques", sort=False):
+        i = order.index(codes)
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(go.Scatter(
+            x=g[metric], y=g["accuracy"], mode="markers", name=combination_name(codes), line={"color": color},
+            marker={"color": color, "size": 11, "symbol": SYMBOLS[i % len(SYMBOLS)], "line": {"width": 2, "color": color}},
+            customdata=np.stack([g["id"].astype(int), g["name"].fillna("").astype(str)], axis=-1),
+            hovertemplate=f"run #%{{customdata[0]}} %{{customdata[1]}}<br>{LEAK_LABELS[metric]}: %{{x:.3g}}"
+                          "<br>final test accuracy: %{y:.4f}<extra>%{fullData.name}</extra>"))
+    layout = {"yaxis_range": _fitted_unit_range(points["accuracy"])} if len(points) else {}
+    return _style(fig, title or f"Privacy-utility trade-off: accuracy against {LEAK_LABELS[metric]}",
+                  xaxis_title=f"{LEAK_LABELS[metric]} ({leakage_direction(metric)})",
+                  yaxis_title="final test accuracy", showlegend=True, **layout)
+
+
+def leakage_values(values: dict, metrics: tuple[str, ...] = ("leak_psnr", "leak_ssim", "leak_dcor", "leak_mi")
+                   ) -> dict[str, str]:
+    """Label -> formatted value of the leakage measures in ``values`` (a history row or a summary); "–" for none."""
+    out = {}
+    for metric in metrics:
+        value = values.get(metric)
+        ok = value is not None and isinstance(value, int | float) and math.isfinite(value)
+        out[LEAK_LABELS[metric]] = LEAK_FORMATS[metric].format(value) if ok else "–"
+    return out

@@ -93,6 +93,67 @@ def labelled_snapshot_grid(inputs: np.ndarray, smashed: np.ndarray, reconstructi
     return np.asarray(canvas)
 
 
+LEAK_COLUMN_PX = 150  # a column of the leakage grid: wide enough for its header and caption
+LEAK_HEADER_PX = 44  # two lines
+CAPTION_PX = 40  # two lines under each reconstruction
+
+
+def quality_caption(psnr: np.ndarray | None, ssim: np.ndarray | None, j: int) -> str:
+    """'PSNR 14.2 dB' and 'SSIM 0.41' on two lines, for image ``j``; a score that is missing is left out
+    (the picture's font has no dash)."""
+    lines = []
+    if psnr is not None and j < len(psnr) and np.isfinite(psnr[j]):
+        lines.append(f"PSNR {float(psnr[j]):.1f} dB")
+    if ssim is not None and j < len(ssim) and np.isfinite(ssim[j]):
+        lines.append(f"SSIM {float(ssim[j]):.2f}")
+    return "\n".join(lines)
+
+
+def leakage_grid(inputs: np.ndarray, attack: np.ndarray, attack_psnr: np.ndarray | None,
+                 attack_ssim: np.ndarray | None, reconstruction: np.ndarray | None = None,
+                 psnr: np.ndarray | None = None, ssim: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> np.ndarray:
+    """What the server can see, one row per test image: the input | the client's own InfoPro
+    reconstruction (when it has one) | the server's attack reconstruction, each reconstruction
+    captioned with its PSNR and SSIM against the input. Headers and captions are drawn in."""
+    columns = [(("test image", "(the input)"), inputs, None)]
+    if reconstruction is not None:
+        columns.append((("client's own", "InfoPro decoder"), reconstruction, (psnr, ssim)))
+    columns.append((("server's attack", "(inverse network)"), attack, (attack_psnr, attack_ssim)))
+    k, _, h, _ = inputs.shape
+    tile = h * tile_scale(h)
+    width, row_h = max(tile, LEAK_COLUMN_PX), tile + CAPTION_PX + GAP_PX
+    canvas = Image.new("RGB", (ROW_LABEL_PX + len(columns) * width, LEAK_HEADER_PX + k * row_h), "white")
+    draw, font = ImageDraw.Draw(canvas), _font()
+    for c, (header, images, scores) in enumerate(columns):
+        left = ROW_LABEL_PX + c * width
+        draw.multiline_text((left + width // 2, LEAK_HEADER_PX // 2), "\n".join(header), fill="black", font=font,
+                            anchor="mm", align="center")
+        for j in range(k):
+            top = LEAK_HEADER_PX + j * row_h
+            picture = to_rgb(images[j]).repeat(tile // h, axis=0).repeat(tile // h, axis=1)
+            canvas.paste(Image.fromarray(picture), (left + (width - tile) // 2, top))
+            if scores is not None:
+                draw.multiline_text((left + width // 2, top + tile + CAPTION_PX // 2), quality_caption(*scores, j),
+                                    fill="black", font=font, anchor="mm", align="center")
+    for j in range(k):
+        text = f"image {j + 1}" + (f"\nclass {int(labels[j])}" if labels is not None and j < len(labels) else "")
+        draw.multiline_text((ROW_LABEL_PX // 2, LEAK_HEADER_PX + j * row_h + tile // 2), text, fill="black",
+                            font=font, anchor="mm", align="center")
+    return np.asarray(canvas)
+
+
+def attacked_record(records: list) -> object | None:
+    """The one of a round's ImageRecords that carries the server's attack (the attacked client); None if none."""
+    return next((r for r in records if getattr(r, "attack", None) is not None), None)
+
+
+def attack_grid(record) -> np.ndarray:
+    """:func:`leakage_grid` of an ImageRecord that carries the attack."""
+    return leakage_grid(record.inputs, record.attack, record.attack_psnr, record.attack_ssim, record.reconstruction,
+                        record.psnr, record.ssim, record.labels)
+
+
 def identical_clients_note(config: dict, round_: int) -> str | None:
     """Why every client's pictures can be the same at ``round_``: averaging ⑤ ran at the end of it, so
     the lower models (and with ④' the decoders) are one. None when no averaging fell on this round."""

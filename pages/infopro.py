@@ -6,14 +6,56 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from pages.figures import reconstruction_mse
-from pages.images import identical_clients_note, labelled_snapshot_grid
+from pages.figures import leakage_over_rounds, leakage_values, reconstruction_mse
+from pages.images import attack_grid, attacked_record, identical_clients_note, labelled_snapshot_grid
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
 
 
 def mse_text(mse: float | None) -> str:
     return f"{mse:.4f}" if mse is not None and pd.notna(mse) else "–"
+
+
+def leakage_rounds(history: pd.DataFrame) -> list[int]:
+    """The rounds at which the run measured leakage (its history rows with ``leak_psnr``)."""
+    if "leak_psnr" not in history:
+        return []
+    return [int(r) for r in history.loc[history["leak_psnr"].notna(), "round"]]
+
+
+def how_to_measure(run_id: int) -> str:
+    """One line for a run that never measured leakage: how to turn it on (on a read-only host, only why)."""
+    if common.readonly():
+        return f"Run #{run_id} did not measure privacy leakage (its config has `privacy.every` = 0)."
+    return (f"Run #{run_id} did not measure privacy leakage. To see what the server can reconstruct from the "
+            "smashed data, queue a run with **leakage every (rounds, 0: off)** set on the New run form "
+            "(`privacy.every` in a config: a multiple of 'evaluate every').")
+
+
+def server_view(run_id: int) -> None:
+    """What the server can see: for a round where leakage was measured, the same test images as the input,
+    the attacked client's own InfoPro reconstruction and the server's, with PSNR/SSIM; the measures over rounds."""
+    st.subheader("What the server can see")
+    history = common.history(run_id)
+    measured = leakage_rounds(history)
+    if not measured:
+        st.info(how_to_measure(run_id))
+        return
+    round_ = st.select_slider("round (leakage measured)", measured, measured[-1], key="leak_round") \
+        if len(measured) > 1 else measured[0]
+    row = history.loc[history["round"] == round_].iloc[-1].to_dict()
+    record = attacked_record(common.images(run_id, round_))
+    client = record.client if record is not None else int(row.get("leak_client", 0))
+    for col, (label, text) in zip(st.columns(4), leakage_values(row).items()):
+        col.metric(label, text)
+    st.caption(f"An honest-but-curious server attacks client {client} at round {round_}: it trains an inverse "
+               "network from smashed data back to images on data of its own (no client holds it), with the same "
+               "fixed budget for every run, then decodes the client's smashed data. PSNR (dB) and SSIM against "
+               "the input: higher means the server sees more. Distance correlation (0..1) and mutual information "
+               "(nats) measure how much the smashed data depend on the inputs.")
+    if record is not None:
+        st.image(attack_grid(record), width="content")
+    st.plotly_chart(leakage_over_rounds(history), key="leak_over_rounds")
 
 
 st.header("InfoPro reconstructions")
@@ -46,3 +88,4 @@ mse = pd.DataFrame([{"round": r, "client": f"client {rec.client}", "mse": rec.ms
                     for r in rounds for rec in common.images(run_id, r) if rec.mse is not None])
 if not mse.empty:
     st.plotly_chart(reconstruction_mse(mse), key="mse")
+server_view(run_id)

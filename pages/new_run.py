@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -17,7 +18,7 @@ common.run_through_app_py()  # first thing: a deep link on a fresh server reruns
 HELP = field_help()
 # Which section of the form a field's error is shown under.
 SECTION_OF = {"data": "data", "num_clients": "scale", "rounds": "scale", "batch_size": "scale", "seed": "scale",
-              "optim": "scale", "eval_every": "scale", "image_every": "scale", "mixup": "knobs",
+              "optim": "scale", "eval_every": "scale", "image_every": "scale", "privacy": "scale", "mixup": "knobs",
               "averaging": "knobs", "local_loss": "knobs", "cut_layer": "knobs"}
 
 
@@ -30,7 +31,17 @@ FORM_LABELS = {
     "mixup.num_partners": "n_s, mixup partners per client", "mixup.alpha": "λ ~ Beta(α, β): α",
     "mixup.beta": "λ ~ Beta(α, β): β", "averaging.interval": "T_c, average every (rounds)",
     "split_lr.alpha": "SplitLr α", "split_avg.fraction": "SplitAvg φ", "cut_layer": "cut after LeNet-5 block",
+    "privacy.every": "leakage every (rounds, 0: off)",
 }
+
+
+def in_form_words(text: str, labels: dict[str, str] = FORM_LABELS) -> str:
+    """A problem's text with every setting it mentions by config name ("a multiple of eval_every (10)")
+    named as the form labels it ("a multiple of 'evaluate every (rounds)' (10)")."""
+    for key, label in labels.items():
+        if "_" in key or "." in key:  # a config name; plain words ("seed", "name") stay as they are
+            text = re.sub(rf"(?<![\w.]){re.escape(key)}(?![\w.])", f"'{label}'", text)
+    return text
 
 
 def section_of(field: str) -> str:
@@ -99,8 +110,12 @@ def scale_controls(base: RunConfig) -> dict[str, Any]:
     eval_every = c3.number_input("evaluate every (rounds)", value=base.eval_every, step=1, help=HELP["eval_every"])
     image_every = c4.number_input("images every (rounds, 0: never)", value=base.image_every, step=1,
                                   help=HELP["image_every"])
+    privacy_every = c1.number_input(FORM_LABELS["privacy.every"], value=base.privacy.every, step=1,
+                                    help=HELP["privacy.every"] + ". Each measurement trains the server's attack: "
+                                    "a few seconds on a CPU.")
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
-            "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every}
+            "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
+            "privacy": {"every": privacy_every}}
 
 
 def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +172,7 @@ def new_run_form() -> None:
     problems = config_problems(raw)
     by_section: dict[str, list[str]] = {}
     for problem in problems:
-        by_section.setdefault(section_of(problem.field), []).append(problem.text(FORM_LABELS))
+        by_section.setdefault(section_of(problem.field), []).append(in_form_words(problem.text(FORM_LABELS)))
     for section, lines in by_section.items():
         slots[section].error("  \n".join(common.escape_markdown(line) for line in lines))
     if problems:
@@ -166,8 +181,9 @@ def new_run_form() -> None:
         cfg = validate_config(raw)
         for warning in cfg.warnings():
             st.warning(warning)
+        leakage = f" · leakage measured every {cfg.privacy.every} rounds" if cfg.privacy.every else ""
         st.caption(f"techniques {common.technique_codes(cfg.model_dump())} · "
-                   f"{cfg.num_clients} clients × {cfg.rounds} rounds × b={cfg.batch_size}")
+                   f"{cfg.num_clients} clients × {cfg.rounds} rounds × b={cfg.batch_size}{leakage}")
     if st.button("Queue run", type="primary", disabled=bool(problems), key="submit"):
         run_id = queue(validate_config(raw))
         st.switch_page("pages/live.py", query_params={"run": str(run_id)})

@@ -11,8 +11,16 @@ import math
 import pandas as pd
 import plotly.io as pio
 
-from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
-from pages.images import identical_clients_note, labelled_snapshot_grid, png_bytes
+from pages.figures import (
+    LEAK_LABELS,
+    communication,
+    leakage_over_rounds,
+    leakage_values,
+    learning_curves,
+    loss_terms,
+    with_simulated_latency,
+)
+from pages.images import attack_grid, identical_clients_note, labelled_snapshot_grid, png_bytes
 
 
 def _figure_html(fig, first: bool) -> str:
@@ -38,8 +46,33 @@ def _png(record) -> str:
     return base64.b64encode(png_bytes(grid)).decode()
 
 
-def run_report(run: dict, history: pd.DataFrame, snapshots: list) -> str:
-    """The whole report as one HTML string. ``snapshots``: ImageRecords of one round."""
+def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: bool) -> str:
+    """The privacy-leakage section: the last measurement, the measures over rounds and the server's
+    reconstructions of the shown images (``attack``: the attacked client's ImageRecord, or None)."""
+    if summary.get("leak_round") is None:
+        return ""
+    values = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                     for k, v in leakage_values(summary, tuple(LEAK_LABELS)).items())
+    figures = [leakage_over_rounds(history), leakage_over_rounds(history, ("leak_dcor", "leak_mi"))] \
+        if "leak_psnr" in history else []
+    parts = "".join(_figure_html(fig, first_figure and i == 0) for i, fig in enumerate(figures))
+    image = ""
+    if attack is not None:
+        png = base64.b64encode(png_bytes(attack_grid(attack))).decode()
+        own = ", the client's own InfoPro reconstruction" if attack.reconstruction is not None else ""
+        image = (f"<figure><img alt='what the server reconstructs, round {attack.round}' "
+                 f"src='data:image/png;base64,{png}'><figcaption>client {attack.client}, round {attack.round}: "
+                 f"the input{own} and the server's attack reconstruction, with PSNR and SSIM</figcaption></figure>")
+    return (f"<h2>What the server can see</h2><p>Leakage measured at round {html.escape(_fmt(summary['leak_round']))}"
+            f" on client {html.escape(_fmt(summary.get('leak_client')))}: the server's inversion attack (an inverse "
+            "network trained on data of its own, the same fixed budget for every run) and how much the smashed "
+            "data depend on the inputs. Higher PSNR, SSIM, distance correlation and mutual information: the "
+            f"server sees more.</p><table>{values}</table>{parts}{image}")
+
+
+def run_report(run: dict, history: pd.DataFrame, snapshots: list, attack=None) -> str:
+    """The whole report as one HTML string. ``snapshots``: ImageRecords of one round; ``attack``: the
+    attacked client's ImageRecord of the last leakage measurement (None: none, or not shown)."""
     title = f"SplitLab run #{run['id']}: {run['name']}"
     h = with_simulated_latency(history, run["config"])
     label = f"#{run['id']} {run['name']}"
@@ -63,5 +96,6 @@ figure{{display:inline-block;margin:0 1em 1em 0}}pre{{background:#f6f6f6;padding
 <h2>Summary</h2>{summary_table(run.get('summary') or {})}
 {'<h2>Curves</h2>' + ''.join(parts) if parts else ''}
 {'<h2>InfoPro snapshots</h2>' + note + images if images else ''}
+{leakage_html(run.get('summary') or {}, h, attack, first_figure=not parts)}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(run['config'], indent=1))}</pre>
 <p>Made with SplitLab.</p></body></html>"""

@@ -9,8 +9,16 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from pages.figures import combination_name, communication, learning_curves, loss_terms, with_simulated_latency
-from pages.images import identical_clients_note, labelled_snapshot_grid
+from pages.figures import (
+    combination_name,
+    communication,
+    leakage_over_rounds,
+    leakage_values,
+    learning_curves,
+    loss_terms,
+    with_simulated_latency,
+)
+from pages.images import attack_grid, attacked_record, identical_clients_note, labelled_snapshot_grid
 from pages.report import run_report
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -57,6 +65,21 @@ else:
     c3.plotly_chart(loss_terms(history), key="terms")
     c4.plotly_chart(communication(history), key="comm")
 
+leak_round = summary.get("leak_round")
+attack = attacked_record(common.images(run_id, int(leak_round))) if leak_round is not None else None
+if leak_round is not None:
+    st.subheader(f"What the server can see (leakage at round {leak_round}, client {summary.get('leak_client', 0)})")
+    for col, (label, text) in zip(st.columns(4), leakage_values(summary).items()):
+        col.metric(label, text)
+    st.caption("The server's inversion attack (an inverse network it trains on data of its own, the same fixed "
+               "budget for every run) and how much the smashed data depend on the inputs. Higher PSNR, SSIM, "
+               "distance correlation and mutual information: the server sees more.")
+    l1, l2 = st.columns(2)
+    l1.plotly_chart(leakage_over_rounds(history), key="leak_quality")
+    l2.plotly_chart(leakage_over_rounds(history, ("leak_dcor", "leak_mi")), key="leak_dependence")
+    if attack is not None:
+        st.image(attack_grid(attack), width="content")
+
 rounds = common.image_rounds(run_id)
 snapshots = common.images(run_id, rounds[-1]) if rounds else []
 if snapshots:
@@ -81,5 +104,5 @@ d1.download_button("metrics (CSV)", common.history(run_id).to_csv(index=False), 
                    "text/csv", key="csv")
 d2.download_button("config, history, summary (JSON)", json.dumps(common.export(run_id), indent=1),
                    f"splitlab-run-{run_id}.json", "application/json", key="json")
-d3.download_button("standalone report (HTML)", run_report(run, common.history(run_id), snapshots),
+d3.download_button("standalone report (HTML)", run_report(run, common.history(run_id), snapshots, attack),
                    f"splitlab-run-{run_id}.html", "text/html", key="html")

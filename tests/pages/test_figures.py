@@ -15,7 +15,17 @@ import pytest
 
 from engine.latency import LatencyParams, latency_curves
 from pages import figures
-from pages.images import MIN_TILE_PX, identical_clients_note, labelled_snapshot_grid, snapshot_grid, tile_scale
+from pages.images import (
+    LEAK_COLUMN_PX,
+    MIN_TILE_PX,
+    ROW_LABEL_PX,
+    identical_clients_note,
+    labelled_snapshot_grid,
+    leakage_grid,
+    quality_caption,
+    snapshot_grid,
+    tile_scale,
+)
 
 PLACEHOLDER = re.compile(r"^#0000\d\d$")
 
@@ -37,6 +47,18 @@ def history(rounds: int = 4) -> pd.DataFrame:
                          "bytes_model_up": 10 * r, "bytes_model_down": 10 * r, "bytes_up": 110 * r})
 
 
+def leak_history() -> pd.DataFrame:
+    """history() with leakage measured at rounds 2 and 4 only (NaN elsewhere, as in a run's DataFrame)."""
+    nan = float("nan")
+    return history().assign(leak_psnr=[nan, 12.0, nan, 14.0], leak_ssim=[nan, 0.3, nan, 0.4],
+                            leak_dcor=[nan, 0.9, nan, 0.95], leak_mi=[nan, 1.5, nan, 2.0])
+
+
+def leak_points() -> pd.DataFrame:
+    return pd.DataFrame({"id": [3, 4, 5], "name": ["lfm", "sf", ""], "techniques": ["1,2,3,4p,5", "1,2,5", "1,2,5"],
+                         "accuracy": [0.8, 0.85, 0.83], "leak_ssim": [0.3, 0.6, 0.5]})
+
+
 def trace_colors(fig) -> list[str]:
     return [t.line.color if t.type == "scatter" else t.marker.color for t in fig.data]
 
@@ -54,7 +76,12 @@ def all_figures() -> dict[str, object]:
             "Mixing ratio λ ~ Beta(α, β)": figures.beta_density(2.0, 2.0),
             "Latency against the number of clients (Fig. 8)": figures.latency_figure(rows),
             "Final test accuracy against n": figures.accuracy_vs_n(measured),
-            "Reconstruction MSE over rounds": figures.reconstruction_mse(mse)}
+            "Reconstruction MSE over rounds": figures.reconstruction_mse(mse),
+            "What the server reconstructs, over rounds": figures.leakage_over_rounds(leak_history()),
+            "How much the smashed data depend on the inputs, over rounds":
+                figures.leakage_over_rounds(leak_history(), ("leak_dcor", "leak_mi")),
+            "Privacy-utility trade-off: accuracy against attack SSIM":
+                figures.accuracy_vs_leakage(leak_points(), "leak_ssim")}
 
 
 def test_every_figure_has_a_default_title_and_takes_another():
@@ -184,3 +211,53 @@ def test_reconstruction_mse_keeps_identical_clients_visible():
     lines = figures.reconstruction_mse(mse).data
     assert len({(t.line.dash, t.marker.symbol) for t in lines}) == 3
     assert [t.line.width for t in lines] == sorted((t.line.width for t in lines), reverse=True)  # wider ones first
+
+
+def test_leakage_over_rounds_draws_the_measured_rounds_from_zero_with_an_axis_each():
+    fig = figures.leakage_over_rounds(leak_history())
+    assert [t.name for t in fig.data] == ["attack PSNR (dB)", "attack SSIM"]
+    assert list(fig.data[0].x) == [2, 4] and list(fig.data[1].y) == [0.3, 0.4]  # NaN rounds left out
+    assert fig.data[1].yaxis == "y2" and fig.layout.yaxis2.title.text == "attack SSIM"
+    assert fig.layout.yaxis.title.font.color == fig.data[0].line.color  # each axis in its line's colour
+    assert list(fig.layout.yaxis.range) == [0.0, pytest.approx(14.0 * 1.15)]  # from zero: no zoom into noise
+    assert list(fig.layout.yaxis2.range) == [0.0, 1.02]  # SSIM is at most 1
+    assert fig.layout.xaxis.title.text == "round"
+
+
+def test_leakage_over_rounds_of_a_run_that_never_measured_is_empty_not_an_error():
+    fig = figures.leakage_over_rounds(history())
+    assert all(len(t.x) == 0 for t in fig.data)
+
+
+def test_accuracy_vs_leakage_colours_as_accuracy_vs_n_and_hovers_the_run():
+    order = ["1,2,5", "1,2,3,4p,5"]  # SplitFed first, as accuracy against n would colour them
+    fig = figures.accuracy_vs_leakage(leak_points(), "leak_ssim", order)
+    by_name = {t.name: t for t in fig.data}
+    assert set(by_name) == {"SplitFed (row 4)", "LocFedMix-SL (row 8)"}
+    assert by_name["SplitFed (row 4)"].marker.color == figures.PALETTE[0]
+    assert by_name["LocFedMix-SL (row 8)"].marker.color == figures.PALETTE[1]
+    assert [list(c) for c in by_name["SplitFed (row 4)"].customdata] == [[4, "sf"], [5, ""]]
+    assert "run #%{customdata[0]} %{customdata[1]}" in by_name["SplitFed (row 4)"].hovertemplate
+    assert fig.layout.xaxis.title.text == "attack SSIM (higher: the server sees more)"
+    assert fig.layout.yaxis.title.text == "final test accuracy"
+    mse = figures.accuracy_vs_leakage(leak_points().rename(columns={"leak_ssim": "leak_mse"}), "leak_mse")
+    assert mse.layout.xaxis.title.text == "attack MSE (lower: the server sees more)"
+
+
+def test_leakage_values_format_each_measure_and_dash_a_missing_one():
+    values = figures.leakage_values({"leak_psnr": 12.345, "leak_ssim": 0.41234, "leak_dcor": float("nan")})
+    assert values == {"attack PSNR (dB)": "12.35", "attack SSIM": "0.412", "distance correlation": "–",
+                      "mutual information (nats)": "–"}
+
+
+def test_the_leakage_grid_has_a_column_for_infopro_only_when_the_client_has_it():
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 1, 28, 28)).astype(np.float32)
+    scores = np.array([10.0, 11.0, 12.0, 13.0]), np.array([0.1, 0.2, 0.3, 0.4])
+    with_infopro = leakage_grid(x, x, *scores, reconstruction=x, psnr=scores[0], ssim=scores[1])
+    attack_only = leakage_grid(x, x, *scores)
+    assert with_infopro.shape[1] == ROW_LABEL_PX + 3 * LEAK_COLUMN_PX
+    assert attack_only.shape[1] == ROW_LABEL_PX + 2 * LEAK_COLUMN_PX
+    assert with_infopro.shape[0] == attack_only.shape[0] > 4 * 112  # four rows of tiles, each with its caption
+    assert quality_caption(*scores, 1) == "PSNR 11.0 dB\nSSIM 0.20"
+    assert quality_caption(scores[0], None, 0) == "PSNR 10.0 dB"  # a missing score is left out, never "None"

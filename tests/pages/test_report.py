@@ -96,3 +96,61 @@ def test_report_snapshots_have_headers_and_the_averaging_note():
 def test_report_without_history_or_snapshots_has_no_empty_sections():
     report = run_report(run(summary={}), history().iloc[:0], [])
     assert "<h2>Curves</h2>" not in report and "InfoPro snapshots" not in report
+
+
+def leaky_run() -> dict:
+    summary = {"final_test_acc": 0.81, "leak_mse": 0.02, "leak_psnr": 17.25, "leak_ssim": 0.5, "leak_dcor": 0.9,
+               "leak_mi": 1.75, "leak_client": 0, "leak_round": 4}
+    return run(summary)
+
+
+def leaky_history():
+    nan = float("nan")
+    return history().assign(leak_psnr=[nan, 15.0, nan, 17.25], leak_ssim=[nan, 0.4, nan, 0.5],
+                            leak_dcor=[nan, 0.8, nan, 0.9], leak_mi=[nan, 1.5, nan, 1.75])
+
+
+def attack_record(with_infopro: bool = True) -> ImageRecord:
+    x = snapshots()[0].inputs
+    scores = {"psnr": np.array([20.0, 21.0]), "ssim": np.array([0.7, 0.75])} if with_infopro else {}
+    return ImageRecord(4, 0, x, np.array([3, 5]), np.zeros((2, 4, 14, 14), np.float32),
+                       x if with_infopro else None, 0.01 if with_infopro else None, attack=x * 0.9,
+                       attack_psnr=np.array([17.0, 17.5]), attack_ssim=np.array([0.5, 0.5]), **scores)
+
+
+def test_report_shows_what_the_server_can_see(template_default):
+    report = run_report(leaky_run(), leaky_history(), snapshots(), attack_record())
+    assert "<h2>What the server can see</h2>" in report and "Leakage measured at round 4 on client 0" in report
+    for row in ("<th>attack PSNR (dB)</th><td>17.25</td>", "<th>attack SSIM</th><td>0.500</td>",
+                "<th>distance correlation</th><td>0.900</td>", "<th>mutual information (nats)</th><td>1.750</td>",
+                "<th>attack MSE</th><td>0.0200</td>"):
+        assert row in report, row
+    figs = {f["layout"]["title"]["text"]: f for f in embedded_figures(report)}
+    quality = figs["What the server reconstructs, over rounds"]
+    dependence = figs["How much the smashed data depend on the inputs, over rounds"]
+    assert [t["name"] for t in quality["data"]] == ["attack PSNR (dB)", "attack SSIM"]
+    assert [t["name"] for t in dependence["data"]] == ["distance correlation", "mutual information (nats)"]
+    for f in (quality, dependence):
+        found = [t["line"]["color"] for t in f["data"]]
+        assert len(set(found)) == 2 and not any(PLACEHOLDER.match(c) for c in found)
+        assert f["layout"]["xaxis"]["title"]["text"] == "round"
+    assert "alt='what the server reconstructs, round 4'" in report
+    assert "the input, the client's own InfoPro reconstruction and the server's attack reconstruction" in report
+    text = re.sub(r"<script.*?</script>|<pre>.*?</pre>", "", report, flags=re.DOTALL)
+    assert not re.search(r"\bNone\b", text) and not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
+
+
+def test_report_of_a_run_without_infopro_shows_input_and_attack_only():
+    report = run_report(leaky_run(), leaky_history(), [], attack_record(with_infopro=False))
+    assert "the input and the server's attack reconstruction" in report and "InfoPro reconstruction" not in report
+    assert report.count("<img ") == 1
+
+
+def test_report_inlines_plotly_once_for_the_curves_and_the_leakage_figures():
+    report = run_report(leaky_run(), leaky_history(), [], None)
+    assert len(embedded_figures(report)) == 6 and report.count("Plotly.newPlot") == 6
+    assert report.count("* plotly.js v") == 1  # the library inlined once, before the first figure
+
+
+def test_report_of_a_run_that_never_measured_has_no_leakage_section():
+    assert "What the server can see" not in run_report(run(), history(), snapshots(), None)
