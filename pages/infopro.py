@@ -51,8 +51,9 @@ def server_view(run_id: int) -> None:
     st.caption(f"An honest-but-curious server attacks client {client} at round {round_}: it trains an inverse "
                "network from smashed data back to images on data of its own (no client holds it), with the same "
                "fixed budget for every run, then decodes the client's smashed data. PSNR (dB) and SSIM against "
-               "the input: higher means the server sees more. Distance correlation (0..1) and mutual information "
-               "(nats) measure how much the smashed data depend on the inputs.")
+               "the input: higher means the server sees more. Distance correlation (about 0: independent, 1: a "
+               "similarity transform of the inputs) and mutual information (nats) measure how much the smashed "
+               "data depend on the inputs.")
     if record is not None:
         st.image(attack_grid(record), width="content")
     st.plotly_chart(leakage_over_rounds(history), key="leak_over_rounds")

@@ -15,48 +15,17 @@ import re
 import plotly.io as pio
 import pytest
 import streamlit as st
-import torch
 
-from engine.config import validate_config
 from storage import queries
 from storage.db import close, connect
-from storage.worker import Worker, WorkerOptions
-from tests.pages.support import page
+from tests.pages.support import LEAKAGE_RUNS, page, train_runs
 from tests.pages.test_compare_page import numbers, shown_text
-
-TINY = {"num_clients": 3, "rounds": 4, "batch_size": 8, "eval_every": 2, "image_every": 2,
-        "data": {"dataset": "digits", "eval_subset": 32}, "optim": {"name": "adam", "lr": 0.001}}
-LOCFEDMIX = {"mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
-             "averaging": {"enabled": True}}
-SPLITFED = {"averaging": {"enabled": True}}
-# (name, overrides): measured every 2 rounds with InfoPro; measured once, at the end, without InfoPro; never.
-RUNS = [("lfm leaky", {**LOCFEDMIX, "privacy": {"every": 2}}),
-        ("splitfed leaky", {**SPLITFED, "privacy": {"every": 4}}),
-        ("splitfed quiet", SPLITFED)]
-
-
-def train(db_url: str, runs: list[tuple[str, dict]]) -> list[int]:
-    """Queue the runs (in order) and let a real worker finish them; their ids."""
-    db = connect(db_url)
-    ids = []
-    for name, overrides in runs:
-        with db.write() as s:
-            ids.append(queries.create_run(s, validate_config({**TINY, "name": name, **overrides})))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert Worker(db, WorkerOptions(once=True, poll=0.1)).run() == len(runs)
-    finally:
-        torch.set_num_threads(threads)
-    with db.read() as s:
-        assert all(queries.get_run(s, i).status.value == "finished" for i in ids)
-    return ids
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[str, list[int]]:
     url = f"sqlite:///{tmp_path_factory.mktemp('leakage') / 'dashboard.db'}"
-    ids = train(url, RUNS)
+    ids = train_runs(url, LEAKAGE_RUNS)
     yield url, ids
     close(url)
 
@@ -168,7 +137,7 @@ def test_compare_puts_leakage_beside_accuracy_and_plots_the_trade_off(lab):
 
 
 def test_compare_without_any_measurement_says_how_to_measure(db_url):
-    train(db_url, [RUNS[2]])
+    train_runs(db_url, [LEAKAGE_RUNS[2]])
     at = page("compare")
     assert not at.exception
     assert not any(s.label == "leakage measure" for s in at.selectbox)
