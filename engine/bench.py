@@ -114,3 +114,34 @@ def run_bench(clients: str = "20,100", repeats: int = 5, as_json: bool = False, 
     if as_json:
         print(json.dumps({"meta": meta, "results": rows}, indent=1))
     return rows
+
+
+# ---- the cost of measuring leakage ------------------------------------------------------------
+PRIVACY_ROUNDS = 300
+
+
+def bench_privacy(repeats: int = 3, as_json: bool = False, dataset: str = "fashion-mnist") -> dict:
+    """What measuring leakage (:mod:`engine.privacy`) adds to a 300-round, 10-client LocFedMix-SL run
+    with the demo profile: one measurement against one round, as a share of the run for
+    ``privacy.every`` = 100, 150 and 300 (3, 2 and 1 measurements)."""
+    from engine.presets import PROFILES
+    from engine.privacy import measure_client
+
+    tune_allocator()
+    flush_denormals()
+    cfg = validate_config(deep_merge(deep_merge(PROFILES["demo"], get_preset("locfedmix_sl").overrides()),
+                                     {"num_clients": 10, "data": {"dataset": dataset}}))
+    state = TrainState(cfg)
+    round_s = median_time(lambda: run_round(state), max(10, 4 * repeats))
+    measure_s = median_time(lambda: measure_client(state, 0), repeats)
+    run_s = PRIVACY_ROUNDS * round_s
+    out = {"dataset": dataset, "clients": 10, "rounds": PRIVACY_ROUNDS, "round_s": round_s, "measure_s": measure_s,
+           "run_s": run_s, "share": {every: PRIVACY_ROUNDS // every * measure_s / run_s for every in (100, 150, 300)},
+           "threads": torch.get_num_threads(), "torch": torch.__version__}
+    if as_json:
+        print(json.dumps(out, indent=1))
+    else:
+        shares = ", ".join(f"every {e}: {s:.1%}" for e, s in out["share"].items())
+        print(f"LocFedMix-SL, n=10, {dataset}: round {round_s * 1e3:.1f} ms, {PRIVACY_ROUNDS} rounds {run_s:.1f} s; "
+              f"one leakage measurement {measure_s:.2f} s; added to the run: {shares}", flush=True)
+    return out

@@ -84,8 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.bench import run_bench
+    from engine.bench import bench_privacy, run_bench
 
+    if args.privacy:
+        bench_privacy(repeats=min(args.repeats, 3), as_json=args.json)
+        return 0
     run_bench(clients=args.clients, repeats=args.repeats, as_json=args.json, device=args.device,
               num_partners=args.n_s)
     return 0
@@ -146,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
     bench.add_argument("--n-s", type=int, default=None, help="mixup partners (default n//2)")
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--privacy", action="store_true",
+                       help="time a leakage measurement against a 300-round, 10-client LocFedMix-SL run instead")
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and "
                          "plots; `privacy`: what each combination leaks at two cut layers; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")

@@ -124,6 +124,8 @@ class PrivacyConfig(_Section):
     every: int = Field(0, ge=0, le=MAX_ROUNDS, description=(
         "measure what the server can reconstruct from smashed data every N rounds and at the end "
         "(0: never); a multiple of eval_every"))
+    attack_steps: int = Field(200, ge=1, le=100_000, description=(
+        "training steps of the server's inversion decoder (batch 64, Adam); runs compare only at the same budget"))
 
 
 class OptimConfig(_Section):

@@ -45,7 +45,8 @@ LEAK_KEYS = ("leak_mse", "leak_psnr", "leak_ssim", "leak_dcor", "leak_mi")
 
 @dataclass(frozen=True)
 class AttackBudget:
-    """The attacker's fixed training budget, the same for every run so that runs compare."""
+    """The attacker's fixed training budget, the same for every run so that runs compare (a run's
+    ``privacy.attack_steps`` sets the steps; 200 by default)."""
 
     steps: int = 200
     batch_size: int = 64
@@ -245,18 +246,20 @@ def measure(lower: nn.Module, aux_x: torch.Tensor, target_x: torch.Tensor, shown
 def measure_client(state, client: int, num_shown: int = 4) -> LeakageReport:
     """Measure the leakage of one client's current lower model in a run (``state``: a TrainState).
 
-    Attacker's data: the last :data:`AUX_IMAGES` test images. Scored on the client's own training
+    Attacker's data: the last :data:`AUX_IMAGES` test images, never the shown ones. Scored on the client's own training
     images (the first of its index list, fixed for the run); shown: the first ``num_shown`` test
     images, the ones the InfoPro snapshots show. The decoder's seed depends on the run's seed only,
     so every measurement of a run starts the attacker from the same point.
     """
     data, device = state.dataset, state.device
-    aux = data.test_x[-AUX_IMAGES:].to(device)
+    # the last test images, never the shown ones (small data sets have fewer than AUX_IMAGES + num_shown)
+    aux = data.test_x[max(num_shown, len(data.test_x) - AUX_IMAGES):].to(device)
     own = torch.as_tensor(state.clients[client].indices[:max(TARGET_IMAGES, DCOR_SAMPLES, MI_SAMPLES)])
     target = data.train_x[own].to(device)
     shown = data.test_x[:num_shown].to(device)
     seed = state.cfg.seed * 7919 + SEED_PRIVACY
-    return measure(state.lowers[client], aux, target, shown, seed=seed, client=client)
+    budget = AttackBudget(steps=state.cfg.privacy.attack_steps)
+    return measure(state.lowers[client], aux, target, shown, budget=budget, seed=seed, client=client)
 
 
 def attach_to_snapshot(snapshot: dict, report: LeakageReport) -> dict:

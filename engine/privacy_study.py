@@ -14,7 +14,6 @@ import statistics
 from pathlib import Path
 
 from engine.presets import TABLE3_ROWS, techniques_to_config
-from engine.privacy import LEAK_KEYS
 
 CUTS = (1, 2)
 LEAK_EVERY_EVALS = 10  # measure every 10 evaluations: 3 times in a run evaluated 30 times
@@ -196,6 +195,3 @@ def _plots(out: Path, n: int, seeds: list[int], results: dict[str, dict]) -> Non
     fig.tight_layout()
     fig.savefig(out / "leakage_over_rounds.png", dpi=120)
     plt.close("all")
-
-
-__all__ = ["privacy_arms", "write_privacy_report", "findings", "privacy_table", "LEAK_KEYS"]
