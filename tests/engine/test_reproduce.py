@@ -233,3 +233,45 @@ def test_mean_reduction_is_its_own_study_and_weighs_partners_as_one_batch(tmp_pa
     assert "sums their losses, as the paper does" in (tmp_path / "table3-digits-T2" / "table.md").read_text()
     with pytest.raises(ValueError, match="mixup reduction 'max'"):
         rep.reproduce("table3", "digits", [4], 2, [0], "demo", str(tmp_path), None, reduction="max")
+
+
+def test_privacy_study_measures_leakage_beside_accuracy_and_answers_per_seed(tmp_path, monkeypatch):
+    """Four arms of the privacy grid on digits, two seeds: the table, the per-seed findings and the plots
+    are computed from the runs' own summaries. The attacker trains 10 steps here (200 in the study)."""
+    import engine.privacy
+
+    monkeypatch.setattr(engine.privacy, "AttackBudget", lambda steps: engine.privacy.DEFAULT_BUDGET.__class__(10))
+    arms = ["row3_cut1", "parallel_cut1", "row3_cut2", "sglr_cut1"]
+    out = rep.reproduce("privacy", "digits", [3], rounds=2, seeds=[0, 1], profile="demo", out_dir=str(tmp_path),
+                        db_url=None, only=arms)
+    assert out == tmp_path / "privacy-digits-T2"
+    results = rep.load_results(out)
+    assert sorted(results) == sorted(f"{a}_n3_s{s}" for a in arms for s in (0, 1))
+    run = results["row3_cut2_n3_s1"]
+    assert run["config"]["cut_layer"] == 2 and run["config"]["privacy"]["every"] == 10
+    assert {"leak_ssim", "leak_psnr", "leak_dcor", "leak_mi", "leak_mse"} <= set(run["summary"])
+    assert "leak_ssim" in run["history"][-1]  # measured at the end (every 10 rounds > 2 rounds)
+    table = (out / "table.md").read_text()
+    assert "**Cut after block 1**" in table and "**Cut after block 2**" in table
+    assert "| 3: Table 3 row 3 (1,2,4) |" in table and "| SGLR (1,2,splitlr,splitavg) |" in table
+    with open(out / "table.csv") as f:
+        rows = {(r["arm"], r["cut"]): r for r in csv.DictReader(f)}
+    ssim = [results[f"row3_cut1_n3_s{s}"]["summary"]["leak_ssim"] for s in (0, 1)]
+    assert float(rows[("row3", "1")]["leak_ssim"]) == pytest.approx(sum(ssim) / 2, abs=1e-4)
+    findings = (out / "findings.md").read_text()
+    diff = {s: results[f"row3_cut1_n3_s{s}"]["summary"]["leak_ssim"]
+            - results[f"parallel_cut1_n3_s{s}"]["summary"]["leak_ssim"] for s in (0, 1)}
+    line = next(x for x in findings.splitlines() if x.startswith("| 3: Table 3 row 3 − Parallel SL, cut 1"))
+    assert f"seed 0: {diff[0]:+.3f}, seed 1: {diff[1]:+.3f}" in line
+    assert f"in {sum(d < 0 for d in diff.values())} of 2 seeds" in line
+    assert "| 3: Table 3 row 3: cut 2 − cut 1" in findings and "SGLR − Parallel SL, cut 1" in findings
+    assert "SGLR − 4: SplitFed" not in findings  # SplitFed was not trained: no line, not a made-up one
+    assert (out / "accuracy_vs_leakage.png").stat().st_size > 1000 and (out / "leakage_over_rounds.png").exists()
+
+
+def test_reproduce_privacy_on_the_command_line_defaults_to_ten_clients(tmp_path, capsys):
+    assert main(["reproduce", "privacy", "--dataset", "digits", "--rounds", "2", "--no-train",
+                 "--out-dir", str(tmp_path)]) == 2
+    assert "no finished runs in" in capsys.readouterr().err
+    assert main(["reproduce", "privacy", "--arms", "row9_cut1", "--out-dir", str(tmp_path)]) == 2
+    assert "unknown arm 'row9_cut1'" in capsys.readouterr().err
