@@ -205,13 +205,13 @@ class LeakageReport:
     mse: float
     psnr: float
     ssim: float
-    dcor: float
-    mi: float
+    dcor: float | None  # None: fewer than 4 client images
+    mi: float | None    # None: fewer than 2k client images
     shown_reconstruction: np.ndarray | None = None   # attacker's reconstruction of the shown images [k, C, H, W]
     shown_psnr: np.ndarray | None = None
     shown_ssim: np.ndarray | None = None
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float | None]:
         return {"leak_mse": self.mse, "leak_psnr": self.psnr, "leak_ssim": self.ssim,
                 "leak_dcor": self.dcor, "leak_mi": self.mi}
 
@@ -232,8 +232,10 @@ def measure(lower: nn.Module, aux_x: torch.Tensor, target_x: torch.Tensor, shown
         target = target_x[:TARGET_IMAGES]
         psnr, ssim = image_quality(recon, target)
         mse = float(F.mse_loss(recon, target))
-        dcor = distance_correlation(target_x[:DCOR_SAMPLES], s_target[:DCOR_SAMPLES])
-        mi = mutual_information(target_x[:MI_SAMPLES], s_target[:MI_SAMPLES], seed=seed)
+        # a client with a handful of images gets no dependence estimate (None) rather than a meaningless one
+        n = len(target_x)
+        dcor = distance_correlation(target_x[:DCOR_SAMPLES], s_target[:DCOR_SAMPLES]) if n >= 4 else None
+        mi = mutual_information(target_x[:MI_SAMPLES], s_target[:MI_SAMPLES], seed=seed) if n > 2 * KSG_K else None
         report = LeakageReport(client, mse, float(psnr.mean()), float(ssim.mean()), dcor, mi)
         if shown_x is not None:
             shown = decoder(smash(lower, shown_x))

@@ -220,3 +220,13 @@ def test_privacy_every_must_fall_on_evaluation_rounds():
         run_config(6)
     with pytest.raises(ConfigError, match="privacy.every must be between 0 and"):
         run_config(-1)
+
+
+def test_a_client_with_three_images_gets_attack_figures_but_no_dependence_estimate(digits):
+    from engine.models import split_lenet5
+
+    torch.manual_seed(0)
+    lower, _ = split_lenet5((1, 28, 28), 10, cut_layer=2)
+    aux, target, shown = split(digits)
+    report = privacy.measure(lower, aux, target[:3], shown, budget=privacy.AttackBudget(steps=5))
+    assert report.dcor is None and report.mi is None and report.psnr > 0
