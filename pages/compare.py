@@ -16,6 +16,8 @@ from pages.figures import (
     accuracy_vs_leakage,
     accuracy_vs_n,
     combination_name,
+    setting_key,
+    split_setting,
 )
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -31,12 +33,16 @@ RESULT_COLUMNS = ["id", "name", "techniques", "n", "dataset", "accuracy", "round
 
 
 def finished_results(frame: pd.DataFrame, target: float) -> pd.DataFrame:
-    """One row per finished run: id, name, techniques, n, final accuracy, rounds to target, and the leakage
-    measures of its summary (NaN for a run that did not measure them)."""
+    """One row per finished run: id, name, techniques (a setting key: the codes, and the cut when it is not
+    block 1), n, final accuracy, rounds to target, and the leakage measures of its summary (NaN for a run
+    that did not measure them)."""
     rows = []
     for _, r in frame.loc[frame["status"] == "finished"].iterrows():
-        summary = (common.run_info(int(r["id"])) or {}).get("summary") or {}
-        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": r["techniques"], "n": int(r["clients"]),
+        info = common.run_info(int(r["id"])) or {}
+        summary = info.get("summary") or {}
+        cut = int((info.get("config") or {}).get("cut_layer", 1))
+        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": setting_key(r["techniques"], cut),
+                     "n": int(r["clients"]),
                      "dataset": r["dataset"], "accuracy": r["final_acc"],
                      "rounds_to_target": rounds_to(common.history(int(r["id"])), target),
                      **{key: summary.get(key) for key in LEAK_LABELS}})
@@ -87,7 +93,8 @@ def default_dataset(finished: pd.DataFrame) -> str:
 def grid(results: pd.DataFrame, value: str) -> pd.DataFrame:
     """Rows = technique combinations by name (Table 3 order first), columns = n, mean over repeated runs."""
     table = results.pivot_table(index="techniques", columns="n", values=value, aggfunc="mean", dropna=False)
-    order = sorted(table.index, key=lambda c: (ROW_OF.get(c, 99), c))
+    # the paper's cut first, Table 3's order within a cut
+    order = sorted(table.index, key=lambda c: (split_setting(c)[1], ROW_OF.get(split_setting(c)[0], 99), c))
     table = table.loc[order].astype(float)
     table.index = [combination_name(c) for c in table.index]
     table.columns = [f"n={n}" for n in table.columns]
@@ -99,10 +106,12 @@ def mixup_effect(results: pd.DataFrame) -> pd.DataFrame:
     that of the same combination without it, per n (rows only where both were run)."""
     mean = results.groupby(["techniques", "n"])["accuracy"].mean()
     effect: dict[str, dict[str, float]] = {}
-    for (codes, n), acc in mean.items():
+    for (key, n), acc in mean.items():
+        codes, cut = split_setting(key)
         base = without_mixup(codes)
+        base = setting_key(base, cut) if base is not None else None
         if base is not None and (base, n) in mean.index:
-            effect.setdefault(f"{combination_name(codes)} vs {combination_name(base)}", {})[f"n={n}"] = \
+            effect.setdefault(f"{combination_name(key)} vs {combination_name(base)}", {})[f"n={n}"] = \
                 100 * (acc - mean[(base, n)])
     return pd.DataFrame.from_dict(effect, orient="index")
 

@@ -65,9 +65,28 @@ for _p in PRESETS.values():  # the first preset of a technique set names it (the
         PRESET_TITLES.setdefault(_p.techniques, _p.title)
 
 
+CUT_MARK = "@cut"  # a setting key "1,2,5@cut2": the combination at another cut than the paper's (block 1)
+
+
+def setting_key(codes: str, cut_layer: int = 1) -> str:
+    """The key that groups runs on the Compare page: the technique codes, and the cut when it is not
+    the paper's, so that runs cut after different blocks never share a cell."""
+    return codes if cut_layer == 1 else f"{codes}{CUT_MARK}{cut_layer}"
+
+
+def split_setting(key: str) -> tuple[str, int]:
+    """(technique codes, cut layer) of a :func:`setting_key`."""
+    codes, _, cut = key.partition(CUT_MARK)
+    return codes, int(cut) if cut else 1
+
+
 def combination_name(codes: str) -> str:
     """A technique combination as people name it: 'LocFedMix-SL (row 8)', 'SplitFed (row 4)',
-    'Parallel SL + mixup (row 2)'; a combination no preset names is built from technique names."""
+    'Parallel SL + mixup (row 2)'; a combination no preset names is built from technique names.
+    A :func:`setting_key` with another cut gets it named: 'SplitFed (row 4), cut after block 2'."""
+    codes, cut = split_setting(codes)
+    if cut != 1:
+        return f"{combination_name(codes)}, cut after block {cut}"
     name = PRESET_TITLES.get(codes)
     if name is None:
         parts = codes.split(",")

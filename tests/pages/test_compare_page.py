@@ -134,3 +134,12 @@ def test_infopro_has_no_averaging_note_for_runs_without_averaging(db_url):
     assert not at.exception
     assert "Why the clients look alike" not in shown_text(at)
     assert "MSE" in shown_text(at)
+
+
+def test_compare_keeps_runs_cut_after_different_blocks_apart(db_url):
+    """The same combination at cut 1 and cut 2 is two rows, not one mean of both (leakage differs by cut)."""
+    train(db_url, SPLITFED, {**SPLITFED, "cut_layer": 2})
+    at = page("compare")
+    assert not at.exception
+    rows = [str(i) for i in at.dataframe[0].value.index]
+    assert rows == ["SplitFed (row 4)", "SplitFed (row 4), cut after block 2"]
