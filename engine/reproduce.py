@@ -12,6 +12,7 @@ and exports. Results: ``table.md`` and ``table.csv`` (mean and standard deviatio
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
 from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
@@ -407,7 +410,9 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
                     todo[path] = cfg
                     continue
                 # read through today's config: a setting added since the run was stored reads as its default
-                stored = RunConfig.model_validate(stored_run["config"]).model_dump(mode="json")
+                stored = stored_run["config"]
+                with contextlib.suppress(ValidationError):  # a config today's code refuses is compared as stored
+                    stored = RunConfig.model_validate(stored).model_dump(mode="json")
                 planned = cfg.model_dump(mode="json")
                 diff = sorted(k for k in set(stored) | set(planned) if k != "name" and stored.get(k) != planned.get(k))
                 if diff:
