@@ -30,7 +30,9 @@ def run_round(state: TrainState) -> RoundLosses:
     t = state.round + 1
     totals = RoundLosses()
     groups = state.schedule_groups()
-    for clients in groups:
+    for number, clients in enumerate(groups):
+        if state.tracing:
+            state.tracer.step = number
         step = run_step(state, clients, t)
         totals.loss += step.loss / len(groups)
         totals.mixup += step.mixup / len(groups)
@@ -46,16 +48,28 @@ def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
     cfg = state.cfg
     x, y = state.next_batches(clients)
     k, b = y.shape
+    state.trace("batch", clients=clients, x=x, y=y)
     smashed = [state.lowers[i](x[j]) for j, i in enumerate(clients)]            # ① forward
     needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
     server_in = torch.cat(smashed).detach().requires_grad_(needs_grad)
+    up = state.ledger.bytes_up
     state.ledger.smashed(k * b, server_in[0].numel())
+    if state.tracing:
+        state.trace("forward", clients=clients, smashed=server_in.view(k, b, *server_in.shape[1:]),
+                    shape=tuple(server_in.shape[1:]))
+        state.trace("upload", clients=clients, bytes=state.ledger.bytes_up - up,
+                    bytes_per_client=(state.ledger.bytes_up - up) // k)
     weights = state.weights[clients] / state.weights[clients].sum()
     batch = StepBatch(clients, x, server_in, y.reshape(-1), weights, t)
     losses = server_step(state, batch)
     client_step(state, batch, smashed, losses)
     if state.sequential:  # Vanilla SL: the lower model is handed to the next client
+        up = state.ledger.bytes_up
         state.ledger.model_exchange(1, [state.lowers[0]])
+        if state.tracing:
+            nxt = clients[0] + 1
+            state.trace("handoff", **{"from": clients[0], "to": nxt if nxt < state.num_clients else None,
+                                      "bytes": state.ledger.bytes_up - up})
     return losses
 
 
@@ -77,6 +91,7 @@ def server_step(state: TrainState, batch: StepBatch) -> RoundLosses:
     for group in state.server_opt.param_groups:
         group["lr"] = lr
     state.server_opt.step()
+    state.trace("server", loss=loss.item(), mixup=mixup, lr=state.cfg.optim.lr, server_lr=lr)
     return RoundLosses(loss=loss.item(), mixup=mixup)
 
 
@@ -92,11 +107,24 @@ def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]
         shape = (k, b, *batch.smashed.shape[1:])
         cut = batch.smashed.grad.view(shape) / batch.weights.view(k, *[1] * (len(shape) - 1))
         messages = k
+        own = cut
         for tech in state.techniques:
             cut, messages = tech.cut_grads(state, batch, cut, messages)         # SplitAvg
+        down = state.ledger.bytes_down
         state.ledger.grads(messages, b, batch.smashed[0].numel())
+        if state.tracing:
+            state.trace("grads_down", clients=batch.clients, own_norms=own.flatten(1).norm(dim=1).tolist(),
+                        norms=cut.flatten(1).norm(dim=1).tolist(),
+                        active=next(iter(state.tracer.take("active")), None), bytes=state.ledger.bytes_down - down,
+                        messages=messages)
         tensors, grads = smashed, list(cut)
     local = local_losses(state, batch, smashed)
+    if local is not None and state.tracing:
+        entries = state.tracer.take("local")  # (loss, reconstruction or None) per client, from the technique
+        recons = [e[1] for e in entries]
+        state.trace("local", clients=batch.clients, kind=state.cfg.local_loss.kind,
+                    losses=[e[0] for e in entries], inputs=batch.inputs[:, :4],
+                    reconstructions=torch.stack(recons) if recons and recons[0] is not None else None)
     if local is not None:
         tensors, grads = [*tensors, local], [*grads, torch.ones_like(local)]
         losses.local = local.item() / k
@@ -104,7 +132,16 @@ def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]
         return
     state.client_opt.zero_grad(set_to_none=True)
     torch.autograd.backward(tensors, grads)
+    before = [_flat(state.lowers[i]) for i in batch.clients] if state.tracing else None
     state.client_opt.step()
+    if before is not None:
+        moved = [float((_flat(state.lowers[i]) - w).norm()) for i, w in zip(batch.clients, before)]
+        state.trace("client_update", clients=batch.clients, moved=moved)
+
+
+def _flat(module: torch.nn.Module) -> torch.Tensor:
+    """A module's parameters as one detached vector (a copy)."""
+    return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
 
 
 def local_losses(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]) -> torch.Tensor | None:

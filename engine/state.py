@@ -75,6 +75,7 @@ class TrainState:
         self.data_rng = np.random.default_rng([cfg.seed, SEED_BATCHES])
         self.torch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + SEED_TECHNIQUES)
         self.ledger = Ledger()
+        self.tracer = None  # an engine.trace.RoundTrace while a round is traced for teaching
         self._build_clients()
         self._build_models()
         self.techniques: list[Technique] = active_techniques(cfg)
@@ -115,6 +116,15 @@ class TrainState:
         self.client_opt = make_optimizer(client_params, cfg, cfg.optim.lr) if client_params else None
 
     # ---- helpers -----------------------------------------------------------------------
+    @property
+    def tracing(self) -> bool:
+        return self.tracer is not None
+
+    def trace(self, phase: str, **values) -> None:
+        """Record a step of the round (:mod:`engine.trace`); nothing happens when no trace is attached."""
+        if self.tracer is not None:
+            self.tracer.record(phase, **values)
+
     @property
     def num_clients(self) -> int:
         return self.cfg.num_clients

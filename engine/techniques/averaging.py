@@ -5,6 +5,7 @@ With ④' the auxiliary networks are averaged too, BatchNorm statistics included
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,9 +36,24 @@ class Averaging(Technique):
     def end_round(self, state, round_: int) -> None:
         if round_ % self.cfg.averaging.interval != 0 or state.sequential:
             return
+        before = _distances(state.lowers, state.weights) if state.tracing else None
+        up, down = state.ledger.bytes_up, state.ledger.bytes_down
         average_into(state.lowers, state.weights)
         models = [state.lowers[0]]
         if self.cfg.local_loss.enabled and self.cfg.local_loss.average_aux:
             average_into(state.auxes, state.weights)
             models.append(state.auxes[0])
         state.ledger.model_exchange(state.num_clients, models)
+        if before is not None:
+            after = _distances(state.lowers, state.weights)
+            state.trace("averaging", distances_before=before, spread_before=float(np.mean(before)),
+                        spread_after=float(np.mean(after)),
+                        bytes=state.ledger.bytes_up - up + state.ledger.bytes_down - down)
+
+
+@torch.no_grad()
+def _distances(modules: list[nn.Module], weights: torch.Tensor) -> list[float]:
+    """Each module's L2 distance (all parameters) to the weighted average of them."""
+    flat = torch.stack([torch.cat([p.flatten() for p in m.parameters()]) for m in modules])
+    avg = torch.tensordot(weights.to(flat.dtype), flat, dims=1)
+    return (flat - avg).norm(dim=1).tolist()

@@ -7,6 +7,7 @@ the second term only where ② sends a gradient. ④' also averages the auxiliar
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 from engine.techniques.base import Technique, register
 
@@ -22,4 +23,13 @@ class LocalLoss(Technique):
 
     def client_loss(self, state, client: int, smashed: torch.Tensor, x: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor | None:
-        return self.cfg.local_loss.weight * state.auxes[client].loss(smashed, x, y)
+        aux = state.auxes[client]
+        if state.tracing and hasattr(aux, "decode"):  # InfoPro: the same loss, keeping the reconstruction to show
+            recon = aux(smashed)
+            loss = self.cfg.local_loss.weight * F.mse_loss(recon, x)
+            state.tracer.note("local", (loss.item(), recon[:4]))
+            return loss
+        loss = self.cfg.local_loss.weight * aux.loss(smashed, x, y)
+        if state.tracing:
+            state.tracer.note("local", (loss.item(), None))
+        return loss

@@ -95,6 +95,9 @@ class Mixup(Technique):
                 mixed, target = cutmix_pairs(s, y, first[sl], second[sl], lam[sl], state.torch_gen)
             else:
                 mixed, target = mix_pairs(s, y, first[sl], second[sl], lam[sl])
+            if state.tracing and lo == 0:
+                state.trace("mixup", first=first.tolist(), second=second.tolist(), lam=lam.cpu().numpy(),
+                            mixed=mixed[:, :4], mixed_labels=target[:, :4])
             logits = state.upper(channels_last(mixed.flatten(0, 1)))
             per_pair = soft_cross_entropy(logits, target.flatten(0, 1)).view(-1, b).mean(1)
             yield (pair_weight[sl] * per_pair).sum()

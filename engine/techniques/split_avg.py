@@ -41,6 +41,8 @@ class SplitAvg(Technique):
         if not in_phase(a.phase, a.phase_fraction, batch.round, self.cfg.rounds):
             return grads, messages
         active = torch.as_tensor(self.draw_active(state, k), device=grads.device)
+        if state.tracing:
+            state.tracer.note("active", active.tolist())
         grads = grads.clone()
         grads[active] = grads[active].mean(0, keepdim=True)
         return grads, messages - len(active) + 1  # inactive unicasts + one broadcast
