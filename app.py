@@ -102,6 +102,7 @@ pages = [
     st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:", url_path="compare"),
     st.Page("pages/infopro.py", title="InfoPro", icon=":material/image:", url_path="infopro"),
     st.Page("pages/latency.py", title="Latency", icon=":material/timer:", url_path="latency"),
+    st.Page("pages/walkthrough.py", title="Round walkthrough", icon=":material/school:", url_path="walkthrough"),
     st.Page("pages/run.py", title="Result page", icon=":material/link:", url_path="run"),
 ]
 if common.readonly():  # every page keeps its address; the default one ("/") lists the results

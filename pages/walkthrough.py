@@ -1,0 +1,337 @@
+"""Round walkthrough: one round of split learning, step by step, with the engine's own tensors.
+
+The round is traced in memory (:mod:`engine.trace`: the code that trains, with a recorder attached),
+on fresh models or as the next round of a stored run's checkpoint. Nothing is written to the
+database, so the page works on a read-only host. A traced round is cached by its settings: Next and
+Back only draw. A link keeps the settings and the step (``?algo=locfedmix_sl&n=3&data=digits&step=4``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from engine.config import ConfigError, RunConfig
+from engine.data import DatasetNotFound, load_dataset
+from engine.presets import PRESETS
+from engine.trace import RoundResult, trace_round
+from pages import common
+from pages import walkthrough_figures as wf
+from pages.figures import combination_name
+from storage import queries
+
+common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
+
+AUTOPLAY_S = 4       # seconds per step while autoplay is on
+CUSTOM = "custom"    # the algorithm choice that takes technique codes
+MAX_RUN_CLIENTS = 10  # a stored run is offered only when its clients fit the diagram
+DEFAULT = {"algo": "locfedmix_sl", "codes": "1,2,3", "n": 3, "data": "fashion-mnist"}
+KEYS_HELP = "Keyboard: → next step, ← back, Home: the first step (or Tab to a button and press Enter)."
+
+
+def parse_int(raw: str | None, default: int) -> int:
+    try:
+        return int(str(raw))
+    except ValueError:
+        return default
+
+
+def algorithm_label(choice: str) -> str:
+    if choice == CUSTOM:
+        return "any combination (technique codes)"
+    return "–" if not choice else f"{PRESETS[choice].title} ({PRESETS[choice].techniques})"
+
+
+@st.cache_data(ttl=common.READ_TTL_S, show_spinner=False)
+def checkpoint_runs() -> dict[int, str]:
+    """Runs that keep a checkpoint (running, interrupted or cancelled: a finished run drops its own) and
+    whose clients fit the diagram, by id, with a label."""
+    frame = common.runs_frame()
+    out = {}
+    for _, r in frame.iterrows():
+        if int(r["resume_round"] or 0) > 0 and int(r["clients"]) <= MAX_RUN_CLIENTS:
+            out[int(r["id"])] = (f"{common.run_label(r, with_status=False)}: round {int(r['resume_round']) + 1} "
+                                 f"({combination_name(r['techniques'])}, n = {int(r['clients'])}, {r['dataset']})")
+    return out
+
+
+def from_link(runs: dict[int, str]) -> None:
+    """The settings a link names, for every control that has no value yet in this session."""
+    q, ss = st.query_params, st.session_state
+    algo = q.get("algo", DEFAULT["algo"])
+    if "wt_algo" not in ss:
+        ss.wt_algo = algo if algo in PRESETS else CUSTOM
+    if "wt_codes" not in ss:
+        ss.wt_codes = DEFAULT["codes"] if algo in PRESETS else algo
+    if "wt_vs" not in ss:
+        ss.wt_vs = q.get("vs") if q.get("vs") in PRESETS else ""
+    if "wt_n" not in ss:
+        ss.wt_n = min(max(parse_int(q.get("n"), DEFAULT["n"]), wf.MIN_CLIENTS), wf.MAX_CLIENTS)
+    if "wt_data" not in ss:
+        ss.wt_data = q.get("data") if q.get("data") in wf.DATASETS else DEFAULT["data"]
+    if "wt_run" not in ss:
+        run = parse_int(q.get("run"), 0)
+        ss.wt_run = run if run in runs else 0
+        if run and run not in runs:
+            st.info(f"Run #{run} keeps no checkpoint to start from (a finished run drops its own): fresh models instead.")
+    elif ss.wt_run and ss.wt_run not in runs:  # it finished (dropping its checkpoint) or was deleted meanwhile
+        st.info(f"Run #{ss.wt_run} no longer keeps a checkpoint: fresh models instead.")
+        ss.wt_run = 0
+    if "wt_step" not in ss:
+        ss.wt_step = max(parse_int(q.get("step"), 1) - 1, 0)
+
+
+def controls(runs: dict[int, str]) -> None:
+    """The algorithm(s), n, the data set, autoplay; a stored run to start from when one keeps a checkpoint."""
+    ss = st.session_state
+    from_run = bool(ss.wt_run)
+    options = [*PRESETS, CUSTOM]
+    c1, c2, c3, c4, c5 = st.columns([3, 3, 2, 2, 1.6])
+    c1.selectbox("algorithm", options, key="wt_algo", format_func=algorithm_label, disabled=from_run,
+                 help="A preset, or any combination of ① to ⑤ and SGLR by its technique codes.")
+    if ss.wt_algo == CUSTOM:
+        c1.text_input("technique codes", key="wt_codes", disabled=from_run,
+                      help="1 (always), 2, 3, 4 or 4p, 5, splitlr, splitavg, comma-separated: 1,2,3,4p,5 is "
+                           "LocFedMix-SL; 1 alone is Vanilla SL.")
+    c2.selectbox("side by side with", ["", *PRESETS], key="wt_vs", format_func=algorithm_label, disabled=from_run,
+                 help="A second algorithm on the same batch (same seed, data and clients), stepping together.")
+    c3.slider("clients n", wf.MIN_CLIENTS, wf.MAX_CLIENTS, key="wt_n", disabled=from_run)
+    c4.selectbox("data set", wf.DATASETS, key="wt_data", disabled=from_run)
+    c5.toggle("autoplay", key="wt_autoplay", on_change=restart_clock,
+              help=f"Step forward every {AUTOPLAY_S} s until the last step.")
+    if runs:
+        st.selectbox("start from", [0, *runs], key="wt_run",
+                     format_func=lambda r: runs[r] if r else "fresh models: the first round of a new run",
+                     help="The next round of a stored run's checkpoint, so the pictures show trained models. "
+                          "Offered: runs that keep a checkpoint (running, interrupted or cancelled; a finished run "
+                          "drops its own) with at most 10 clients.")
+    st.query_params.update({"algo": ss.wt_algo if ss.wt_algo != CUSTOM else ss.wt_codes, "n": str(ss.wt_n),
+                            "data": ss.wt_data})
+    for name, value in (("vs", ss.wt_vs), ("run", str(ss.wt_run) if ss.wt_run else "")):
+        if value:
+            st.query_params[name] = value
+        elif name in st.query_params:
+            del st.query_params[name]
+
+
+def restart_clock() -> None:
+    st.session_state.wt_tick = time.monotonic()
+
+
+@st.cache_resource(show_spinner="Loading the data set…")
+def class_names(dataset: str) -> tuple[str, ...]:
+    """The data set's class names; raises DatasetNotFound when its files are not on this machine."""
+    return tuple(load_dataset(dataset).classes)
+
+
+@st.cache_data(max_entries=32, show_spinner="Tracing one round…")
+def fresh_round(config_json: str) -> RoundResult:
+    """The first round of a new run of this config, traced (cached: stepping never recomputes)."""
+    return trace_round(RunConfig.model_validate_json(config_json))
+
+
+@st.cache_data(max_entries=8, show_spinner="Tracing the run's next round…")
+def stored_round(run_id: int, checkpoint_round: int) -> RoundResult | None:
+    """The round after ``run_id``'s checkpoint (at ``checkpoint_round``, part of the cache key), traced."""
+    with common.db().read() as s:
+        checkpoint = queries.load_checkpoint(s, run_id)
+    return None if checkpoint is None else trace_round(None, checkpoint=checkpoint.data)
+
+
+def dataset_or_digits(dataset: str) -> str:
+    """``dataset`` when its files are here; otherwise digits (bundled), saying so."""
+    try:
+        class_names(dataset)
+        return dataset
+    except DatasetNotFound:
+        st.warning(f"{dataset} is not on this machine (see README, Data): showing digits, which needs no download.")
+        return "digits"
+
+
+def results(runs: dict[int, str]) -> list[RoundResult]:
+    """The traced round(s) the settings name: one, or two side by side on the same batch."""
+    ss = st.session_state
+    if ss.wt_run:
+        frame = common.runs_frame()
+        saved = int(frame.loc[frame["id"] == ss.wt_run, "resume_round"].iloc[0])
+        try:
+            res = stored_round(int(ss.wt_run), saved)
+        except DatasetNotFound as err:
+            st.error(f"Run #{ss.wt_run} trained on data that is not on this machine: {err}")
+            st.stop()
+        if res is None:
+            st.error(f"Run #{ss.wt_run} no longer keeps a checkpoint (it finished or was deleted).")
+            st.stop()
+        return [res]
+    dataset = dataset_or_digits(ss.wt_data)
+    algorithms = [ss.wt_codes if ss.wt_algo == CUSTOM else ss.wt_algo] + ([ss.wt_vs] if ss.wt_vs else [])
+    out = []
+    for algorithm in algorithms:
+        try:
+            cfg = wf.walkthrough_config(algorithm.strip(), ss.wt_n, dataset)
+        except ConfigError as err:
+            text = err.text().removeprefix("techniques: ")  # parse_techniques' words for the --techniques flag
+            st.error(f"technique codes: {common.escape_markdown(text)}")
+            st.stop()
+        out.append(fresh_round(cfg.model_dump_json()))
+    return out
+
+
+def go_to(step: int) -> None:
+    st.session_state.wt_step = step
+    restart_clock()
+
+
+def autoplay(total: int) -> None:
+    """While autoplay is on, a timer rerun moves one step on, until the last."""
+    ss = st.session_state
+    if not ss.get("wt_autoplay"):
+        return
+    now = time.monotonic()
+    if now - ss.get("wt_tick", now) >= AUTOPLAY_S - 0.5 and ss.wt_step < total - 1:
+        ss.wt_step += 1
+        ss.wt_tick = now
+
+
+def navigation(at: int, total: int, title: str) -> None:
+    c1, c2, c3, c4 = st.columns([1.5, 1.5, 1.5, 5], vertical_alignment="center")
+    c1.button("First", key="wt_first", icon=":material/first_page:", on_click=go_to, args=(0,), disabled=at == 0,
+              shortcut="Home", help=KEYS_HELP, width="stretch")
+    c2.button("Back", key="wt_back", icon=":material/arrow_back:", on_click=go_to, args=(at - 1,),
+              disabled=at == 0, shortcut="Left", help=KEYS_HELP, width="stretch")
+    c3.button("Next", key="wt_next", icon=":material/arrow_forward:", on_click=go_to, args=(at + 1,),
+              disabled=at >= total - 1, shortcut="Right", help=KEYS_HELP, type="primary", width="stretch")
+    c4.progress((at + 1) / total, text=f"Step {at + 1} of {total}: {wf.short_title(title)}")
+
+
+def walkthrough(rounds: list[RoundResult], classes: tuple[str, ...] | None) -> None:
+    """The steps, with Next / Back; a fragment, so a step redraws only itself (and autoplay ticks)."""
+    ss = st.session_state
+    walks = [wf.walk(r) for r in rounds]
+    keys = wf.timeline(walks)
+    autoplay(len(keys))
+    ss.wt_step = min(max(int(ss.wt_step), 0), len(keys) - 1)
+    at = ss.wt_step
+    first = next(s for w in walks for s in w if s.key == keys[at])
+    navigation(at, len(keys), wf.step_title(first, next(r for r, w in zip(rounds, walks) if first in w)))
+    st.query_params["step"] = str(at + 1)
+    columns = st.columns(len(rounds)) if len(rounds) > 1 else [st.container()]
+    for c, (res, steps, column) in enumerate(zip(rounds, walks, columns)):
+        with column:
+            if len(rounds) > 1:
+                st.subheader(wf.algorithm_name(res.config), divider="gray")
+            show_step(res, wf.step_at(steps, keys[at]), steps, keys[at], classes, f"c{c}", compact=len(rounds) > 1)
+
+
+def show_step(res: RoundResult, step: wf.Step | None, steps: list[wf.Step], key, classes, slot: str,
+              compact: bool) -> None:
+    layout = wf.NARROW if compact else wf.WIDE
+    if step is None:
+        st.markdown("#### :gray[No step here]")
+        diagram(wf.diagram_svg(None, res, layout))
+        st.caption(wf.absent_line(key, res))
+        return
+    if step.event is None:
+        st.markdown(f"#### :gray[{wf.step_title(step, res)} · not in this round]")
+        diagram(wf.diagram_svg(step, res, layout))
+        st.caption(f":material/block: {wf.off_line(step.phase, res)}")
+        return
+    st.markdown(f"#### {wf.step_title(step, res)}")
+    diagram(wf.diagram_svg(step, res, layout))
+    st.markdown(wf.purpose(step, res))
+    numbers(step, res, slot)
+    pictures(step, res, steps, classes, slot, compact)
+    for line in wf.shapes(step):
+        st.caption(line)
+
+
+def diagram(svg: str) -> None:
+    """The SVG inline (``st.html`` drops SVG; a markdown HTML block keeps it, its text selectable)."""
+    st.markdown(f'<div class="wt-diagram">{svg}</div>', unsafe_allow_html=True)
+
+
+def numbers(step: wf.Step, res: RoundResult, slot: str) -> None:
+    v, losses = step.event.values, res.losses
+    cells: list[tuple[str, str]] = []
+    if step.phase == "upload":
+        cells = [("smashed data up, this step", wf.fmt_bytes(v["bytes"])),
+                 ("per client", wf.fmt_bytes(v["bytes_per_client"]))]
+        if wf.sequential(res):
+            cells.append(("this round, every client", wf.fmt_bytes(round_delta(res, "bytes_smashed_up"))))
+    elif step.phase == "server":
+        cells = [("L (server)", f"{v['loss']:.4f}")] + (
+            [("L~ (mixup)", f"{v['mixup']:.4f}")] if res.config.mixup.enabled else []) + [
+            ("server learning rate η_s", f"{v['server_lr']:.4g}")]
+    elif step.phase == "grads_down":
+        cells = [("gradients down", wf.fmt_bytes(v["bytes"])), ("messages", str(v["messages"]))]
+    elif step.phase == "local":
+        cells = [("L^ (local), the round's", f"{losses.local:.4f}")]
+    elif step.phase == "averaging":
+        cells = [("models up and down", wf.fmt_bytes(v["bytes"])), ("spread before", f"{v['spread_before']:.2e}"),
+                 ("spread after", f"{v['spread_after']:.1e}")]
+    elif step.phase == "handoff":
+        cells = [("lower model handed on", wf.fmt_bytes(v["bytes"]))]
+    for column, (label, value) in zip(st.columns(max(len(cells), 1)), cells):
+        column.metric(label, value)
+    if step.phase == "server":
+        st.caption(f"The round's losses, as the engine's round returned them: L = {losses.loss:.4f}, "
+                   f"L~ = {losses.mixup:.4f}, L^ = {losses.local:.4f}"
+                   + (" (means over the round's steps, one per client)." if wf.sequential(res) else "."))
+
+
+def round_delta(res: RoundResult, kind: str) -> int:
+    return res.ledger_after[kind] - res.ledger_before[kind]
+
+
+def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slot: str, compact: bool) -> None:
+    v = step.event.values
+    same = {s.phase: s.event.values for s in steps if s.group == step.group and s.event is not None}
+    samples = 4 if compact else wf.BATCH_SIZE
+    if step.phase == "batch":
+        st.image(wf.batch_picture(v, classes, samples), width="content")
+    elif step.phase == "forward":
+        st.image(wf.smashed_picture(same["batch"], v, 3 if compact else 4), width="content",
+                 caption="Each client's first image and the channels of its smashed data that vary most, each "
+                         "scaled to its own range (black: zero after the ReLU).")
+    elif step.phase == "mixup":
+        st.image(wf.mixup_picture(same["batch"], same["forward"], v, classes, compact=compact), width="content",
+                 caption="Each pair mixes sample 1 of client a with sample 1 of client b (lam = λ), shown in one "
+                         "channel; the mixed label is soft: λ of a's class and 1 − λ of b's.")
+    elif step.phase == "grads_down":
+        st.plotly_chart(wf.grads_figure(v), key=f"{slot}_grads", config={"displayModeBar": False})
+    elif step.phase == "local":
+        picture = wf.local_picture(v, 2 if compact else 3)
+        if picture is not None:
+            st.image(picture, width="content", caption="Each client's inputs beside its InfoPro decoder's "
+                                                         "reconstruction from the smashed data.")
+    elif step.phase == "client_update":
+        st.plotly_chart(wf.moved_figure(v), key=f"{slot}_moved", config={"displayModeBar": False})
+    elif step.phase == "averaging":
+        st.plotly_chart(wf.averaging_figure(v), key=f"{slot}_avg", config={"displayModeBar": False})
+
+
+def intro(rounds: list[RoundResult]) -> None:
+    res = rounds[0]
+    start = f"round {res.round} of a stored run" if st.session_state.wt_run else "the first round of fresh models"
+    names = " and ".join(wf.algorithm_name(r.config) for r in rounds)
+    st.caption(f"{names}: {start}, n = {res.config.num_clients} clients, b = {res.config.batch_size}, "
+               f"{res.config.data.dataset}. {KEYS_HELP}")
+    for warning in res.config.warnings():
+        st.caption(f":material/info: {warning}")
+
+
+st.header("Round walkthrough")
+st.caption("What happens inside one round of split learning, step by step: the engine's own tensors, recorded "
+           "by the code that trains, with the bytes the ledger counts. Nothing is stored.")
+stored = checkpoint_runs()
+from_link(stored)
+controls(stored)
+traced = results(stored)
+try:
+    names = class_names(traced[0].config.data.dataset)
+except DatasetNotFound:
+    names = None
+intro(traced)
+run_every = AUTOPLAY_S if st.session_state.get("wt_autoplay") else None
+st.fragment(run_every=run_every)(walkthrough)(traced, names)

@@ -1,0 +1,85 @@
+"""The Round walkthrough in a real browser: LocFedMix-SL opened by a link at its mixup step, stepped with
+the keyboard to its averaging step (screenshots of both: ``artifacts/screenshots/walkthrough-*.png``),
+and two algorithms side by side on a read-only host. Nothing is trained into the database.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tests.e2e.support import settle, shoot
+
+VIEW = {"width": 1400, "height": 1700}  # Streamlit scrolls inside its main block: tall enough for a whole step
+
+
+def main_text(page) -> str:
+    return page.locator("[data-testid='stMain']").inner_text()
+
+
+def wait_for_step(page, title: str) -> str:
+    page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+    settle(page, 60_000)
+    page.wait_for_timeout(1500)  # let the images and charts draw
+    text = main_text(page)
+    assert "Traceback" not in text and page.locator("[data-testid='stException']").count() == 0
+    assert not re.search(r"\bNone\b|\bnan\b", text)
+    return text
+
+
+def shoot_still(page, name: str) -> None:
+    """A screenshot with no tooltip or focus ring on it (the pointer parked in the sidebar's empty foot)."""
+    page.mouse.move(20, VIEW["height"] - 20)
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    shoot(page, name)
+
+
+def diagram_text(page, nth: int = 0) -> str:
+    svg = page.locator("svg[role='img'][aria-label]").nth(nth)
+    svg.wait_for(timeout=10_000)
+    assert svg.bounding_box()["width"] > 400  # drawn, at a readable size
+    return svg.text_content()
+
+
+def test_locfedmix_walkthrough_from_mixup_to_averaging_by_keyboard(start_app, browser):
+    app = start_app()
+    page = browser.new_page(viewport=VIEW)
+    page.goto(f"{app.url}/walkthrough?algo=locfedmix_sl&n=3&data=digits&step=4")
+    text = wait_for_step(page, "4. ③ Smashed-data mixup at the server")
+    assert "Step 4 of 9" in text
+    assert "the server mixes 3 pairs of smashed data" in diagram_text(page)
+    assert page.get_by_role("img").count() >= 2  # the diagram and the mixed pairs
+    shoot_still(page, "walkthrough-mixup")
+
+    page.get_by_role("heading", name="Round walkthrough").click()  # focus on no widget: → and ← step
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+        settle(page)
+    text = wait_for_step(page, "9. ⑤ Averaging the lower models")
+    assert "Step 9 of 9" in text and "step=9" in page.url
+    assert re.search(r"lower models averaged: [\d,]+ B up and down", diagram_text(page))
+    assert page.locator(".js-plotly-plot").count() == 1  # distances to the average
+    shoot_still(page, "walkthrough-averaging")
+
+    page.keyboard.press("ArrowLeft")
+    wait_for_step(page, "8. The clients' updates")
+    assert "step=8" in page.url
+    page.keyboard.press("Home")
+    wait_for_step(page, "1. Each client draws a batch")
+    assert "step=1" in page.url
+
+
+def test_side_by_side_on_a_read_only_host(start_app, browser):
+    app = start_app(readonly=True)
+    page = browser.new_page(viewport=VIEW)
+    page.goto(f"{app.url}/walkthrough?algo=parallel_sl&vs=locfedmix_sl&n=3&data=digits&step=4")
+    wait_for_step(page, "4. ③ Smashed-data mixup at the server")
+    assert "is not part of this round" in diagram_text(page, 0)  # Parallel SL: ③ off, greyed
+    assert "mixes 3 pairs" in diagram_text(page, 1)
+    page.get_by_role("button", name="Next").click()
+    text = wait_for_step(page, "5. The server's loss and its step")
+    assert text.count("5. The server's loss and its step") >= 2  # both columns step together
+    shoot_still(page, "walkthrough-side-by-side")
+
+    page.get_by_text("autoplay").click()  # a step every few seconds, in the fragment, until the last
+    page.get_by_text("Step 7 of 9").wait_for(timeout=30_000)
+    assert "step=7" in page.url
