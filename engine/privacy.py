@@ -210,6 +210,7 @@ class LeakageReport:
     shown_reconstruction: np.ndarray | None = None   # attacker's reconstruction of the shown images [k, C, H, W]
     shown_psnr: np.ndarray | None = None
     shown_ssim: np.ndarray | None = None
+    seconds: float = 0.0  # how long the measurement took (set by the trainer: reported as leak_s)
 
     def metrics(self) -> dict[str, float | None]:
         return {"leak_mse": self.mse, "leak_psnr": self.psnr, "leak_ssim": self.ssim,

@@ -52,10 +52,15 @@ def _cell(values: list[float], digits: int) -> str:
     return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
 
 
+def _result(results: dict[str, dict], key: str, cut: int, n: int, seed: int) -> dict | None:
+    """The finished run of base arm ``key`` at ``cut``, n and seed (its file name is reproduce.run_key's)."""
+    return results.get(f"{key}_cut{cut}_n{n}_s{seed}")
+
+
 def _values(results: dict[str, dict], key: str, cut: int, n: int, seeds: list[int], metric: str) -> dict[int, float]:
     out = {}
     for s in seeds:
-        r = results.get(f"{key}_cut{cut}_n{n}_s{s}")
+        r = _result(results, key, cut, n, s)
         if r is not None and r["summary"].get(metric) is not None:
             out[s] = r["summary"][metric]
     return out
@@ -138,10 +143,11 @@ def write_privacy_report(out: Path, ns: list[int], seeds: list[int], results: di
     """``table.md``/``table.csv``, ``findings.md`` and the plots, for the largest n with results."""
     from engine.reproduce import _write_csv
 
-    n = max((n for n in ns if any(k.split("_n")[-1].startswith(f"{n}_") for k in results)), default=max(ns))
+    trained = {r["config"]["num_clients"] for r in results.values()}
+    n = max((n for n in ns if n in trained), default=max(ns))
     text, rows = privacy_table(results, n, seeds)
     rounds = next(iter(results.values()))["summary"]["rounds_done"] if results else 0
-    done = sorted({int(k.rsplit("_s", 1)[1]) for k in results})
+    done = sorted({r["config"]["seed"] for r in results.values()})
     note = (f"n = {n} clients, {rounds} rounds, seeds {', '.join(map(str, done))} (mean ± standard deviation). "
             "Accuracy: final test accuracy (full test set). Leakage, measured on the lower model of one client at "
             "the end: the inversion attack's PSNR and SSIM (an honest-but-curious server trains a decoder on 5,000 "
@@ -182,7 +188,7 @@ def _plots(out: Path, n: int, seeds: list[int], results: dict[str, dict]) -> Non
     fig, axes = plt.subplots(1, len(CUTS), figsize=(12, 4.5), sharey=True)
     for ax, cut in zip(axes, CUTS):
         for i, (key, label, _) in enumerate(BASE_ARMS):
-            r = results.get(f"{key}_cut{cut}_n{n}_s{seeds[0]}")
+            r = _result(results, key, cut, n, seeds[0])
             if r is None:
                 continue
             pts = [(h["round"], h["leak_ssim"]) for h in r["history"] if "leak_ssim" in h]

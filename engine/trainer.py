@@ -116,7 +116,7 @@ class Trainer:
             cb.on_eval(self, record)
         if (self.cfg.image_every and t % self.cfg.image_every == 0) or leakage is not None:
             snapshot = self.snapshot()
-            cb.on_images(self, t, attach_to_snapshot(snapshot, leakage[0]) if leakage else snapshot)
+            cb.on_images(self, t, attach_to_snapshot(snapshot, leakage) if leakage else snapshot)
         cb.on_round(self, losses)
 
     def privacy_due(self, t: int) -> bool:
@@ -124,20 +124,20 @@ class Trainer:
         every = self.cfg.privacy.every
         return bool(every) and (t % every == 0 or t == self.cfg.rounds)
 
-    def measure_leakage(self) -> tuple[LeakageReport, float]:
+    def measure_leakage(self) -> LeakageReport:
         """Attack the first shown client's lower model (:mod:`engine.privacy`); the seconds it took are
         not training time (``wall_s``), they are reported as ``leak_s``."""
         start = time.perf_counter()
         report = measure_client(self.state, self.evaluator.live_clients[0])
-        return report, time.perf_counter() - start
+        report.seconds = time.perf_counter() - start
+        return report
 
-    def evaluate_now(self, leakage: tuple[LeakageReport, float] | None = None) -> dict[str, Any]:
+    def evaluate_now(self, leakage: LeakageReport | None = None) -> dict[str, Any]:
         """Evaluate on the live subset and append a history row (with the leakage measured this round)."""
         record = {"round": self.state.round, **self.evaluator.live(self.state).metrics(),
                   **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
         if leakage is not None:
-            report, seconds = leakage
-            record.update(report.metrics(), leak_client=report.client, leak_s=seconds)
+            record.update(leakage.metrics(), leak_client=leakage.client, leak_s=leakage.seconds)
         self._running = _Running()
         self.history.append(record)
         return record
