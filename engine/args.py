@@ -33,6 +33,7 @@ RUN_FLAGS = {
     "batch_size": "batch_size", "lr": "optim.lr", "optimizer": "optim.name", "n_s": "mixup.num_partners",
     "lam_alpha": "mixup.alpha", "lam_beta": "mixup.beta", "tc": "averaging.interval", "seed": "seed",
     "eval_every": "eval_every", "device": "device", "partition": "data.partition", "name": "name",
+    "transport": "transport",
 }
 
 
@@ -59,6 +60,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, help="evaluate every this many rounds")
     p.add_argument("--device", help="cpu, cuda, cuda:0, ...")
     p.add_argument("--name", help="a label for the run")
+    p.add_argument("--transport", help="inprocess (default, the reference) or process: a server and n client "
+                                       "processes on this machine, over TCP")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, dotted (e.g. mixup.reduction=mean, local_loss.kind=norm)")
 

@@ -56,13 +56,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, network=None) -> int:
+    from engine.network.server import ClientFailed
     from engine.trainer import Callbacks, Trainer
 
     cfg = config_from_args(args)
     for warning in cfg.warnings():
         print(f"warning: {warning}", file=sys.stderr)
-    trainer = Trainer(cfg)
+    try:
+        return _train(cfg, args, Trainer, Callbacks, network)
+    except ClientFailed as err:
+        print(f"error: the run failed: {err}", file=sys.stderr)
+        return 1
+
+
+def _train(cfg, args, Trainer, Callbacks, network) -> int:
+    trainer = Trainer(cfg, network=network)
     progress = TerminalProgress(cfg.rounds)
 
     class _Show(Callbacks):
@@ -81,6 +90,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _address(flag: str, text: str):
+    from engine.network.wire import Address
+
+    try:
+        return Address.parse(text)
+    except ValueError as err:
+        raise UsageError(f"{flag} {err}") from None
+
+
+def _seconds(flag: str, value: float) -> float:
+    if not value > 0:
+        raise UsageError(f"{flag} must be a number of seconds greater than 0, got {value:g}")
+    return value
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The server of a networked run whose clients run elsewhere (``engine client``)."""
+    from engine.network.server import NetworkOptions
+
+    listen = _address("--listen", args.listen)
+    args.transport = "process"
+    network = NetworkOptions(listen=listen, spawn=False, timeout_s=_seconds("--timeout", args.timeout),
+                             join_timeout_s=_seconds("--join-timeout", args.join_timeout),
+                             announce=lambda line: print(line, file=sys.stderr, flush=True))
+    return cmd_run(args, network)
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from engine.network.client import run_client
+
+    if args.rank < 1:
+        raise UsageError(f"--rank must be 1 or more (rank 0 is the server), got {args.rank}")
+    return run_client(_address("--server", args.server), args.rank, args.data_dir,
+                      _seconds("--timeout", args.timeout))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -143,6 +188,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.add_argument("--out", help="write config, history and summary as JSON")
     run.set_defaults(func=cmd_run)
+    serve = sub.add_parser("serve", help="the server of a networked run: waits for n `engine client` processes, "
+                           "then trains with them over TCP")
+    add_run_arguments(serve)
+    serve.add_argument("--listen", default="127.0.0.1:29500",
+                       help="HOST:PORT the clients connect to (0.0.0.0:PORT for every interface)")
+    serve.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds any one message may take before its client counts as lost")
+    serve.add_argument("--join-timeout", type=float, default=600.0, help="seconds to wait for every client to join")
+    serve.add_argument("--out", help="write config, history and summary as JSON")
+    serve.set_defaults(func=cmd_serve)
+    client = sub.add_parser("client", help="one client of a networked run: joins `engine serve` (or a run with "
+                            "--transport process) and trains its lower model")
+    client.add_argument("--server", required=True, help="HOST:PORT of the server")
+    client.add_argument("--rank", type=int, required=True, help="this client's rank, 1..n (client i is rank i+1)")
+    client.add_argument("--data-dir", help="the data folder on this machine (else the server's setting)")
+    client.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for the server (to come up, and for each command) before giving up")
+    client.set_defaults(func=cmd_client)
     bench = sub.add_parser("bench", help="time one round against a centralized step")
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.add_argument("--clients", default="20,100", help="comma-separated n values")

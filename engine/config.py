@@ -151,6 +151,9 @@ class RunConfig(_Section):
     eval_every: int = Field(10, ge=1, le=MAX_ROUNDS, description="evaluate every this many rounds")
     eval_max_clients: int = Field(10, ge=1, description="at most this many distinct client models evaluated during training")
     target_acc: float = Field(0.75, gt=0, le=1, description="accuracy target for 'rounds to target'")
+    transport: Literal["inprocess", "process"] = Field(
+        "inprocess", description="inprocess: one process (the reference); process: a server and n client "
+                                 "processes exchanging smashed data and gradients over TCP (torch.distributed, gloo)")
     image_every: int = Field(0, ge=0, le=MAX_ROUNDS, description="record InfoPro reconstructions every K rounds (0: never)")
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -188,6 +191,8 @@ class RunConfig(_Section):
         if every and every % self.eval_every:
             raise FieldValueError("privacy.every", f"must be a multiple of eval_every ({self.eval_every}): leakage "
                                   f"is recorded in the evaluation rows, got {every}")
+        if self.transport == "process" and self.device != "cpu":
+            raise FieldValueError("transport", f"process runs its clients on the CPU (gloo), got device {self.device!r}")
         if self.mixup.enabled and self.schedule == "sequential":
             raise FieldValueError("", "mixup needs the parallel schedule: a sequential step holds one client's smashed data")
         return self

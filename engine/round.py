@@ -99,25 +99,38 @@ def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]
     """Cut-layer gradients down (②), local losses (④), one update of every client model."""
     if state.client_opt is None:
         return
+    losses.local = client_update(state, batch, smashed, cut_gradients(state, batch))
+
+
+def cut_gradients(state: TrainState, batch: StepBatch) -> list[torch.Tensor] | None:
+    """The server's side of ②: dL_i/ds_i for each of the step's clients (after SplitAvg), counted in
+    the ledger; None when ② sends nothing."""
+    if batch.smashed.grad is None or not state.cfg.global_backward:
+        return None
     k, b = batch.num_clients, batch.batch_size
-    tensors: list[torch.Tensor] = []
-    grads: list[torch.Tensor] = []
-    if batch.smashed.grad is not None and state.cfg.global_backward:
-        # the server's gradient is w.r.t. sum_i delta_i L_i: divide delta_i out to get dL_i/ds_i
-        shape = (k, b, *batch.smashed.shape[1:])
-        cut = batch.smashed.grad.view(shape) / batch.weights.view(k, *[1] * (len(shape) - 1))
-        messages = k
-        own = cut
-        for tech in state.techniques:
-            cut, messages = tech.cut_grads(state, batch, cut, messages)         # SplitAvg
-        down = state.ledger.bytes_down
-        state.ledger.grads(messages, b, batch.smashed[0].numel())
-        if state.tracing:
-            state.trace("grads_down", clients=batch.clients, own_norms=own.flatten(1).norm(dim=1).tolist(),
-                        norms=cut.flatten(1).norm(dim=1).tolist(),
-                        active=next(iter(state.tracer.take("active")), None), bytes=state.ledger.bytes_down - down,
-                        messages=messages)
-        tensors, grads = smashed, list(cut)
+    # the server's gradient is w.r.t. sum_i delta_i L_i: divide delta_i out to get dL_i/ds_i
+    shape = (k, b, *batch.smashed.shape[1:])
+    cut = batch.smashed.grad.view(shape) / batch.weights.view(k, *[1] * (len(shape) - 1))
+    messages = k
+    own = cut
+    for tech in state.techniques:
+        cut, messages = tech.cut_grads(state, batch, cut, messages)         # SplitAvg
+    down = state.ledger.bytes_down
+    state.ledger.grads(messages, b, batch.smashed[0].numel())
+    if state.tracing:
+        state.trace("grads_down", clients=batch.clients, own_norms=own.flatten(1).norm(dim=1).tolist(),
+                    norms=cut.flatten(1).norm(dim=1).tolist(),
+                    active=next(iter(state.tracer.take("active")), None), bytes=state.ledger.bytes_down - down,
+                    messages=messages)
+    return list(cut)
+
+
+def client_update(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor],
+                  grads: list[torch.Tensor] | None) -> float:
+    """The clients' side: backpropagate the received cut-layer gradients (if any) and the local losses
+    (④) into the lower (and auxiliary) models, one optimiser step. Returns the mean local loss."""
+    k = batch.num_clients
+    tensors, grads = (smashed, grads) if grads is not None else ([], [])
     local = local_losses(state, batch, smashed)
     if local is not None and state.tracing:
         entries = state.tracer.take("local")  # (loss, reconstruction or None) per client, from the technique
@@ -125,11 +138,12 @@ def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]
         state.trace("local", clients=batch.clients, kind=state.cfg.local_loss.kind,
                     losses=[e[0] for e in entries], inputs=batch.inputs[:, :4],
                     reconstructions=torch.stack(recons) if recons and recons[0] is not None else None)
+    mean_local = 0.0
     if local is not None:
         tensors, grads = [*tensors, local], [*grads, torch.ones_like(local)]
-        losses.local = local.item() / k
+        mean_local = local.item() / k
     if not tensors:
-        return
+        return mean_local
     state.client_opt.zero_grad(set_to_none=True)
     torch.autograd.backward(tensors, grads)
     before = [_flat(state.lowers[i]) for i in batch.clients] if state.tracing else None
@@ -137,6 +151,7 @@ def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]
     if before is not None:
         moved = [float((_flat(state.lowers[i]) - w).norm()) for i, w in zip(batch.clients, before)]
         state.trace("client_update", clients=batch.clients, moved=moved)
+    return mean_local
 
 
 def _flat(module: torch.nn.Module) -> torch.Tensor:

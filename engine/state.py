@@ -61,6 +61,31 @@ def unique_modules(modules: list[nn.Module]) -> list[nn.Module]:
     return out
 
 
+def client_partitions(cfg: RunConfig, labels: np.ndarray) -> tuple[list[np.ndarray], torch.Tensor]:
+    """Every client's training indices and its weight delta_i (its share of all samples), from the seed."""
+    m = cfg.data.samples_per_client
+    if m is None and cfg.data.partition == "paper":
+        m = PAPER_SAMPLES_PER_CLIENT.get(cfg.data.dataset, len(labels) // 5)
+    parts = partition(labels, cfg.num_clients, cfg.data.partition, np.random.default_rng([cfg.seed, SEED_SPLIT]),
+                      samples_per_client=m, beta=cfg.data.dirichlet_beta)
+    sizes = torch.tensor([len(p) for p in parts], dtype=torch.float32)
+    return [np.asarray(p, dtype=np.int64) for p in parts], sizes / sizes.sum()
+
+
+def initial_models(cfg: RunConfig, in_shape: tuple[int, ...],
+                   num_classes: int) -> tuple[nn.Module, nn.Module, tuple[int, ...], nn.Module | None]:
+    """(lower, upper, smashed shape, auxiliary network or None) at initialisation, from the seed alone:
+    the in-process engine and every process of a networked run build the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed * 7919 + SEED_INIT)
+        lower, upper = split_lenet5(in_shape, num_classes, cfg.cut_layer)
+        shape = smashed_shape(lower, in_shape)
+        aux = None
+        if cfg.local_loss.enabled:
+            aux = make_aux(cfg.local_loss.kind, shape, in_shape, num_classes, cfg.local_loss.norm_theta)
+    return lower, upper, shape, aux
+
+
 class TrainState:
     """Models, optimisers, client data, random generators and counters of one run."""
 
@@ -84,27 +109,13 @@ class TrainState:
 
     # ---- set-up ------------------------------------------------------------------------
     def _build_clients(self) -> None:
-        cfg = self.cfg
-        labels = self.dataset.train_y.numpy()
-        m = cfg.data.samples_per_client
-        if m is None and cfg.data.partition == "paper":
-            m = PAPER_SAMPLES_PER_CLIENT.get(cfg.data.dataset, len(labels) // 5)
-        parts = partition(labels, cfg.num_clients, cfg.data.partition, np.random.default_rng([cfg.seed, SEED_SPLIT]),
-                          samples_per_client=m, beta=cfg.data.dirichlet_beta)
-        self.clients = [ClientData(np.asarray(p, dtype=np.int64)) for p in parts]
-        sizes = torch.tensor([len(p) for p in parts], dtype=torch.float32)
-        self.weights = (sizes / sizes.sum()).to(self.device)
+        parts, self.weights = client_partitions(self.cfg, self.dataset.train_y.numpy())
+        self.clients = [ClientData(p) for p in parts]
+        self.weights = self.weights.to(self.device)
 
     def _build_models(self) -> None:
         cfg, n = self.cfg, self.cfg.num_clients
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed * 7919 + SEED_INIT)
-            lower, self.upper = split_lenet5(self.in_shape, self.num_classes, cfg.cut_layer)
-            self.smashed_shape = smashed_shape(lower, self.in_shape)
-            aux = None
-            if cfg.local_loss.enabled:
-                aux = make_aux(cfg.local_loss.kind, self.smashed_shape, self.in_shape, self.num_classes,
-                               cfg.local_loss.norm_theta)
+        lower, self.upper, self.smashed_shape, aux = initial_models(cfg, self.in_shape, self.num_classes)
         self.sequential = cfg.schedule == "sequential"
         # Every client starts from the same lower model; Vanilla SL passes one model around.
         self.lowers = [lower] * n if self.sequential else [copy.deepcopy(lower) for _ in range(n)]

@@ -53,23 +53,32 @@ class _Running:
     mixup: float = 0.0
     local: float = 0.0
     wall: float = 0.0
+    latency: dict[str, float] = field(default_factory=dict)  # networked runs: measured parts of a round
 
-    def add(self, losses: RoundLosses, wall: float) -> None:
+    def add(self, losses: RoundLosses, wall: float, latency: dict[str, float] | None = None) -> None:
         self.rounds += 1
         self.loss += losses.loss
         self.mixup += losses.mixup
         self.local += losses.local
         self.wall += wall
+        for key, seconds in (latency or {}).items():
+            self.latency[key] = self.latency.get(key, 0.0) + seconds
 
     def metrics(self) -> dict[str, float]:
         r = max(self.rounds, 1)
         return {"train_loss": self.loss / r, "train_loss_mixup": self.mixup / r,
-                "train_loss_local": self.local / r, "round_s": self.wall / r}
+                "train_loss_local": self.local / r, "round_s": self.wall / r,
+                **{key: seconds / r for key, seconds in self.latency.items()}}
 
 
 @dataclass
 class Trainer:
-    """Runs a config round by round; ``history`` holds one row per evaluation step."""
+    """Runs a config round by round; ``history`` holds one row per evaluation step.
+
+    With ``transport = process`` the rounds run over :mod:`engine.network` (clients in other
+    processes; ``network`` says where to listen and whether to start them here); the trainer then
+    owns those processes until :meth:`close`, which :meth:`run` calls when it ends.
+    """
 
     cfg: RunConfig
     dataset: Dataset | None = None
@@ -77,6 +86,7 @@ class Trainer:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     final: dict[str, Any] | None = None
+    network: Any = None  # engine.network.NetworkOptions for a networked run (default: local clients)
 
     def __post_init__(self) -> None:
         tune_allocator()
@@ -86,6 +96,21 @@ class Trainer:
         self.state = TrainState(self.cfg, self.dataset)
         self.evaluator = Evaluator(self.state)
         self._running = _Running()
+        self.transport = None  # the networked rounds (engine.network.NetworkRounds), None in-process
+        if self.cfg.transport == "process":
+            from engine.network.server import NetworkOptions, NetworkRounds
+
+            self.transport = NetworkRounds(self.state, self.network or NetworkOptions())
+
+    def _observe(self, full: bool = False) -> None:
+        """A networked run: fetch the clients' models (``full``: and the rest of their state) first."""
+        if self.transport is not None:
+            self.transport.observe(self.state, full)
+
+    def close(self, failed: bool = False) -> None:
+        """Stop a networked run's client processes (after taking their final state unless ``failed``)."""
+        if self.transport is not None:
+            self.transport.close(None if failed else self.state, failed=failed)
 
     @property
     def round(self) -> int:
@@ -94,21 +119,28 @@ class Trainer:
     def run(self, callbacks: Callbacks | None = None) -> dict[str, Any]:
         """Train until ``cfg.rounds`` (or a stop request); return the result dict (config, history, summary)."""
         cb = callbacks or Callbacks()
-        while self.state.round < self.cfg.rounds:
-            if cb.should_stop(self):
-                return self.result(stopped=True)
-            self.step(cb)
-        if self.final is None:
-            self.final = self.evaluator.final(self.state).metrics()
+        try:
+            while self.state.round < self.cfg.rounds:
+                if cb.should_stop(self):
+                    self.close()
+                    return self.result(stopped=True)
+                self.step(cb)
+            if self.final is None:
+                self._observe()
+                self.final = self.evaluator.final(self.state).metrics()
+        except BaseException:
+            self.close(failed=True)
+            raise
+        self.close()
         return self.result()
 
     def step(self, cb: Callbacks) -> None:
         """One round, then the evaluation and images that fall due after it."""
         start = time.perf_counter()
-        losses = run_round(self.state)
+        losses = self.transport.run_round(self.state) if self.transport else run_round(self.state)
         wall = time.perf_counter() - start
         self.wall_s += wall
-        self._running.add(losses, wall)
+        self._running.add(losses, wall, self.transport.last_timing if self.transport else None)
         t, last = self.state.round, self.state.round == self.cfg.rounds
         leakage = self.measure_leakage() if self.privacy_due(t) else None
         if t % self.cfg.eval_every == 0 or last:
@@ -127,6 +159,7 @@ class Trainer:
     def measure_leakage(self) -> LeakageReport:
         """Attack the first shown client's lower model (:mod:`engine.privacy`); the seconds it took are
         not training time (``wall_s``), they are reported as ``leak_s``."""
+        self._observe()
         start = time.perf_counter()
         report = measure_client(self.state, self.evaluator.live_clients[0])
         report.seconds = time.perf_counter() - start
@@ -134,6 +167,7 @@ class Trainer:
 
     def evaluate_now(self, leakage: LeakageReport | None = None) -> dict[str, Any]:
         """Evaluate on the live subset and append a history row (with the leakage measured this round)."""
+        self._observe()
         record = {"round": self.state.round, **self.evaluator.live(self.state).metrics(),
                   **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
         if leakage is not None:
@@ -144,6 +178,7 @@ class Trainer:
 
     def snapshot(self, num_clients: int = 3) -> dict:
         """The InfoPro snapshot of the first ``num_clients`` evaluated clients (the first is the one attacked)."""
+        self._observe()
         clients = self.evaluator.live_clients[:num_clients]
         return reconstruction_snapshot(self.state, clients)
 
@@ -175,6 +210,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        self._observe(full=True)
         return {"version": CHECKPOINT_VERSION, "config": self.cfg.model_dump(mode="json"),
                 "state": self.state.state_dict(), "history": list(self.history), "wall_s": self.wall_s,
                 "running": vars(self._running).copy(), "final": self.final}
@@ -185,6 +221,8 @@ class Trainer:
         if RunConfig.model_validate(sd["config"]) != self.cfg:  # a setting added since reads as its default
             raise ValueError("checkpoint was written for a different config")
         self.state.load_state_dict(sd["state"])
+        if self.transport is not None:
+            self.transport.restore(self.state)
         self.history = list(sd["history"])
         self.wall_s = sd["wall_s"]
         self._running = _Running(**sd["running"])

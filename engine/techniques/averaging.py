@@ -16,13 +16,22 @@ from engine.techniques.base import Technique, register
 def average_into(modules: list[nn.Module], weights: torch.Tensor) -> None:
     """Replace every module's floating-point state by the weighted average over ``modules``."""
     states = [m.state_dict() for m in modules]
+    average = average_states(states, weights)
+    for s in states:
+        for key, value in average.items():
+            s[key].copy_(value)
+
+
+@torch.no_grad()
+def average_states(states: list[dict[str, torch.Tensor]], weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sum_i w_i state_i for every floating-point entry (e.g. BatchNorm's num_batches_tracked is left
+    out: each module keeps its own). The networked server averages the clients' uploads with it."""
+    out = {}
     for key, first in states[0].items():
-        if not first.is_floating_point():
-            continue  # e.g. BatchNorm's num_batches_tracked: kept as it is
-        stacked = torch.stack([s[key] for s in states])
-        avg = torch.tensordot(weights.to(stacked.dtype), stacked, dims=1)
-        for s in states:
-            s[key].copy_(avg)
+        if first.is_floating_point():
+            stacked = torch.stack([s[key] for s in states])
+            out[key] = torch.tensordot(weights.to(stacked.dtype), stacked, dims=1)
+    return out
 
 
 @register

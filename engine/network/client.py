@@ -1,0 +1,235 @@
+"""A client process of a networked run (``python -m engine client --server HOST:PORT --rank I``).
+
+It holds only its own part: its training samples, its lower model, its auxiliary network and their
+optimiser. It waits for the server's commands; a step is the client half of a round of
+:mod:`engine.round`: draw a batch, forward, upload smashed data and labels, receive the cut-layer
+gradient (②), add the local loss (④) and take one optimiser step, with the same functions the
+in-process engine uses. Vanilla SL's one lower model (and its optimiser state) travels through the
+server from client to client.
+
+Batches come from one random stream shared by all clients in the in-process engine (a client's
+reshuffle draws from it when its data run out). Each client replays that stream for every client's
+data sizes, without their samples, so it draws exactly the batches the in-process engine would.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config import RunConfig
+from engine.data import Dataset, DatasetNotFound, load_dataset
+from engine.network.wire import (
+    AVERAGE,
+    BATON,
+    FULL,
+    GRADS_FOLLOW,
+    PULL,
+    PUSH,
+    SERVER,
+    STEP,
+    STOP,
+    Address,
+    Link,
+    PeerLost,
+    data_fingerprint,
+    disconnect,
+    join,
+    limit_threads,
+    open_store,
+)
+from engine.round import client_update
+from engine.runtime import flush_denormals
+from engine.state import SEED_BATCHES, ClientData, client_partitions, initial_models, make_optimizer
+from engine.techniques import StepBatch, active_techniques
+
+
+def param_states(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[dict | None]:
+    """The optimiser's per-parameter state (Adam's moments, momentum buffers) for ``params``, copied."""
+    return [{k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[p].items()} if p in opt.state else None
+            for p in params]
+
+
+def load_param_states(opt: torch.optim.Optimizer, params: list[nn.Parameter], states: list[dict | None]) -> None:
+    for p, st in zip(params, states, strict=True):
+        if st is None:
+            opt.state.pop(p, None)
+        else:
+            opt.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
+
+
+def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+class ClientProcess:
+    """Client ``index``'s models, optimiser and samples; answers the server's commands."""
+
+    def __init__(self, cfg: RunConfig, index: int, dataset: Dataset):
+        self.cfg, self.index = cfg, index
+        self.device = torch.device(cfg.device)
+        self.tracer = None
+        parts, _ = client_partitions(cfg, dataset.train_y.numpy())
+        own = parts[index]
+        # every client's data walk (positions only for the others), advanced by the shared stream
+        self.walks = [ClientData(own if c == index else np.arange(len(p))) for c, p in enumerate(parts)]
+        self.data_rng = np.random.default_rng([cfg.seed, SEED_BATCHES])
+        self.position = (1, 0)  # (round, step) of the next batch draw
+        self.samples = np.unique(own)
+        self.train_x = dataset.train_x[torch.as_tensor(self.samples)].to(self.device)
+        self.train_y = dataset.train_y[torch.as_tensor(self.samples)].to(self.device)
+        lower, _, self.smashed_shape, aux = initial_models(cfg, dataset.input_shape, dataset.num_classes)
+        self.lower = lower.to(self.device)
+        self.aux = aux.to(self.device) if aux is not None else None
+        self.lowers = {index: self.lower}
+        self.auxes = {index: self.aux}
+        self.client_opt = make_optimizer([p for m in self.modules() for p in m.parameters()], cfg, cfg.optim.lr)
+        self.techniques = active_techniques(cfg)
+        self.sequential = cfg.schedule == "sequential"
+        self.groups = [[c] for c in range(cfg.num_clients)] if self.sequential else [list(range(cfg.num_clients))]
+
+    # what engine.round.client_update reads of a state
+    tracing = False
+    num_clients = property(lambda self: self.cfg.num_clients)
+
+    def modules(self) -> list[nn.Module]:
+        return [self.lower] + ([self.aux] if self.aux is not None else [])
+
+    # ---- batches -------------------------------------------------------------------------
+    def _draw(self, step: int) -> np.ndarray | None:
+        """Advance every walk of the step's clients, in order, as TrainState.next_batches does."""
+        mine = None
+        for c in self.groups[step]:
+            idx = self.walks[c].next_batch(self.cfg.batch_size, self.data_rng)
+            if c == self.index:
+                mine = idx
+        return mine
+
+    def catch_up(self, round_: int, step: int) -> None:
+        """Replay the shared stream up to (not including) step ``step`` of round ``round_``."""
+        while self.position < (round_, step):
+            r, s = self.position
+            self._draw(s)
+            self.position = (r, s + 1) if s + 1 < len(self.groups) else (r + 1, 0)
+
+    def next_batch(self, round_: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.catch_up(round_, step)
+        idx = self._draw(step)
+        self.position = (round_, step + 1) if step + 1 < len(self.groups) else (round_ + 1, 0)
+        rows = torch.as_tensor(np.searchsorted(self.samples, idx), device=self.device)
+        return self.train_x[rows], self.train_y[rows]
+
+    # ---- commands ------------------------------------------------------------------------
+    def step(self, link: Link, round_: int, step: int, flags: int) -> None:
+        if flags & BATON:  # Vanilla SL: the one lower model and its optimiser state, from the last client
+            self.take_baton(link.recv_object(SERVER, "receiving the lower model"))
+        start = time.perf_counter()
+        x, y = self.next_batch(round_, step)
+        smashed = self.lower(x)
+        forward = time.perf_counter() - start
+        for sent in (link.isend(smashed, SERVER), link.isend(y, SERVER)):
+            sent.wait_for(link, SERVER, "uploading smashed data")
+        grads = None
+        if flags & GRADS_FOLLOW:
+            grads = [link.recv(tuple(smashed.shape), smashed.dtype, SERVER, "waiting for the cut-layer gradient")]
+        start = time.perf_counter()
+        batch = StepBatch([self.index], x[None], smashed, y, torch.ones(1), round_)
+        local = client_update(self, batch, [smashed], grads)
+        backward = time.perf_counter() - start
+        link.send(torch.tensor([local, forward, backward], dtype=torch.float64), SERVER, "reporting the step")
+        if flags & BATON:
+            link.send_object(self.baton(), SERVER, "handing the lower model on")
+
+    def baton(self) -> dict:
+        return {"lower": self.lower.state_dict(), "opt": param_states(self.client_opt, list(self.lower.parameters()))}
+
+    def take_baton(self, baton: dict) -> None:
+        self.lower.load_state_dict(baton["lower"])
+        load_param_states(self.client_opt, list(self.lower.parameters()), baton["opt"])
+
+    def average(self, link: Link, with_aux: bool) -> None:
+        link.send_object({"lower": float_state(self.lower), "aux": float_state(self.aux) if with_aux else None},
+                         SERVER, "uploading its model for averaging")
+        average = link.recv_object(SERVER, "waiting for the averaged model")
+        with torch.no_grad():
+            for module, avg in ((self.lower, average["lower"]), (self.aux, average["aux"])):
+                if avg is not None:
+                    state = module.state_dict()
+                    for key, value in avg.items():
+                        state[key].copy_(value)
+
+    def state(self, round_: int, full: bool) -> dict:
+        """What the server's evaluator (and, ``full``, its checkpoint) needs of this client after ``round_``."""
+        out = {"lower": self.lower.state_dict(), "aux": self.aux.state_dict() if self.aux is not None else None}
+        if full:
+            self.catch_up(round_ + 1, 0)
+            walk = self.walks[self.index]
+            out.update(opt_lower=param_states(self.client_opt, list(self.lower.parameters())),
+                       opt_aux=param_states(self.client_opt, list(self.aux.parameters())) if self.aux else None,
+                       order=walk.order.copy(), cursor=walk.cursor, data_rng=self.data_rng.bit_generator.state)
+        return out
+
+    def load(self, sd: dict) -> None:
+        """Take over a state the server restored from a checkpoint."""
+        if sd["lower"] is not None:
+            self.lower.load_state_dict(sd["lower"])
+            load_param_states(self.client_opt, list(self.lower.parameters()), sd["opt_lower"])
+        if self.aux is not None:
+            self.aux.load_state_dict(sd["aux"])
+            load_param_states(self.client_opt, list(self.aux.parameters()), sd["opt_aux"])
+        for c, (size, cursor) in enumerate(sd["walks"]):
+            walk = self.walks[c]
+            walk.order = np.asarray(sd["order"], dtype=np.int64) if c == self.index else np.arange(size)
+            walk.cursor = int(cursor)
+        self.data_rng.bit_generator.state = sd["data_rng"]
+        self.position = (sd["round"] + 1, 0)
+
+    def serve(self, link: Link) -> None:
+        """Answer commands until the server says stop."""
+        while True:
+            op, round_, step, flags = link.recv((4,), torch.int64, SERVER, "waiting for a command").tolist()
+            if op == STEP:
+                self.step(link, round_, step, flags)
+            elif op == AVERAGE:
+                self.average(link, bool(flags & FULL))
+            elif op == PULL:
+                link.send_object(self.state(round_, bool(flags & FULL)), SERVER, "sending its state")
+            elif op == PUSH:
+                self.load(link.recv_object(SERVER, "receiving a checkpointed state"))
+            elif op == STOP:
+                return
+            else:
+                raise PeerLost(f"the server sent an unknown command {op}")
+
+
+def run_client(server: Address, rank: int, data_dir: str | None = None, timeout_s: float = 600.0,
+               stream=sys.stderr) -> int:
+    """Join the server at ``server`` as client ``rank - 1``, train until told to stop. 0 when the run
+    ended normally, 1 (with one line on ``stream``) when the server went away or refused us."""
+    limit_threads()
+    flush_denormals()  # as the in-process trainer does: the same arithmetic on both sides
+    try:
+        store = open_store(server, rank, timeout_s)
+        cfg = RunConfig.model_validate_json(store.get("config").decode())
+        n = cfg.num_clients
+        if not 1 <= rank <= n:
+            raise PeerLost(f"rank {rank} is not a client of this run: the server at {server} runs {n} clients "
+                           f"(ranks 1 to {n})")
+        if store.add(f"rank/{rank}", 1) != 1:
+            raise PeerLost(f"another client already joined the server at {server} as rank {rank}")
+        dataset = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir, cfg.data.download, seed=cfg.seed)
+        client = ClientProcess(cfg, rank - 1, dataset)
+        store.set(f"data/{rank}", data_fingerprint(dataset))
+        store.add("ready", 1)
+        join(store, rank, n + 1, timeout_s)
+        client.serve(Link(timeout_s))
+    except (PeerLost, DatasetNotFound) as err:
+        print(f"client {rank - 1}: {' '.join(str(err).split())}", file=stream)
+        return 1
+    finally:
+        disconnect()
+    return 0

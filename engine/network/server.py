@@ -1,0 +1,344 @@
+"""The server's side of a networked run: the rounds of :mod:`engine.round` with the clients in other processes.
+
+The server holds the upper model, its optimiser and the random streams of mixup and SplitAvg; it
+receives smashed data and labels, takes the server step with the in-process engine's own
+``server_step`` and ``cut_gradients``, sends each client its gradient, and averages (⑤) the models
+the clients upload. Bytes go into the same ledger as in the in-process engine.
+
+The trainer's :class:`~engine.state.TrainState` on the server is also the evaluator's view of the
+run: its client models are refreshed from the clients (:meth:`NetworkRounds.observe`) only before an
+evaluation, a snapshot or a checkpoint, outside the timed round and the ledger, as evaluation is free
+in the in-process engine too. Training never reads them.
+
+Each round is timed (``latency_*``), along its critical path: client compute (slowest forward +
+slowest update; without ② only the part of the updates that outlasts the server step), upload (all smashed data in, less the slowest forward), server compute, download (all
+updates reported, less the slowest update) and model exchange (``latency_averaging_s``: ⑤'s
+upload-average-download, or Vanilla SL's hand-over of the lower model through the server).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.network.client import load_param_states, param_states
+from engine.network.wire import (
+    AVERAGE,
+    BATON,
+    FULL,
+    GRADS_FOLLOW,
+    PULL,
+    PUSH,
+    SERVER,
+    STEP,
+    STOP,
+    Address,
+    Link,
+    PeerLost,
+    data_fingerprint,
+    disconnect,
+    free_port,
+    join,
+    open_store,
+)
+from engine.round import RoundLosses, cut_gradients, server_step
+from engine.state import TrainState
+from engine.techniques import StepBatch
+from engine.techniques.averaging import average_states
+
+LATENCY_KEYS = ("latency_client_s", "latency_upload_s", "latency_server_s", "latency_download_s",
+                "latency_averaging_s")
+
+
+class ClientFailed(RuntimeError):
+    """A client process of a networked run died, refused to start or stopped answering."""
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """Where the server listens and whether it starts its clients on this machine."""
+
+    listen: Address | None = None   # None: 127.0.0.1 on a free port
+    spawn: bool = True              # start the n client processes here (``--transport process``)
+    timeout_s: float = 60.0         # longest wait for any one message before a client counts as lost
+    join_timeout_s: float = 300.0   # longest wait for every client to join
+    announce: object = None         # called with a line of progress while clients join (engine serve)
+
+
+class NetworkRounds:
+    """Runs rounds with the clients in other processes; the trainer calls :meth:`run_round`."""
+
+    def __init__(self, state: TrainState, options: NetworkOptions = NetworkOptions()):
+        self.options = options
+        self.address = options.listen or Address("127.0.0.1", free_port())
+        self.n = state.num_clients
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+        self.fresh = "full"      # how current the server's copy of the client models is: None, light, full
+        self.last_timing: dict[str, float] = {}
+        self.link = Link(options.timeout_s)
+        self.closed = False
+        store = open_store(self.address, SERVER, options.join_timeout_s, world_size=self.n + 1)
+        store.set("config", state.cfg.model_dump_json())
+        try:
+            if options.spawn:
+                self._spawn()
+            self._wait_for_clients(store)
+            self._check_data(store, state)
+            join(store, SERVER, self.n + 1, options.join_timeout_s)
+        except BaseException:
+            _kill(self.procs)
+            raise
+        self.store = store
+        weakref.finalize(self, _kill, self.procs)  # no client outlives a server that was never closed
+
+    # ---- processes -----------------------------------------------------------------------
+    def _spawn(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="splitlab-clients-"))
+        root = str(Path(__file__).resolve().parents[2])  # the clients import this very engine
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("SPLITLAB_CLIENT_THREADS", "1"), "PYTHONPATH": path,
+               "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "FATAL")}
+        for rank in range(1, self.n + 1):
+            log = folder / f"client-{rank - 1}.log"
+            with open(log, "wb") as out:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "engine", "client", "--server", str(self.address), "--rank", str(rank),
+                     "--timeout", f"{max(self.options.timeout_s * 10, 600):g}"],
+                    stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL))
+            self.logs.append(log)
+
+    def _log_tail(self, rank: int) -> str:
+        try:
+            lines = self.logs[rank - 1].read_text(errors="replace").strip().splitlines()
+        except (OSError, IndexError):
+            return ""
+        return lines[-1][:300] if lines else ""
+
+    def _wait_for_clients(self, store) -> None:
+        start, said = time.monotonic(), -1
+        while (ready := store.add("ready", 0)) < self.n:
+            for rank, proc in enumerate(self.procs, 1):
+                if proc.poll() is not None:
+                    raise ClientFailed(f"client {rank - 1} exited with code {proc.returncode} before joining"
+                                       + (f": {tail}" if (tail := self._log_tail(rank)) else ""))
+            if ready != said and self.options.announce:
+                self.options.announce(f"{ready} of {self.n} clients joined the server at {self.address}")
+                said = ready
+            if time.monotonic() - start > self.options.join_timeout_s:
+                raise ClientFailed(f"only {ready} of {self.n} clients joined within {self.options.join_timeout_s:g} s")
+            time.sleep(0.05)
+
+    def _check_data(self, store, state: TrainState) -> None:
+        ours = data_fingerprint(state.dataset)
+        for rank in range(1, self.n + 1):
+            theirs = store.get(f"data/{rank}").decode()
+            if theirs != ours:
+                raise ClientFailed(f"client {rank - 1} loaded other training data than the server "
+                                   f"({theirs} against {ours}): give every machine the same data set")
+
+    def _lost(self, err: PeerLost) -> ClientFailed:
+        """A lost peer as the run's failure, with what its process said last."""
+        text = str(err)
+        for rank, proc in enumerate(self.procs, 1):
+            if f"(rank {rank})" not in text:
+                continue
+            try:
+                code = proc.wait(timeout=1.0)  # its sockets close a moment before its exit is reported
+            except subprocess.TimeoutExpired:
+                continue  # alive but silent: hung
+            why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            tail = self._log_tail(rank)
+            text += f" (its process {why}{': ' + tail if tail else ''})"
+        return ClientFailed(text)
+
+    # ---- one round -----------------------------------------------------------------------
+    def run_round(self, state: TrainState) -> RoundLosses:
+        try:
+            return self._round(state)
+        except PeerLost as err:
+            raise self._lost(err) from None
+
+    def _round(self, state: TrainState) -> RoundLosses:
+        t = state.round + 1
+        self.fresh = None
+        totals, timing = RoundLosses(), defaultdict(float)
+        groups = state.schedule_groups()
+        for number, clients in enumerate(groups):
+            step = self._step(state, clients, t, number, timing)
+            totals.loss += step.loss / len(groups)
+            totals.mixup += step.mixup / len(groups)
+            totals.local += step.local / len(groups)
+        if state.cfg.averaging.enabled and not state.sequential and t % state.cfg.averaging.interval == 0:
+            start = time.perf_counter()
+            self._average(state, t)
+            timing["latency_averaging_s"] += time.perf_counter() - start
+        state.round = t
+        self.last_timing = {key: timing[key] for key in LATENCY_KEYS}
+        return totals
+
+    def _step(self, state: TrainState, clients: list[int], t: int, number: int, timing: dict) -> RoundLosses:
+        cfg, link = state.cfg, self.link
+        flags = (GRADS_FOLLOW if cfg.global_backward else 0) | (BATON if state.sequential else 0)
+        if state.sequential:  # Vanilla SL's model goes to the client first (timed as model exchange)
+            start = time.perf_counter()
+            link.command(clients[0] + 1, STEP, t, number, flags)
+            link.send_object(self._baton(state), clients[0] + 1, "receiving the lower model")
+            timing["latency_averaging_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        if not state.sequential:
+            for i in clients:
+                link.command(i + 1, STEP, t, number, flags)
+        b, shape = cfg.batch_size, tuple(state.smashed_shape)
+        pending = [(link.irecv((b, *shape), torch.float32, i + 1), link.irecv((b,), torch.int64, i + 1))
+                   for i in clients]
+        smashed = [s.wait_for(link, i + 1, "uploading smashed data") for i, (s, _) in zip(clients, pending)]
+        labels = [y.wait_for(link, i + 1, "uploading labels") for i, (_, y) in zip(clients, pending)]
+        uploaded = time.perf_counter()
+
+        k = len(clients)
+        needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
+        server_in = torch.cat(smashed).to(state.device).requires_grad_(needs_grad)
+        state.ledger.smashed(k * b, server_in[0].numel())
+        weights = state.weights[clients] / state.weights[clients].sum()
+        batch = StepBatch(clients, None, server_in, torch.cat(labels).to(state.device), weights, t)
+        losses = server_step(state, batch)
+        grads = cut_gradients(state, batch)
+        served = time.perf_counter()
+
+        if flags & GRADS_FOLLOW:
+            sends = [link.isend(g.cpu(), i + 1) for i, g in zip(clients, grads)]
+            for i, sent in zip(clients, sends):
+                sent.wait_for(link, i + 1, "receiving the cut-layer gradient")
+        reports = [link.irecv((3,), torch.float64, i + 1) for i in clients]
+        reports = [r.wait_for(link, i + 1, "updating its model") for i, r in zip(clients, reports)]
+        done = time.perf_counter()
+        if state.sequential:  # the lower model comes back through the server, as the ledger counts it
+            self._keep_baton(state, link.recv_object(clients[0] + 1, "handing the lower model on"))
+            state.ledger.model_exchange(1, [state.lowers[0]])
+            timing["latency_averaging_s"] += time.perf_counter() - done
+
+        local, forward, backward = torch.stack(reports).T.tolist()
+        losses.local = sum(local) / k
+        timing["latency_upload_s"] += max(0.0, uploaded - start - max(forward))
+        timing["latency_server_s"] += served - uploaded
+        if flags & GRADS_FOLLOW:  # the updates start when the gradients arrive
+            timing["latency_client_s"] += max(forward) + max(backward)
+            timing["latency_download_s"] += max(0.0, done - served - max(backward))
+        else:  # without ② the clients update while the server computes: only what is left after it counts
+            timing["latency_client_s"] += max(forward) + max(0.0, done - served)
+        return losses
+
+    def _baton(self, state: TrainState) -> dict:
+        lower = state.lowers[0]
+        return {"lower": lower.state_dict(), "opt": param_states(state.client_opt, list(lower.parameters()))}
+
+    def _keep_baton(self, state: TrainState, baton: dict) -> None:
+        lower = state.lowers[0]
+        lower.load_state_dict(baton["lower"])
+        load_param_states(state.client_opt, list(lower.parameters()), baton["opt"])
+
+    def _average(self, state: TrainState, t: int) -> None:
+        """⑤ through the server: every client uploads its model, the server averages, every client downloads."""
+        with_aux = state.cfg.local_loss.enabled and state.cfg.local_loss.average_aux
+        for i in range(self.n):
+            self.link.command(i + 1, AVERAGE, t, 0, FULL if with_aux else 0)
+        uploads = [self.link.recv_object(i + 1, "uploading its model for averaging") for i in range(self.n)]
+        average = {"lower": average_states([u["lower"] for u in uploads], state.weights),
+                   "aux": average_states([u["aux"] for u in uploads], state.weights) if with_aux else None}
+        for i in range(self.n):
+            self.link.send_object(average, i + 1, "receiving the averaged model")
+        models = [state.lowers[0]] + ([state.auxes[0]] if with_aux else [])
+        state.ledger.model_exchange(self.n, models)
+
+    # ---- the evaluator's view, checkpoints -----------------------------------------------
+    def observe(self, state: TrainState, full: bool = False) -> None:
+        """Bring the server's copy of the client models (``full``: also their optimiser states and data
+        walks, for a checkpoint) up to date. Not timed, not in the ledger."""
+        if self.fresh == "full" or (self.fresh == "light" and not full) or self.closed:
+            return
+        try:
+            for i in range(self.n):
+                self.link.command(i + 1, PULL, state.round, 0, FULL if full else 0)
+                sd = self.link.recv_object(i + 1, "sending its state")
+                if not state.sequential:
+                    state.lowers[i].load_state_dict(sd["lower"])
+                if state.auxes:
+                    state.auxes[i].load_state_dict(sd["aux"])
+                if full:
+                    if not state.sequential:
+                        load_param_states(state.client_opt, list(state.lowers[i].parameters()), sd["opt_lower"])
+                    if state.auxes:
+                        load_param_states(state.client_opt, list(state.auxes[i].parameters()), sd["opt_aux"])
+                    walk = state.clients[i]
+                    walk.order, walk.cursor = sd["order"], sd["cursor"]
+                    state.data_rng.bit_generator.state = sd["data_rng"]
+        except PeerLost as err:
+            raise self._lost(err) from None
+        self.fresh = "full" if full else "light"
+
+    def restore(self, state: TrainState) -> None:
+        """Send every client its part of a state the server loaded from a checkpoint."""
+        walks = [(len(c.order), c.cursor) for c in state.clients]
+        try:
+            for i in range(self.n):
+                lower = None if state.sequential else state.lowers[i]
+                aux = state.auxes[i] if state.auxes else None
+                self.link.command(i + 1, PUSH, state.round)
+                self.link.send_object({
+                    "lower": lower.state_dict() if lower is not None else None,
+                    "opt_lower": param_states(state.client_opt, list(lower.parameters())) if lower else None,
+                    "aux": aux.state_dict() if aux is not None else None,
+                    "opt_aux": param_states(state.client_opt, list(aux.parameters())) if aux is not None else None,
+                    "order": state.clients[i].order, "walks": walks,
+                    "data_rng": state.data_rng.bit_generator.state, "round": state.round,
+                }, i + 1, "receiving a checkpointed state")
+        except PeerLost as err:
+            raise self._lost(err) from None
+        self.fresh = "full"
+
+    # ---- the end -------------------------------------------------------------------------
+    def close(self, state: TrainState | None = None, failed: bool = False) -> None:
+        """End the run: (unless ``failed``) take the clients' final state and tell them to stop; then
+        make sure no client process is left."""
+        if self.closed:
+            return
+        try:
+            if not failed and state is not None:
+                self.observe(state, full=True)
+                for i in range(self.n):
+                    self.link.command(i + 1, STOP)
+        except (PeerLost, ClientFailed):
+            failed = True
+        finally:
+            self.closed = True
+            self._stop_processes(grace_s=0.0 if failed else 10.0)
+            disconnect()
+
+    def _stop_processes(self, grace_s: float = 0.0) -> None:
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

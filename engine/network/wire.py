@@ -1,0 +1,166 @@
+"""Messages between the server (rank 0) and the clients (ranks 1..n) over torch.distributed (gloo, TCP).
+
+Tensors of known shape (smashed data, labels, gradients) travel as they are; anything else (model
+states, optimiser states, data cursors) is pickled into a byte tensor behind its length. Every receive
+waits with a timeout, and a peer that dies or stays silent becomes a :class:`PeerLost` naming it:
+gloo reports a closed connection at once, and a timed-out receive leaves that connection unusable,
+so either ends the run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+SERVER = 0
+
+# Commands, server -> client: an int64 tensor [op, round, step, flags]
+STEP, AVERAGE, PULL, PUSH, STOP = 1, 2, 3, 4, 5
+OP_NAMES = {STEP: "a training step", AVERAGE: "averaging", PULL: "sending its state", PUSH: "loading a state",
+            STOP: "stopping"}
+GRADS_FOLLOW, BATON, FULL = 1, 2, 4  # flags: ② gradients come back; Vanilla SL's model travels; full state
+
+
+class PeerLost(RuntimeError):
+    """The process on the other end of a link died or stopped answering."""
+
+
+@dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Address":
+        """'HOST:PORT' (HOST may be a name, an IPv4 address or [IPv6]); a bad value is a ValueError."""
+        host, sep, port = text.strip().rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT with a port between 1 and 65535, got {text!r}")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the store binds it a moment later)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def peer_name(rank: int) -> str:
+    return "the server" if rank == SERVER else f"client {rank - 1} (rank {rank})"
+
+
+def open_store(address: Address, rank: int, timeout_s: float, world_size: int | None = None) -> dist.TCPStore:
+    """The run's rendezvous: the server (rank 0) hosts it at ``address``, the clients connect to it
+    (retrying until ``timeout_s``). The server publishes the config there, the clients say they are ready."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if rank == SERVER:
+        return dist.TCPStore(address.host, address.port, world_size, is_master=True, timeout=timeout,
+                             wait_for_workers=False)
+    try:
+        return dist.TCPStore(address.host, address.port, is_master=False, timeout=timeout)
+    except (RuntimeError, TimeoutError):
+        raise PeerLost(f"no SplitLab server answered at {address} within {timeout_s:g} s") from None
+
+
+def join(store: dist.TCPStore, rank: int, world_size: int, timeout_s: float) -> None:
+    """Join the run's process group (gloo over TCP); keep ``store`` alive as long as the group."""
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def disconnect() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Link:
+    """One process's end of the run's links, with the timeout every receive waits at most."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout = datetime.timedelta(seconds=timeout_s)
+        self.sent = 0      # bytes handed to the transport (payloads, not TCP headers)
+        self.received = 0
+
+    def _wait(self, work, peer: int, what: str) -> None:
+        try:
+            work.wait(self.timeout)
+        except RuntimeError as err:
+            text = str(err).lower()
+            reason = "closed the connection" if any(w in text for w in ("closed", "reset", "read error", "broken pipe")) \
+                else f"sent nothing for {self.timeout.total_seconds():g} s" if "timed out" in text else _first_line(err)
+            raise PeerLost(f"{peer_name(peer)} {reason} while {what}") from None
+
+    def send(self, tensor: torch.Tensor, peer: int, what: str) -> None:
+        self.isend(tensor, peer).wait_for(self, peer, what)
+
+    def isend(self, tensor: torch.Tensor, peer: int) -> "_Pending":
+        tensor = tensor.detach().contiguous()
+        self.sent += tensor.numel() * tensor.element_size()
+        try:
+            return _Pending(dist.isend(tensor, peer), tensor)
+        except RuntimeError as err:
+            raise PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})") from None
+
+    def irecv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int) -> "_Pending":
+        buf = torch.empty(shape, dtype=dtype)
+        self.received += buf.numel() * buf.element_size()
+        try:
+            return _Pending(dist.irecv(buf, peer), buf)
+        except RuntimeError as err:
+            raise PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})") from None
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int, what: str) -> torch.Tensor:
+        return self.irecv(shape, dtype, peer).wait_for(self, peer, what)
+
+    def send_object(self, obj: object, peer: int, what: str) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        self.send(torch.tensor([data.numel()], dtype=torch.int64), peer, what)
+        self.send(data, peer, what)
+
+    def recv_object(self, peer: int, what: str) -> object:
+        size = int(self.recv((1,), torch.int64, peer, what)[0])
+        data = self.recv((size,), torch.uint8, peer, what)
+        return torch.load(io.BytesIO(data.numpy().tobytes()), weights_only=False)
+
+    def command(self, peer: int, op: int, round_: int = 0, step: int = 0, flags: int = 0) -> None:
+        self.send(torch.tensor([op, round_, step, flags], dtype=torch.int64), peer, f"receiving {OP_NAMES[op]}")
+
+
+@dataclass
+class _Pending:
+    work: object
+    tensor: torch.Tensor
+
+    def wait_for(self, link: Link, peer: int, what: str) -> torch.Tensor:
+        link._wait(self.work, peer, what)
+        return self.tensor
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+
+
+def data_fingerprint(dataset) -> str:
+    """Names a data set's training labels and shapes: server and clients must train on the same data."""
+    digest = hashlib.sha1(dataset.train_y.numpy().tobytes()).hexdigest()[:12]
+    return f"{dataset.name} {tuple(dataset.train_x.shape)} labels {digest}"
+
+
+def limit_threads() -> None:
+    """One compute thread per process unless told otherwise: n client processes share the cores."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)

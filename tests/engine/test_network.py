@@ -1,0 +1,241 @@
+"""The process transport (engine.network): a server and n client processes over torch.distributed (gloo, TCP
+on loopback) train exactly what the in-process engine trains, time their rounds, and fail cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import deep_merge, validate_config
+from engine.data import load_dataset
+from engine.network.server import LATENCY_KEYS, ClientFailed, NetworkOptions
+from engine.network.wire import free_port
+from engine.presets import PRESETS, get_preset, get_profile
+from engine.trainer import Callbacks, Trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TIMING_KEYS = {"round_s", "wall_s", *LATENCY_KEYS}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The clients compute with one thread each; so does the reference here. (With more threads a sum is
+    split differently and rounds differently: a conv bias followed by BatchNorm, whose true gradient is 0,
+    then gets different rounding noise, which Adam scales to full-size steps.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(preset: str, transport: str, **overrides):
+    data = deep_merge(get_profile("demo"), get_preset(preset).overrides())
+    data = deep_merge(data, {"num_clients": 3, "rounds": 4, "eval_every": 2, "seed": 1,
+                             "data": {"dataset": "digits"}, "transport": transport})
+    return validate_config(deep_merge(data, overrides))
+
+
+def assert_same_history(reference: list[dict], networked: list[dict], tol: float = 1e-5) -> None:
+    assert [r["round"] for r in reference] == [r["round"] for r in networked]
+    for ref, net in zip(reference, networked):
+        assert set(net) - set(ref) == set(LATENCY_KEYS)
+        for key, value in ref.items():
+            if key not in TIMING_KEYS:
+                assert net[key] == pytest.approx(value, abs=tol, rel=tol), f"round {ref['round']}: {key}"
+
+
+def assert_same_models(a: Trainer, b: Trainer, tol: float = 1e-5) -> None:
+    modules = [(a.state.upper, b.state.upper), *zip(a.state.lowers, b.state.lowers),
+               *zip(a.state.auxes or [], b.state.auxes or [])]
+    for ma, mb in modules:
+        for (name, x), y in zip(ma.state_dict().items(), mb.state_dict().values()):
+            assert torch.allclose(x.float(), y.float(), atol=tol, rtol=tol), name
+
+
+def no_client_processes_left(trainer: Trainer) -> bool:
+    return all(proc.poll() is not None for proc in trainer.transport.procs)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_trains_over_the_network_exactly_as_in_one_process(preset, digits):
+    reference = Trainer(config(preset, "inprocess"), digits)
+    ref = reference.run()
+    networked = Trainer(config(preset, "process"), digits)
+    net = networked.run()
+    assert_same_history(ref["history"], net["history"])
+    assert net["summary"]["final_test_acc"] == pytest.approx(ref["summary"]["final_test_acc"], abs=1e-6)
+    assert_same_models(reference, networked)
+    assert no_client_processes_left(networked)
+    # every round was timed, in parts that add up to no more than the round
+    row = net["history"][-1]
+    assert all(row[key] >= 0 for key in LATENCY_KEYS) and row["latency_client_s"] > 0
+    assert sum(row[key] for key in LATENCY_KEYS) <= row["round_s"] * 1.05
+
+
+def test_unusual_options_train_the_same_over_the_network(digits):
+    """cutmix with a ratio per sample and the mixup gradient sent back, SplitAvg in a phase, the norm local
+    loss, averaging every 2 rounds (④' included), iid shards, 4 clients, SGD with momentum."""
+    odd = {"num_clients": 4, "rounds": 6, "eval_every": 3, "data": {"partition": "iid"},
+           "optim": {"name": "momentum", "lr": 0.01},
+           "mixup": {"enabled": True, "variant": "cutmix", "per_sample": True, "grad_to_clients": True,
+                     "num_partners": 2, "reduction": "mean"},
+           "split_avg": {"enabled": True, "fraction": 0.5, "phase": "last", "phase_fraction": 0.5},
+           "local_loss": {"enabled": True, "kind": "norm", "average_aux": True},
+           "averaging": {"enabled": True, "interval": 2}}
+    ref = Trainer(config("locfedmix_sl", "inprocess", **odd), digits).run()
+    net = Trainer(config("locfedmix_sl", "process", **odd), digits).run()
+    assert_same_history(ref["history"], net["history"])
+
+
+def test_a_networked_checkpoint_resumes_in_process_and_over_the_network_alike(digits):
+    """Checkpoints are interchangeable: written over the network, resumed over the network or in one process."""
+    cfg_net = config("locfedmix_sl", "process", rounds=6)
+    first = Trainer(cfg_net, digits)
+
+    class StopAt3(Callbacks):
+        def should_stop(self, trainer):
+            return trainer.round == 3
+
+    assert first.run(StopAt3())["summary"]["stopped"]
+    checkpoint = first.checkpoint_bytes()
+    assert no_client_processes_left(first)
+
+    uninterrupted = Trainer(config("locfedmix_sl", "inprocess", rounds=6), digits).run()
+    resumed_net = Trainer.from_checkpoint(checkpoint, digits).run()
+    in_process_sd = torch.load(__import__("io").BytesIO(checkpoint), weights_only=False)
+    in_process_sd["config"]["transport"] = "inprocess"
+    resumed_here = Trainer(config("locfedmix_sl", "inprocess", rounds=6), digits)
+    resumed_here.load_state_dict(in_process_sd)
+    resumed_here = resumed_here.run()
+    assert_same_history(uninterrupted["history"], resumed_net["history"])
+    for ref, row in zip(uninterrupted["history"], resumed_here["history"]):
+        assert {k: v for k, v in row.items() if k not in TIMING_KEYS} == \
+            pytest.approx({k: v for k, v in ref.items() if k not in TIMING_KEYS}, abs=1e-5)
+
+
+def test_a_three_client_locfedmix_sl_run_learns_fashion_mnist_over_the_network():
+    fashion = load_dataset("fashion-mnist", data_dir=SHARED_DATA)
+    cfg = config("locfedmix_sl", "process", rounds=60, eval_every=20,
+                 data={"dataset": "fashion-mnist", "data_dir": str(SHARED_DATA), "samples_per_client": 2000})
+    trainer = Trainer(cfg, fashion)
+    result = trainer.run()
+    accs = [row["test_acc"] for row in result["history"]]
+    assert accs[-1] > 0.55 and accs[-1] > accs[0]  # chance is 0.10
+    assert result["summary"]["final_test_acc"] > 0.55
+    # the ledger counts what travelled: 3 clients x 64 samples x (6x14x14 floats + a label) per round up,
+    # and the server's end of the links did receive that much (and more: model uploads, evaluation pulls)
+    smashed = result["summary"]["bytes_smashed_up"]
+    assert smashed == 60 * 3 * 64 * (6 * 14 * 14 * 4 + 8)
+    assert trainer.transport.link.received > smashed + result["summary"]["bytes_model_up"]
+    assert no_client_processes_left(trainer)
+
+
+@pytest.mark.parametrize("how", ["killed", "hung"])
+def test_a_client_that_dies_or_hangs_fails_the_run_naming_it(how, digits):
+    cfg = config("locfedmix_sl", "process", rounds=200, eval_every=2)
+    trainer = Trainer(cfg, digits, network=NetworkOptions(timeout_s=3))
+    seen = {}
+
+    class Break(Callbacks):
+        def on_round(self, tr, losses):
+            if tr.round == 3:
+                victim = tr.transport.procs[1]
+                os.kill(victim.pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+                seen["at"] = time.monotonic()
+
+    with pytest.raises(ClientFailed) as err:
+        trainer.run(Break())
+    noticed = time.monotonic() - seen["at"]
+    message = str(err.value)
+    assert message.startswith("client 1 (rank 2) ")
+    if how == "killed":
+        assert "closed the connection" in message and "SIGKILL" in message and noticed < 3
+    else:
+        assert "sent nothing for 3 s" in message and noticed < 10
+    assert [row["round"] for row in trainer.history] == [2]  # the metrics up to the failure are kept
+    assert no_client_processes_left(trainer)
+
+
+def test_a_client_that_cannot_start_fails_the_start_with_what_it_said(digits, tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'starting...'\necho 'cannot start: out of memory' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    with pytest.raises(ClientFailed, match=r"^client \d exited with code 3 before joining: cannot start: out of memory$"):
+        Trainer(config("parallel_sl", "process"), digits)
+
+
+def test_clients_on_other_data_than_the_server_are_refused(digits):
+    other = type(digits)(digits.name, digits.train_x, digits.train_y.flip(0), digits.test_x, digits.test_y,
+                         digits.classes)
+    with pytest.raises(ClientFailed, match=r"client 0 loaded other training data than the server \(digits "):
+        Trainer(config("parallel_sl", "process"), other)
+
+
+def _engine(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_serve_and_client_train_as_separate_commands_and_clients_exit_when_the_server_dies():
+    port = free_port()
+    server = _engine("serve", "--preset", "splitfed", "--dataset", "digits", "--clients", "2", "--rounds", "100000",
+                     "--eval-every", "20", "--listen", f"127.0.0.1:{port}")
+    clients = [_engine("client", "--server", f"127.0.0.1:{port}", "--rank", str(r)) for r in (1, 2)]
+    try:
+        lines = []
+        for line in server.stdout:  # training goes on: evaluation lines arrive
+            lines.append(line)
+            if line.startswith("round 40/"):
+                break
+        assert any("clients joined the server" in line for line in lines)
+        server.kill()
+        outs = [c.communicate(timeout=60)[0] for c in clients]
+    finally:
+        for p in (server, *clients):
+            if p.poll() is None:
+                p.kill()
+    for i, (client, out) in enumerate(zip(clients, outs)):
+        assert client.returncode == 1
+        assert out.strip().splitlines()[-1].startswith(f"client {i}: the server closed the connection while")
+
+
+def test_a_client_with_a_rank_the_server_does_not_run_is_refused():
+    port = free_port()
+    server = _engine("serve", "--preset", "parallel_sl", "--dataset", "digits", "--clients", "2", "--rounds", "5",
+                     "--listen", f"127.0.0.1:{port}", "--join-timeout", "60")
+    try:
+        time.sleep(0.5)
+        out = _engine("client", "--server", f"127.0.0.1:{port}", "--rank", "3", "--timeout", "30").communicate(timeout=60)[0]
+        assert out.strip().splitlines()[-1] == \
+            f"client 2: rank 3 is not a client of this run: the server at 127.0.0.1:{port} runs 2 clients (ranks 1 to 2)"
+    finally:
+        server.kill()
+        server.communicate()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["client", "--server", "nohost", "--rank", "1"], "error: --server expected HOST:PORT"),
+    (["client", "--server", "127.0.0.1:29999", "--rank", "0"], "error: --rank must be 1 or more"),
+    (["client", "--server", "127.0.0.1:1", "--rank", "1", "--timeout", "1"],
+     "client 0: no SplitLab server answered at 127.0.0.1:1 within 1 s"),
+    (["run", "--transport", "tcp"], "error: --transport must be 'inprocess' or 'process', got 'tcp'"),
+    (["serve", "--listen", "foo:bar"], "error: --listen expected HOST:PORT"),
+])
+def test_bad_network_flags_are_one_line(args, message):
+    out, _ = _engine(*args).communicate(timeout=60)
+    assert out.strip().splitlines() and out.strip().splitlines()[-1].startswith(message), out
