@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, RunConfig, deep_merge, set_path, validate_config
@@ -39,6 +40,8 @@ RUN_FLAGS = {
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The flags shared by ``run`` and ``submit``."""
+    p.add_argument("--config", help="start from a run config in a JSON file (a config, or the result JSON of "
+                                    "`run --out` with its \"config\"); the other flags change it")
     p.add_argument("--preset", help=f"named algorithm: {', '.join(PRESETS)}")
     p.add_argument("--techniques", help="technique codes, e.g. 1,2,3,4p,5 (4p is ④'; also splitlr, splitavg)")
     p.add_argument("--profile", default="demo", choices=list(PROFILES),
@@ -95,6 +98,8 @@ def config_dict_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.preset and args.techniques:
         raise ConfigError("choose either --preset or --techniques, not both")
     data = deep_merge({}, get_profile(args.profile))
+    if getattr(args, "config", None):
+        data = deep_merge(data, read_config_file(args.config))
     if args.preset:
         preset = get_preset(args.preset)
         data = deep_merge(data, preset.overrides())
@@ -110,6 +115,20 @@ def config_dict_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in _set_items(args):
         set_path(data, key, value)
     return data
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The config in a JSON file: a config itself, or a result with one under ``"config"``."""
+    try:
+        loaded = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"--config {path}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--config {path}: not JSON ({err.msg}, line {err.lineno})") from None
+    loaded = loaded.get("config", loaded) if isinstance(loaded, dict) else loaded
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object with the run's settings")
+    return loaded
 
 
 def flag_labels(args: argparse.Namespace) -> dict[str, str]:

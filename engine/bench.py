@@ -145,3 +145,46 @@ def bench_privacy(repeats: int = 3, as_json: bool = False, dataset: str = "fashi
         print(f"LocFedMix-SL, n=10, {dataset}: round {round_s * 1e3:.1f} ms, {PRIVACY_ROUNDS} rounds {run_s:.1f} s; "
               f"one leakage measurement {measure_s:.2f} s; added to the run: {shares}", flush=True)
     return out
+
+
+# ---- the process transport ---------------------------------------------------------------------
+def bench_transport(clients: str = "4,16", repeats: int = 20, as_json: bool = False,
+                    dataset: str = "fashion-mnist") -> list[dict]:
+    """A LocFedMix-SL round (demo profile) over the process transport on loopback against the same
+    round in one process: the overhead per round of n client processes talking to a server over TCP."""
+    from engine.presets import PROFILES
+    from engine.trainer import Trainer
+
+    tune_allocator()
+    flush_denormals()
+    rows = []
+    for n in [int(c) for c in clients.split(",")]:
+        data = deep_merge(deep_merge(PROFILES["demo"], get_preset("locfedmix_sl").overrides()),
+                          {"num_clients": n, "data": {"dataset": dataset, "samples_per_client": 1000}})
+        local = TrainState(validate_config(data))
+        inprocess_s = median_time(lambda: run_round(local), repeats)
+        networked = Trainer(validate_config({**data, "transport": "process"}))
+        parts: list[dict] = []
+
+        def networked_round() -> None:
+            networked.transport.run_round(networked.state)
+            parts.append(networked.transport.last_timing)
+
+        try:
+            process_s = median_time(networked_round, repeats)
+        finally:
+            networked.close()
+        row = {"n": n, "inprocess_s": inprocess_s, "process_s": process_s, "overhead_s": process_s - inprocess_s,
+               "ratio": process_s / inprocess_s, "threads": torch.get_num_threads(),
+               **{k: statistics.median(p[k] for p in parts[WARMUP:]) for k in parts[0]}}
+        rows.append(row)
+        if not as_json:
+            print(f"LocFedMix-SL n={n:>3}: in one process {inprocess_s * 1e3:7.1f} ms/round | over TCP "
+                  f"(n+1 processes, loopback) {process_s * 1e3:7.1f} ms/round = {row['ratio']:.2f}x, "
+                  f"+{row['overhead_s'] * 1e3:.1f} ms | upload {row['latency_upload_s'] * 1e3:.1f} ms, "
+                  f"download {row['latency_download_s'] * 1e3:.1f} ms, averaging {row['latency_averaging_s'] * 1e3:.1f} ms",
+                  flush=True)
+    if as_json:
+        print(json.dumps({"meta": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                                   "cpu": platform.processor() or platform.machine()}, "results": rows}, indent=1))
+    return rows

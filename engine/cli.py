@@ -134,6 +134,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.privacy:
         bench_privacy(repeats=min(args.repeats, 3), as_json=args.json)
         return 0
+    if args.transport:
+        from engine.bench import bench_transport
+
+        bench_transport(clients=args.clients if args.clients != "20,100" else "4,16", repeats=max(args.repeats, 10),
+                        as_json=args.json)
+        return 0
     run_bench(clients=args.clients, repeats=args.repeats, as_json=args.json, device=args.device,
               num_partners=args.n_s)
     return 0
@@ -149,6 +155,16 @@ def _int_list(flag: str, text: str, example: str) -> list[int]:
     return values
 
 
+def _float_list(flag: str, text: str, example: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated numbers, e.g. {example}") from None
+    if not values or min(values) <= 0:
+        raise UsageError(f"{flag}: give positive numbers, e.g. {example}")
+    return values
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from engine.reproduce import StudyMismatch, reproduce, study_dir
 
@@ -156,8 +172,24 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if min(ns) < 2:
         raise UsageError("--clients: every n must be at least 2")
     seeds = _int_list("--seeds", args.seeds, "0,1,2")
+    if args.rounds is None:
+        args.rounds = 10 if args.measured else 300
     if args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
+    if args.study == "latency" and args.measured:
+        from engine.latency_measured import write_measured_study
+
+        rates = _float_list("--rates", args.rates, "10,100")
+        try:
+            out = write_measured_study(args.out_dir, rates, _int_list("--clients", args.clients or "2,4", "2,4"),
+                                       args.rounds, log=lambda line: print(line, file=sys.stderr, flush=True))
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"results in {out}")
+        return 0
+    if args.measured:
+        raise UsageError("--measured belongs to the latency study: reproduce latency --measured")
     if args.study == "latency":
         from engine.latency_study import write_latency_study
 
@@ -214,13 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--privacy", action="store_true",
                        help="time a leakage measurement against a 300-round, 10-client LocFedMix-SL run instead")
+    bench.add_argument("--transport", action="store_true",
+                       help="time a LocFedMix-SL round over the process transport (loopback) against the same round "
+                       "in one process, at n = 4 and 16 (or --clients)")
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and "
                          "plots; `privacy`: what each combination leaks at two cut layers; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
     rep.add_argument("study", choices=["table3", "sglr", "privacy", "latency"])
     rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
     rep.add_argument("--clients", help="comma-separated n values (default 10,20,40; privacy: 10)")
-    rep.add_argument("--rounds", type=int, default=300, help="rounds per run (the paper: 10,000)")
+    rep.add_argument("--rounds", type=int, default=None,
+                     help="rounds per run (default 300; latency --measured: 10; the paper: 10,000)")
     rep.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds; tables show mean ± std")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (in-process only)")
     rep.add_argument("--arms", help="train only these lines, in this order (table3: row1..row8; "
@@ -234,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out-dir", default="docs/results",
                      help="where the study folder <study>-<dataset>-T<rounds> (tables, plots, run JSONs) goes")
     rep.add_argument("--db", help="queue the runs in this database for workers instead of training here")
+    rep.add_argument("--measured", action="store_true",
+                     help="latency: run the four Fig. 8 methods as networked runs over a shaped uplink (root, "
+                     "network namespaces, tc) and compare the measured time per round with the Table 4 model")
+    rep.add_argument("--rates", default="10,50,100", help="latency --measured: uplink rates in Mbit/s")
     rep.set_defaults(func=cmd_reproduce)
     # The queue commands (worker, submit, status, export, cancel) live with the database code;
     # the engine's core never imports storage, only this front door does.

@@ -227,6 +227,31 @@ def latency_figure(rows: list[dict], *, title: str = "Latency against the number
     return _style(fig, title, height=480, margin={"t": 80, "b": 10, "l": 60, "r": 20})
 
 
+LATENCY_PARTS = {"latency_client_s": "client compute", "latency_upload_s": "upload",
+                 "latency_server_s": "server compute", "latency_download_s": "download",
+                 "latency_averaging_s": "model exchange"}
+
+
+def measured_latency(parts: dict[str, float], round_s: float, predictions: dict[str, float], *,
+                     title: str = "One round, measured and modeled") -> go.Figure:
+    """A networked run's measured round, part by part, beside what the Table 4 model and the bytes model predict."""
+    fig = go.Figure()
+    for i, (key, label) in enumerate(LATENCY_PARTS.items()):
+        fig.add_trace(go.Bar(x=[parts.get(key, 0.0) * 1000], y=["measured"], orientation="h", name=label,
+                             marker_color=PALETTE[i % len(PALETTE)]))
+    other = max(0.0, round_s - sum(parts.get(k, 0.0) for k in LATENCY_PARTS))
+    fig.add_trace(go.Bar(x=[other * 1000], y=["measured"], orientation="h", name="rest of the round",
+                         marker_color="#cccccc"))
+    for name, label in (("table4_s", "Table 4 model"), ("bytes_s", "bytes model")):
+        fig.add_trace(go.Bar(x=[predictions[name] * 1000], y=[label], orientation="h", name=label, showlegend=False,
+                             marker_color="#555555" if name == "table4_s" else "#999999",
+                             text=[f"{predictions[name] * 1000:.1f} ms"], textposition="auto"))
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title_text="milliseconds per round")
+    fig.update_yaxes(categoryorder="array", categoryarray=["bytes model", "Table 4 model", "measured"])
+    return _style(fig, title, height=300, margin={"t": 60, "b": 10, "l": 110, "r": 20})
+
+
 def latency_overlaps(rows: list[dict], rel_tol: float = 0.01, avg_interval: int | None = None) -> list[str]:
     """Which curves of ``rows`` lie on one another, where, and why: one sentence per pair, for a note
     under the figure. Identical curves are named together; two curves "coincide" where they are

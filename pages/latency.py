@@ -6,9 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.latency import LatencyParams, latency_curves
+from engine.config import RunConfig
+from engine.latency_measured import predictions
 from engine.latency_study import fig8_claims
 from pages import common
-from pages.figures import BYTE_KINDS, bytes_exchanged, latency_figure, latency_overlaps
+from pages.figures import BYTE_KINDS, LATENCY_PARTS, bytes_exchanged, latency_figure, latency_overlaps, measured_latency
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
 
@@ -60,3 +62,50 @@ per_round = st.toggle("per round", True)
 st.plotly_chart(bytes_exchanged(pd.DataFrame(rows, columns=["run", "kind", "MB", "rounds"]), per_round,
                                 title="Megabytes per round, by kind" if per_round else "Megabytes in all, by kind"),
                 key="bytes")
+
+st.subheader("Measured over the network")
+st.caption("Runs trained with `--transport process` (a server and n client processes over TCP) time every "
+           "round in parts. Beside the measured round: the Table 4 model for the same sizes (T_comp = the "
+           "measured client compute, T_comm = one client's smashed data at the uplink rate below) and the bytes "
+           "model (the bytes the run uploaded, at that rate).")
+networked = []
+for _, r in finished.iterrows():
+    info = common.run_info(int(r["id"]))
+    if info and info["config"].get("transport") == "process":
+        networked.append((common.run_label(r, with_status=False), info))
+if not networked:
+    st.info("No finished networked runs yet: queue one with `python -m engine submit --transport process ...`, "
+            "or run `python -m engine reproduce latency --measured` for the shaped-network comparison.")
+    st.stop()
+label = st.selectbox("networked run", [name for name, _ in networked])
+info = dict(networked)[label]
+h = common.history(int(info["id"]))
+timed = h.dropna(subset=[k for k in LATENCY_PARTS if k in h.columns]) if set(LATENCY_PARTS) <= set(h.columns) else h.iloc[0:0]
+if timed.empty:
+    st.info("This run recorded no round timings (it was trained before SplitLab measured them).")
+    st.stop()
+parts = {key: float(timed[key].mean()) for key in LATENCY_PARTS}
+round_s = float(timed["round_s"].mean())
+summary = info.get("summary") or {}
+rounds_done = int(summary.get("rounds_done") or timed["round"].max())
+smashed_per_round = float(timed["bytes_smashed_up"].iloc[-1]) / max(int(timed["round"].iloc[-1]), 1)
+seen_mbit = smashed_per_round * 8 / max(parts["latency_upload_s"], 1e-9) / 1e6
+mbit = st.number_input("uplink rate for the models (Mbit/s; default: what the run's uploads achieved)",
+                       0.001, 1e6, float(f"{seen_mbit:.3g}"), key="uplink_mbit")
+cfg = RunConfig.model_validate(info["config"])
+pred = predictions(cfg, {"latency_client_s": parts["latency_client_s"]},
+                   {"rounds_done": rounds_done, "bytes_up": summary.get("bytes_up", float(timed["bytes_up"].iloc[-1]))},
+                   mbit)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+m1, m2, m3 = st.columns(3)
+m1.metric("measured per round", _ms(round_s))
+m2.metric("Table 4 model", _ms(pred["table4_s"]), f"{pred['table4_s'] / round_s - 1:+.0%} against measured",
+          delta_color="off")
+m3.metric("bytes model", _ms(pred["bytes_s"]), f"{pred['bytes_s'] / round_s - 1:+.0%} against measured",
+          delta_color="off")
+st.plotly_chart(measured_latency(parts, round_s, pred), key="measured")
