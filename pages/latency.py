@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.latency import LatencyParams, latency_curves
 from engine.config import RunConfig
+from engine.latency import LatencyParams, latency_curves
 from engine.latency_measured import predictions
 from engine.latency_study import fig8_claims
 from pages import common
