@@ -123,7 +123,8 @@ def plot(rows: list[dict], path: Path) -> None:
             n, measured, modeled = zip(*pts)
             ax.plot(n, measured, marker="o", color=f"C{k}", label=f"{method} measured")
             ax.plot(n, modeled, marker="x", linestyle="--", color=f"C{k}", label=f"{method} Table 4")
-        ax.set(title=f"uplink {mbit:g} Mbit/s", xlabel="clients n", ylabel="seconds per round", yscale="log")
+        ax.set(title=f"uplink {mbit:g} Mbit/s", xlabel="clients n", ylabel="seconds per round", yscale="log",
+               xticks=sorted({r["n"] for r in rows}))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Measured latency per round over a shaped network against the Table 4 model")
