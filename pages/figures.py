@@ -246,7 +246,7 @@ def measured_latency(parts: dict[str, float], round_s: float, predictions: dict[
         fig.add_trace(go.Bar(x=[predictions[name] * 1000], y=[label], orientation="h", name=label, showlegend=False,
                              marker_color="#555555" if name == "table4_s" else "#999999",
                              text=[f"{predictions[name] * 1000:.1f} ms"], textposition="auto"))
-    fig.update_layout(barmode="stack")
+    fig.update_layout(barmode="stack", legend_traceorder="normal")
     fig.update_xaxes(title_text="milliseconds per round")
     fig.update_yaxes(categoryorder="array", categoryarray=["bytes model", "Table 4 model", "measured"])
     return _style(fig, title, height=300, margin={"t": 60, "b": 10, "l": 110, "r": 20})

@@ -91,7 +91,7 @@ rounds_done = int(summary.get("rounds_done") or timed["round"].max())
 smashed_per_round = float(timed["bytes_smashed_up"].iloc[-1]) / max(int(timed["round"].iloc[-1]), 1)
 seen_mbit = smashed_per_round * 8 / max(parts["latency_upload_s"], 1e-9) / 1e6
 mbit = st.number_input("uplink rate for the models (Mbit/s; default: what the run's uploads achieved)",
-                       0.001, 1e6, float(f"{seen_mbit:.3g}"), key="uplink_mbit")
+                       0.001, 1e6, float(f"{seen_mbit:.3g}"), key=f"uplink_mbit_{info['id']}")
 cfg = RunConfig.model_validate(info["config"])
 pred = predictions(cfg, {"latency_client_s": parts["latency_client_s"]},
                    {"rounds_done": rounds_done, "bytes_up": summary.get("bytes_up", float(timed["bytes_up"].iloc[-1]))},

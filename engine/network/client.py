@@ -66,6 +66,24 @@ def float_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if v.is_floating_point()}
 
 
+def flatten_states(modules: list[nn.Module]) -> torch.Tensor:
+    """The modules' floating-point state (weights and BatchNorm statistics) as one float32 vector: ⑤'s
+    message. Both ends know the layout from the architecture, so nothing else travels."""
+    return torch.cat([v.detach().flatten().float() for m in modules for v in float_state(m).values()])
+
+
+def unflatten_states(flat: torch.Tensor, like: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """The inverse of :func:`flatten_states`, laid out as ``like``'s states (views into ``flat``)."""
+    out, offset = [], 0
+    for m in like:
+        state = {}
+        for key, v in float_state(m).items():
+            state[key] = flat[offset:offset + v.numel()].view_as(v)
+            offset += v.numel()
+        out.append(state)
+    return out
+
+
 class ClientProcess:
     """Client ``index``'s models, optimiser and samples; answers the server's commands."""
 
@@ -152,15 +170,15 @@ class ClientProcess:
         load_param_states(self.client_opt, list(self.lower.parameters()), baton["opt"])
 
     def average(self, link: Link, with_aux: bool) -> None:
-        link.send_object({"lower": float_state(self.lower), "aux": float_state(self.aux) if with_aux else None},
-                         SERVER, "uploading its model for averaging")
-        average = link.recv_object(SERVER, "waiting for the averaged model")
+        modules = [self.lower] + ([self.aux] if with_aux else [])
+        flat = flatten_states(modules)
+        link.send(flat, SERVER, "uploading its model for averaging")
+        average = link.recv(tuple(flat.shape), flat.dtype, SERVER, "waiting for the averaged model")
         with torch.no_grad():
-            for module, avg in ((self.lower, average["lower"]), (self.aux, average["aux"])):
-                if avg is not None:
-                    state = module.state_dict()
-                    for key, value in avg.items():
-                        state[key].copy_(value)
+            for module, avg in zip(modules, unflatten_states(average, modules)):
+                state = module.state_dict()
+                for key, value in avg.items():
+                    state[key].copy_(value)
 
     def state(self, round_: int, full: bool) -> dict:
         """What the server's evaluator (and, ``full``, its checkpoint) needs of this client after ``round_``."""

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from engine.network.client import load_param_states, param_states
+from engine.network.client import flatten_states, load_param_states, param_states, unflatten_states
 from engine.network.wire import (
     AVERAGE,
     BATON,
@@ -253,11 +253,16 @@ class NetworkRounds:
         with_aux = state.cfg.local_loss.enabled and state.cfg.local_loss.average_aux
         for i in range(self.n):
             self.link.command(i + 1, AVERAGE, t, 0, FULL if with_aux else 0)
-        uploads = [self.link.recv_object(i + 1, "uploading its model for averaging") for i in range(self.n)]
-        average = {"lower": average_states([u["lower"] for u in uploads], state.weights),
-                   "aux": average_states([u["aux"] for u in uploads], state.weights) if with_aux else None}
-        for i in range(self.n):
-            self.link.send_object(average, i + 1, "receiving the averaged model")
+        models = [state.lowers[0]] + ([state.auxes[0]] if with_aux else [])
+        size = flatten_states(models).numel()
+        pending = [self.link.irecv((size,), torch.float32, i + 1) for i in range(self.n)]
+        uploads = [unflatten_states(p.wait_for(self.link, i + 1, "uploading its model for averaging"), models)
+                   for i, p in enumerate(pending)]
+        average = [average_states([u[k] for u in uploads], state.weights) for k in range(len(models))]
+        flat = torch.cat([v.flatten() for avg in average for v in avg.values()])
+        sends = [self.link.isend(flat, i + 1) for i in range(self.n)]
+        for i, sent in enumerate(sends):
+            sent.wait_for(self.link, i + 1, "receiving the averaged model")
         models = [state.lowers[0]] + ([state.auxes[0]] if with_aux else [])
         state.ledger.model_exchange(self.n, models)
 
