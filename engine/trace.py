@@ -104,5 +104,8 @@ def trace_round(cfg: RunConfig, dataset: Dataset | None = None, checkpoint: byte
     """Trace the first round of a fresh run of ``cfg``, or the next round of a trained run's checkpoint."""
     from engine.trainer import Trainer
 
-    trainer = Trainer.from_checkpoint(checkpoint, dataset) if checkpoint is not None else Trainer(cfg, dataset)
+    if checkpoint is not None:  # a networked run's round is traced in one process: the same math
+        trainer = Trainer.from_checkpoint(checkpoint, dataset, in_process=True)
+    else:
+        trainer = Trainer(cfg.model_copy(update={"transport": "inprocess"}), dataset)
     return traced_round(trainer.state)

@@ -249,10 +249,14 @@ class Trainer:
             raise
 
     @classmethod
-    def from_checkpoint(cls, data: bytes | str | os.PathLike, dataset: Dataset | None = None) -> "Trainer":
-        """Rebuild a trainer exactly as it was when the checkpoint was written."""
+    def from_checkpoint(cls, data: bytes | str | os.PathLike, dataset: Dataset | None = None,
+                        in_process: bool = False) -> "Trainer":
+        """Rebuild a trainer exactly as it was when the checkpoint was written (``in_process``: a
+        networked run's state in one process, as checkpoints are interchangeable)."""
         raw = data if isinstance(data, bytes) else Path(data).read_bytes()
         sd = torch.load(io.BytesIO(raw), weights_only=False)
+        if in_process:
+            sd["config"] = {**sd["config"], "transport": "inprocess"}
         trainer = cls(RunConfig.model_validate(sd["config"]), dataset)
         trainer.load_state_dict(sd)
         return trainer

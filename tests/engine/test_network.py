@@ -115,15 +115,25 @@ def test_a_networked_checkpoint_resumes_in_process_and_over_the_network_alike(di
 
     uninterrupted = Trainer(config("locfedmix_sl", "inprocess", rounds=6), digits).run()
     resumed_net = Trainer.from_checkpoint(checkpoint, digits).run()
-    in_process_sd = torch.load(__import__("io").BytesIO(checkpoint), weights_only=False)
-    in_process_sd["config"]["transport"] = "inprocess"
-    resumed_here = Trainer(config("locfedmix_sl", "inprocess", rounds=6), digits)
-    resumed_here.load_state_dict(in_process_sd)
-    resumed_here = resumed_here.run()
+    here = Trainer.from_checkpoint(checkpoint, digits, in_process=True)
+    assert here.transport is None
+    resumed_here = here.run()
     assert_same_history(uninterrupted["history"], resumed_net["history"])
     for ref, row in zip(uninterrupted["history"], resumed_here["history"]):
         assert {k: v for k, v in row.items() if k not in TIMING_KEYS} == \
             pytest.approx({k: v for k, v in ref.items() if k not in TIMING_KEYS}, abs=1e-5)
+
+
+def test_a_networked_runs_round_is_traced_in_one_process(digits):
+    from engine.trace import trace_round
+
+    first = Trainer(config("locfedmix_sl", "process", rounds=2), digits)
+    first.run()
+    checkpoint = first.checkpoint_bytes()
+    traced = trace_round(first.cfg, digits, checkpoint)
+    assert traced.round == 3 and traced.config.transport == "inprocess"
+    fresh = trace_round(first.cfg, digits)
+    assert fresh.round == 1
 
 
 def test_a_three_client_locfedmix_sl_run_learns_fashion_mnist_over_the_network():
