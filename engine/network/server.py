@@ -19,6 +19,7 @@ upload-average-download, or Vanilla SL's hand-over of the lower model through th
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,7 @@ class NetworkRounds:
         self.n = state.num_clients
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
+        self.log_folder: Path | None = None  # the spawned clients' output, removed at the end
         self.fresh = "full"      # how current the server's copy of the client models is: None, light, full
         self.last_timing: dict[str, float] = {}
         self.link = Link(options.timeout_s)
@@ -97,14 +99,15 @@ class NetworkRounds:
             self._check_data(store, state)
             join(store, SERVER, self.n + 1, options.join_timeout_s)
         except BaseException:
-            _kill(self.procs)
+            _kill(self.procs, self.log_folder)
             raise
         self.store = store
-        weakref.finalize(self, _kill, self.procs)  # no client outlives a server that was never closed
+        # no client (and no log folder) outlives a server that was never closed
+        weakref.finalize(self, _kill, self.procs, self.log_folder)
 
     # ---- processes -----------------------------------------------------------------------
     def _spawn(self) -> None:
-        folder = Path(tempfile.mkdtemp(prefix="splitlab-clients-"))
+        folder = self.log_folder = Path(tempfile.mkdtemp(prefix="splitlab-clients-"))
         root = str(Path(__file__).resolve().parents[2])  # the clients import this very engine
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("SPLITLAB_CLIENT_THREADS", "1"), "PYTHONPATH": path,
@@ -340,10 +343,14 @@ class NetworkRounds:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        if self.log_folder is not None:
+            shutil.rmtree(self.log_folder, ignore_errors=True)
 
 
-def _kill(procs: list[subprocess.Popen]) -> None:
+def _kill(procs: list[subprocess.Popen], folder: Path | None = None) -> None:
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

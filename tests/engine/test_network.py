@@ -66,7 +66,9 @@ def assert_same_models(a: Trainer, b: Trainer, tol: float = 1e-5) -> None:
 
 
 def no_client_processes_left(trainer: Trainer) -> bool:
-    return all(proc.poll() is not None for proc in trainer.transport.procs)
+    """Every client process has ended, and the folder of their logs is gone."""
+    folder = trainer.transport.log_folder
+    return all(proc.poll() is not None for proc in trainer.transport.procs) and not folder.exists()
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
