@@ -74,8 +74,12 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A session for reading; its transaction is rolled back when the block ends."""
+        """A session for reading; its transaction is rolled back when the block ends. It reads one
+        consistent snapshot: SQLite's WAL gives that; PostgreSQL needs REPEATABLE READ (its default,
+        READ COMMITTED, shows a write that commits half way through a page's reads)."""
         with self.sessions() as session:
+            if not self.is_sqlite:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield session
 
     @contextmanager

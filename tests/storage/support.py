@@ -57,10 +57,11 @@ def queue(db: Database, cfg: RunConfig) -> int:
         return create_run(session, cfg)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """A fresh SQLite database file in ``tmp_path``, closed afterwards."""
-    url = f"sqlite:///{tmp_path / 'splitlab.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path: Path) -> Iterator[Database]:
+    """A fresh database, closed afterwards: a SQLite file in ``tmp_path``, and a PostgreSQL database on the
+    session's throwaway server (tests/postgres.py). Every storage and worker test runs on both."""
+    url = f"sqlite:///{tmp_path / 'splitlab.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     yield storage_db.connect(url)
     storage_db.close(url)
 

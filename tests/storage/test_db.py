@@ -15,9 +15,19 @@ from storage.queries import get_run
 from tests.storage.support import queue, tiny_config
 
 
-@pytest.fixture
-def url(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'lab.db'}"
+def fresh_url(request, tmp_path: Path, name: str) -> str:
+    """An empty database of the test's kind: a SQLite file, or a database on the throwaway PostgreSQL server."""
+    if request.node.callspec.params["url"] == "sqlite":
+        return f"sqlite:///{tmp_path / name}"
+    postgres = request.getfixturevalue("postgres")
+    url = postgres.new_database()
+    request.addfinalizer(lambda: (storage_db.close(url), postgres.drop_database(url)))
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path: Path):
+    url = fresh_url(request, tmp_path, "lab.db")
     yield url
     storage_db.close(url)
 
@@ -41,6 +51,8 @@ def test_a_plain_path_means_a_sqlite_file():
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout_and_foreign_keys(url):
+    if not url.startswith("sqlite"):
+        pytest.skip("SQLite's settings")
     with connect(url).read() as session:
         settings = {name: session.execute(text(f"PRAGMA {name}")).scalar()
                     for name in ("journal_mode", "busy_timeout", "foreign_keys")}
@@ -103,8 +115,8 @@ def columns_by_table(url: str) -> dict[str, list[tuple[str, str, bool]]]:
                 for table in sorted(inspector.get_table_names())}
 
 
-def test_a_version_1_database_is_upgraded_to_the_current_schema_and_keeps_its_runs(tmp_path, url):
-    old_url = f"sqlite:///{tmp_path / 'v1.db'}"
+def test_a_version_1_database_is_upgraded_to_the_current_schema_and_keeps_its_runs(request, tmp_path, url):
+    old_url = fresh_url(request, tmp_path, "v1.db")
     run_id = queue(connect(old_url), tiny_config())
     with connect(old_url).write() as session:  # back to version 1: no workers table
         WorkerRecord.__table__.drop(session.connection())
@@ -117,3 +129,20 @@ def test_a_version_1_database_is_upgraded_to_the_current_schema_and_keeps_its_ru
             assert get_run(session, run_id).status == RunStatus.QUEUED
     finally:
         storage_db.close(old_url)
+
+
+def test_workers_that_open_a_new_database_at_once_create_its_schema_once(url):
+    """Eight connections race to create the tables of an empty database: one creates them, the others find
+    them (SQLite: its write lock; PostgreSQL: an advisory lock), and nobody fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from storage.db import _open
+
+    with ThreadPoolExecutor(8) as pool:
+        opened = list(pool.map(lambda _: _open(url), range(8)))
+    try:
+        with opened[0].read() as session:
+            assert session.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION]
+    finally:
+        for database in opened:
+            database.engine.dispose()

@@ -18,7 +18,7 @@ def test_several_workers_train_every_queued_run_exactly_once(db, tmp_path):
                for i in range(NUM_WORKERS)]
     try:
         for w in workers:  # every worker is up and polling before the runs arrive, so they race for them
-            assert " on sqlite" in w.stdout.readline()
+            assert f" on {db.engine.dialect.name}" in w.stdout.readline()
         cfg = tiny_config(rounds=4, eval_every=2, image_every=0)
         run_ids = [queue(db, cfg) for _ in range(NUM_RUNS)]
 
