@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -66,7 +66,7 @@ def runs_frame() -> pd.DataFrame:
     """Every run, newest first, one row each, with progress and times for the tables."""
     with db().read() as s:
         runs = queries.list_runs(s)
-    now = datetime.now(UTC).replace(tzinfo=None)
+        now = queries.db_now(s)  # heartbeats and start times are the database's clock
     rows = []
     for r in runs:
         elapsed = ((r.finished_at or now) - r.started_at).total_seconds() if r.started_at else 0.0

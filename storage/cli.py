@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from storage.models import RunStatus
 from storage.queries import (
     MAX_RUN_ID,
     RunInfo,
+    all_workers,
     create_run,
+    db_now,
     export_result,
     get_run,
     latest_metrics,
@@ -70,6 +73,9 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, metavar="FILE", help="the JSON file to write")
     cancel = _add_command(sub, "cancel", "cancel a queued or running run", cmd_cancel)
     cancel.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
+    workers = _add_command(sub, "workers", "every worker on the queue: its host, its run, its last heartbeat "
+                           "(by the database's clock)", cmd_workers)
+    workers.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run_id_argument(text: str) -> int:
@@ -154,10 +160,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _database(args).read() as session:
         run = get_run(session, args.run_id)
         latest = latest_metrics(session, args.run_id)
+        now = db_now(session)  # heartbeats are the database's clock
     if args.json:
         print(json.dumps({**run.as_dict(), "latest_metrics": latest}, indent=1))
     else:
-        print(describe_run(run, latest))
+        print(describe_run(run, latest, now))
     return 0
 
 
@@ -187,6 +194,28 @@ def describe_worker(run: RunInfo, now: datetime) -> str:
         return (f"worker {run.worker_id} lost ({silence}); the run resumes from round "
                 f"{run.checkpoint_round or 0} when a worker takes it over")
     return f"worker {run.worker_id}, last heartbeat {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _database(args).read() as session:
+        workers, now = all_workers(session)
+    if args.json:
+        print(json.dumps([{**asdict(w), "started_at": w.started_at.isoformat() + "Z",
+                           "heartbeat_at": w.heartbeat_at.isoformat() + "Z",
+                           "silent_s": (now - w.heartbeat_at).total_seconds()} for w in workers], indent=1))
+        return 0
+    if not workers:
+        print("no workers: start one with `python -m engine worker`")
+        return 0
+    rows = [("HOST", "WORKER", "RUN", "LAST HEARTBEAT")]
+    for w in workers:
+        silent = (now - w.heartbeat_at).total_seconds()
+        beat = f"{silent:.0f} s ago" + (" (silent: lost?)" if silent > WorkerOptions.stale_after else "")
+        rows.append((w.host or "?", w.worker_id, f"#{w.run_id}" if w.run_id else "idle", beat))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(r, widths)) + "  " + r[3])
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -221,5 +221,10 @@ def _add_workers_table(conn: Connection) -> None:
     workers.create(conn)
 
 
+def _add_worker_host(conn: Connection) -> None:
+    """Version 2 -> 3: the host each worker runs on (``engine workers`` lists it)."""
+    conn.exec_driver_sql("ALTER TABLE workers ADD COLUMN host VARCHAR(200)")
+
+
 # version v -> the function that upgrades a version-v database to v + 1, inside the open transaction.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_workers_table}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_workers_table, 2: _add_worker_host}

@@ -20,7 +20,7 @@ from sqlalchemy import JSON, BigInteger, Enum, ForeignKey, Index, LargeBinary, S
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when the tables change, and add the upgrade from the previous version to storage.db.MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class RunStatus(enum.StrEnum):
@@ -141,4 +141,5 @@ class WorkerRecord(Base):
     worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # None: idle
     started_at: Mapped[datetime]
-    heartbeat_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]  # the database's clock (storage.queries.db_now), never the worker's
+    host: Mapped[str | None] = mapped_column(String(200))  # the machine it runs on (schema 3)

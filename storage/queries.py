@@ -12,6 +12,7 @@ deleted), so a worker that was presumed dead can never write over its successor.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.arrays import SCORE_KEYS, pack_client_snapshot, unpack_client_snapshot
@@ -84,6 +85,7 @@ class WorkerInfo:
     run_id: int | None  # the run it trains; None while it waits for one
     started_at: datetime
     heartbeat_at: datetime
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,15 +137,24 @@ def parse_run_id(text: str | None) -> int | None:
 
 
 def utcnow() -> datetime:
-    """Now, as the naive UTC datetime every table stores."""
+    """Now by this machine's clock, as the naive UTC datetime every table stores."""
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def db_now(session: Session) -> datetime:
+    """Now by the database's clock (naive UTC). Every time the queue stores or compares (heartbeats,
+    staleness, claims, ends) comes from here, so workers on several machines need not agree on the
+    time. SQLite is a file on one machine: its clock is that machine's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(select(func.timezone("UTC", func.clock_timestamp())))
+    return utcnow()
 
 
 # ---- the queue ------------------------------------------------------------------------------
 def create_run(session: Session, cfg: RunConfig) -> int:
     """Queue a run of ``cfg``; returns its id."""
     run = Run(name=cfg.name, status=RunStatus.QUEUED, config=cfg.model_dump(mode="json"), seed=cfg.seed,
-              rounds=cfg.rounds, created_at=utcnow())
+              rounds=cfg.rounds, created_at=db_now(session))
     session.add(run)
     session.flush()
     return run.id
@@ -160,7 +171,7 @@ def claim_next_run(session: Session, worker_id: str) -> RunInfo | None:
     """
     run = session.scalars(_oldest_queued(started=True)).first() or session.scalars(_oldest_queued()).first()
     if run is not None:
-        now = utcnow()
+        now = db_now(session)
         run.status, run.worker_id, run.heartbeat_at = RunStatus.RUNNING, worker_id, now
         run.started_at = run.started_at or now
         run.attempts += 1
@@ -179,10 +190,10 @@ def requeue_stale_runs(session: Session, stale_after: float, dead_workers: Colle
     worker is in ``dead_workers`` (known to be gone, e.g. its process no longer exists); their ids.
 
     Their checkpoints stay, so the next worker resumes them. A stale run whose cancel was
-    requested is marked cancelled instead. Heartbeats are worker clock times: the workers'
-    clocks must agree to well within ``stale_after`` (NTP does).
+    requested is marked cancelled instead. Heartbeats and the cutoff are the database's clock
+    (:func:`db_now`): the worker hosts' clocks do not matter.
     """
-    cutoff = utcnow() - timedelta(seconds=stale_after)
+    cutoff = db_now(session) - timedelta(seconds=stale_after)
     lost = (Run.heartbeat_at < cutoff) | Run.worker_id.in_(list(dead_workers))
     stale = session.scalars(select(Run).where(Run.status == RunStatus.RUNNING, lost)
                             .with_for_update(skip_locked=True)).all()
@@ -190,7 +201,7 @@ def requeue_stale_runs(session: Session, stale_after: float, dead_workers: Colle
     for run in stale:
         run.worker_id, run.heartbeat_at = None, None
         if run.cancel_requested:
-            run.status, run.finished_at = RunStatus.CANCELLED, utcnow()
+            run.status, run.finished_at = RunStatus.CANCELLED, db_now(session)
         else:
             run.status = RunStatus.QUEUED
             requeued.append(run.id)
@@ -202,7 +213,7 @@ def heartbeat(session: Session, run_id: int, worker_id: str, last_round: int) ->
     """Record that ``worker_id`` is alive and has done ``last_round`` rounds of its run; report whether to stop."""
     result = session.execute(
         update(Run).where(Run.id == run_id, Run.worker_id == worker_id, Run.status == RunStatus.RUNNING)
-        .values(heartbeat_at=utcnow(), last_round=last_round))
+        .values(heartbeat_at=db_now(session), last_round=last_round))
     owned = result.rowcount == 1
     _worker_alive(session, worker_id, run_id if owned else None)
     cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
@@ -211,16 +222,23 @@ def heartbeat(session: Session, run_id: int, worker_id: str, last_round: int) ->
 
 def live_workers(session: Session, max_age: float) -> list[WorkerInfo]:
     """The workers that reported themselves alive in the last ``max_age`` seconds, by id."""
-    cutoff = utcnow() - timedelta(seconds=max_age)
+    cutoff = db_now(session) - timedelta(seconds=max_age)
     records = session.scalars(select(WorkerRecord).where(WorkerRecord.heartbeat_at >= cutoff)
                               .order_by(WorkerRecord.worker_id))
-    return [WorkerInfo(w.worker_id, w.run_id, w.started_at, w.heartbeat_at) for w in records]
+    return [WorkerInfo(w.worker_id, w.run_id, w.started_at, w.heartbeat_at, w.host) for w in records]
+
+
+def all_workers(session: Session) -> tuple[list[WorkerInfo], datetime]:
+    """Every worker in the table (alive, or silent and not yet forgotten), by host and id, and the
+    database's now to judge their heartbeats by."""
+    records = session.scalars(select(WorkerRecord).order_by(WorkerRecord.host, WorkerRecord.worker_id))
+    return [WorkerInfo(w.worker_id, w.run_id, w.started_at, w.heartbeat_at, w.host) for w in records], db_now(session)
 
 
 def forget_stale_workers(session: Session, stale_after: float, dead_workers: Collection[str] = ()) -> None:
     """Remove the workers silent for more than ``stale_after`` seconds (killed, or their machine gone)
     and those in ``dead_workers``."""
-    cutoff = utcnow() - timedelta(seconds=stale_after)
+    cutoff = db_now(session) - timedelta(seconds=stale_after)
     lost = (WorkerRecord.heartbeat_at < cutoff) | WorkerRecord.worker_id.in_(list(dead_workers))
     session.execute(delete(WorkerRecord).where(lost))
 
@@ -234,7 +252,7 @@ def request_cancel(session: Session, run_id: int) -> RunStatus:
     """Cancel a run: a queued one at once, a running one at its worker's next round. Returns the status now."""
     run = _locked_run(session, run_id)
     if run.status == RunStatus.QUEUED:
-        run.status, run.finished_at = RunStatus.CANCELLED, utcnow()
+        run.status, run.finished_at = RunStatus.CANCELLED, db_now(session)
     elif run.status == RunStatus.RUNNING:
         run.cancel_requested = True
     session.flush()
@@ -292,7 +310,7 @@ def save_checkpoint(session: Session, run_id: int, worker_id: str, round_: int, 
     """Replace the run's checkpoint. Commit it with the metrics up to ``round_`` so the two always agree."""
     _owned_run(session, run_id, worker_id)
     session.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id))
-    session.add(Checkpoint(run_id=run_id, round=round_, data=data, saved_at=utcnow()))
+    session.add(Checkpoint(run_id=run_id, round=round_, data=data, saved_at=db_now(session)))
     session.flush()
 
 
@@ -426,10 +444,10 @@ def _owned_run(session: Session, run_id: int, worker_id: str) -> Run:
 
 
 def _worker_alive(session: Session, worker_id: str, run_id: int | None) -> None:
-    now = utcnow()
+    now = db_now(session)
     record = session.get(WorkerRecord, worker_id)
     if record is None:
-        record = WorkerRecord(worker_id=worker_id, started_at=now)
+        record = WorkerRecord(worker_id=worker_id, started_at=now, host=socket.gethostname())
         session.add(record)
     record.heartbeat_at, record.run_id = now, run_id
     session.flush()
@@ -437,7 +455,7 @@ def _worker_alive(session: Session, worker_id: str, run_id: int | None) -> None:
 
 def _close(session: Session, run_id: int, worker_id: str, status: RunStatus, **values: Any) -> None:
     run = _owned_run(session, run_id, worker_id)
-    run.status, run.finished_at = status, utcnow()
+    run.status, run.finished_at = status, db_now(session)
     for key, value in values.items():
         setattr(run, key, value)
     session.flush()

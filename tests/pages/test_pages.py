@@ -1,4 +1,5 @@
-"""Every page through ``streamlit.testing.v1.AppTest`` against a real SQLite database.
+"""Every page through ``streamlit.testing.v1.AppTest`` against a real database: SQLite, and PostgreSQL on
+the session's throwaway server.
 
 A finished run is trained for real by the worker (tiny synthetic data) before the pages read it.
 """
@@ -17,12 +18,20 @@ from storage import queries
 from storage.db import connect
 from storage.models import Run
 from storage.worker import Worker, WorkerOptions
+from tests.pages.conftest import dashboard_on
 from tests.pages.support import ROOT, TIMEOUT, page
 
 TINY = {"num_clients": 3, "rounds": 6, "batch_size": 8, "eval_every": 2, "image_every": 3,
         "data": {"dataset": "synthetic", "eval_subset": 32}, "optim": {"name": "adam", "lr": 0.001},
         "mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
         "averaging": {"enabled": True}}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path, monkeypatch):
+    """This file's tests run on both databases."""
+    url = f"sqlite:///{tmp_path / 'dashboard.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    yield from dashboard_on(url, monkeypatch)
 
 
 @pytest.fixture
@@ -152,7 +161,7 @@ def test_runs_page_says_when_a_worker_is_lost_and_where_its_run_resumes(db_url):
         run_id = queries.create_run(s, validate_config({**TINY, "name": "orphan", "rounds": 60}))
         queries.claim_next_run(s, "elsewhere:1")
         queries.save_checkpoint(s, run_id, "elsewhere:1", 40, b"not a real checkpoint")
-        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=queries.utcnow() - timedelta(seconds=60),
+        s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=queries.db_now(s) - timedelta(seconds=60),
                                                              last_round=47))
     at = page("runs", run_id)
     assert not at.exception
