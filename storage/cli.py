@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
@@ -101,8 +102,14 @@ def _reporting_storage_errors(func: Command) -> Command:
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (StorageError, SQLAlchemyError) as err:
+        except StorageError as err:
             print(f"error: {err}", file=sys.stderr)
+            return 2
+        except SQLAlchemyError as err:  # the driver's message, on one line, without SQLAlchemy's footer
+            cause = getattr(err, "orig", None) or err
+            text = " ".join(str(cause).split()) or type(cause).__name__
+            url = resolve_db_url(getattr(args, "db", None))
+            print(f"error: database {make_url(url).render_as_string(hide_password=True)}: {text}", file=sys.stderr)
             return 2
 
     return wrapper

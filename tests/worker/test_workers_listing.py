@@ -38,3 +38,12 @@ def test_workers_lists_each_worker_with_host_run_and_heartbeat(db, tmp_path, cap
         for w in (busy, idle):
             w.send_signal(signal.SIGTERM)
             w.communicate(timeout=60)
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(capsys):
+    url = "postgresql+psycopg://lab:secret@127.0.0.1:1/splitlab"  # nothing listens on port 1
+    assert queue_main(["workers", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "secret" not in err
+    assert err.startswith("error: database postgresql+psycopg://lab:***@127.0.0.1:1/splitlab: ")
+    assert "Connection refused" in err
