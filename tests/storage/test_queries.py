@@ -19,6 +19,7 @@ from storage.queries import (
     append_images,
     append_metrics,
     claim_next_run,
+    db_now,
     delete_run,
     export_result,
     forget_stale_workers,
@@ -42,7 +43,6 @@ from storage.queries import (
     run_history,
     run_images,
     save_checkpoint,
-    utcnow,
 )
 from tests.storage.support import queue, tiny_config
 
@@ -157,7 +157,7 @@ def test_workers_are_alive_while_they_report_idle_or_training(db):
     assert [(w.worker_id, w.run_id) for w in alive] == [(W1, run_id), (W2, None)]
     with db.write() as session:
         session.execute(update(WorkerRecord).where(WorkerRecord.worker_id == W2)
-                        .values(heartbeat_at=utcnow() - timedelta(seconds=61)))
+                        .values(heartbeat_at=db_now(session) - timedelta(seconds=61)))
         assert [w.worker_id for w in live_workers(session, max_age=30)] == [W1]
         forget_stale_workers(session, stale_after=60)
         remove_worker(session, W1)
@@ -192,7 +192,7 @@ def test_runs_with_a_stale_heartbeat_are_queued_again_with_their_checkpoint(db):
         save_checkpoint(session, stale, W1, 10, b"state at 10")
         request_cancel(session, stale_cancelled)
         session.execute(update(Run).where(Run.id.in_([stale, stale_cancelled]))
-                        .values(heartbeat_at=utcnow() - timedelta(seconds=31)))
+                        .values(heartbeat_at=db_now(session) - timedelta(seconds=31)))
         assert requeue_stale_runs(session, stale_after=30) == [stale]
         assert heartbeat(session, stale, W1, 11).owned is False  # the presumed-dead worker learns it lost the run
     with db.read() as session:

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from engine.cli import main as engine_main
 from storage.cli import main as queue_main
 from storage.models import Run
-from storage.queries import claim_next_run, list_runs, requeue_stale_runs, save_checkpoint, utcnow
+from storage.queries import claim_next_run, db_now, list_runs, requeue_stale_runs, save_checkpoint
 from tests.storage.support import BAD_RUN_FLAGS, without_wall_clock
 
 RUN_FLAGS = ["--dataset", "synthetic", "--clients", "3", "--rounds", "6", "--batch-size", "8", "--eval-every", "3",
@@ -105,7 +105,7 @@ def claimed_and_silent(db, capsys, worker_id: str, silent_s: float, checkpoint_r
         claim_next_run(session, worker_id)
         if checkpoint_round is not None:
             save_checkpoint(session, run_id, worker_id, checkpoint_round, b"state")
-        session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(seconds=silent_s)))
+        session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=db_now(session) - timedelta(seconds=silent_s)))
     return run_id
 
 
@@ -116,7 +116,7 @@ def status_text(db, run_id: int, capsys) -> str:
 
 @pytest.mark.parametrize("checkpoint_round, resumes_from", [(3, 3), (None, 0)])
 def test_status_says_a_silent_worker_is_lost_and_where_its_run_resumes(db, capsys, checkpoint_round, resumes_from):
-    run_id = claimed_and_silent(db, capsys, "box:123", silent_s=42.4, checkpoint_round=checkpoint_round)
+    run_id = claimed_and_silent(db, capsys, "box:123", silent_s=42.2, checkpoint_round=checkpoint_round)
     assert (f"worker box:123 lost (no heartbeat for 42 s); the run resumes from round {resumes_from} "
             "when a worker takes it over") in status_text(db, run_id, capsys)
     assert status_json(db.url, run_id, capsys)["checkpoint_round"] == checkpoint_round
