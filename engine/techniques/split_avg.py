@@ -7,6 +7,8 @@ their own gradient. An optional phase limits the averaging to the first or last 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from engine.techniques.base import StepBatch, Technique, register
@@ -22,6 +24,11 @@ def in_phase(phase: str, phase_fraction: float, round_: int, rounds: int) -> boo
     return True
 
 
+def active_count(fraction: float, k: int) -> int:
+    """floor(phi * k), at least 1; a product a hair under a whole number (0.29 * 100) counts as it."""
+    return max(1, math.floor(fraction * k + 1e-9))
+
+
 @register
 class SplitAvg(Technique):
     name = "split_avg"
@@ -32,8 +39,9 @@ class SplitAvg(Technique):
         return f"SplitAvg: phi={a.fraction:g} of clients share the mean cut-layer gradient{phase}"
 
     def draw_active(self, state, k: int) -> list[int]:
-        """The active clients of this step: round(phi * k) of them, at least one."""
-        num = max(1, round(self.cfg.split_avg.fraction * k))
+        """The active clients of this step: floor(phi * k) of them, at least one (the SGLR paper's
+        example: n = 6, phi = 0.25 gives 1)."""
+        num = active_count(self.cfg.split_avg.fraction, k)
         return sorted(state.rng.choice(k, num, replace=False).tolist())
 
     def cut_grads(self, state, batch: StepBatch, grads: torch.Tensor, messages: int) -> tuple[torch.Tensor, int]:

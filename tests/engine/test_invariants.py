@@ -180,3 +180,15 @@ def test_evaluation_counts_identical_lower_models_once(monkeypatch):
     tr = train(config("1,2", num_clients=6, eval_every=100), rounds=1)
     tr.evaluator.final(tr.state)
     assert len(calls) == 6
+
+
+@pytest.mark.parametrize(("fraction", "n", "active"), [(0.25, 6, 1), (0.5, 3, 1), (0.5, 10, 5), (0.29, 100, 29),
+                                                       (0.29, 10, 2), (0.01, 20, 1), (1.0, 7, 7)])
+def test_split_avg_draws_floor_phi_n_active_clients_as_the_sglr_paper(fraction, n, active):
+    """The SGLR paper's example: n = 6, phi = 0.25 makes 1 client active (floor), not 2 (rounding)."""
+    from engine.techniques.split_avg import active_count
+
+    assert active_count(fraction, n) == active
+    cfg = config("1,2,splitavg", num_clients=n, split_avg={"fraction": fraction})
+    drawn = SplitAvg(cfg).draw_active(TrainState(cfg, tiny_dataset(n=max(96, 8 * n))), n)
+    assert len(drawn) == active and len(set(drawn)) == active

@@ -83,9 +83,11 @@ def test_mixup_pairs_lambda_and_splitavg_active_clients_are_the_rounds_draws():
     assert mix.values["mixed"].shape[:2] == (k * n_s, 4) and ((mix.values["lam"] >= 0) & (mix.values["lam"] <= 1)).all()
     (avg,) = res.trace.get("averaging")
     assert avg.values["spread_before"] > 0 and avg.values["spread_after"] < 1e-6
-    (grads,) = trace_round(config("sglr"), tiny_dataset()).trace.get("grads_down")
+    sglr = config("sglr")
+    sglr = sglr.model_copy(update={"split_avg": sglr.split_avg.model_copy(update={"fraction": 0.7})})
+    (grads,) = trace_round(sglr, tiny_dataset()).trace.get("grads_down")
     active = grads.values["active"]
-    assert len(active) == 2  # round(0.5 * 3)
+    assert len(active) == 2  # floor(0.7 * 3)
     sent = grads.values["norms"]
     assert sent[active[0]] == pytest.approx(sent[active[1]])
 
