@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -117,8 +118,10 @@ def status_text(db, run_id: int, capsys) -> str:
 @pytest.mark.parametrize("checkpoint_round, resumes_from", [(3, 3), (None, 0)])
 def test_status_says_a_silent_worker_is_lost_and_where_its_run_resumes(db, capsys, checkpoint_round, resumes_from):
     run_id = claimed_and_silent(db, capsys, "box:123", silent_s=42.2, checkpoint_round=checkpoint_round)
-    assert (f"worker box:123 lost (no heartbeat for 42 s); the run resumes from round {resumes_from} "
-            "when a worker takes it over") in status_text(db, run_id, capsys)
+    text = status_text(db, run_id, capsys)  # 42 s, or a little more on a busy machine
+    silent = re.search(r"worker box:123 lost \(no heartbeat for (\d+) s\); the run resumes from round (\d+) "
+                       r"when a worker takes it over", text)
+    assert silent and 42 <= int(silent[1]) <= 50 and int(silent[2]) == resumes_from, text
     assert status_json(db.url, run_id, capsys)["checkpoint_round"] == checkpoint_round
 
 
