@@ -193,7 +193,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.study == "latency":
         from engine.latency_study import write_latency_study
 
-        table3 = study_dir(args.out_dir, "table3", args.dataset, args.rounds)
+        table3 = study_dir(args.out_dir, "table3", args.dataset, args.rounds, profile=args.profile)
         try:
             out = write_latency_study(args.out_dir, args.dataset, table3, max(ns), seeds[0])
         except FileNotFoundError as err:

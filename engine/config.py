@@ -148,6 +148,10 @@ class RunConfig(_Section):
     model: Literal["lenet5"] = Field("lenet5", description="network architecture")
     cut_layer: int = Field(1, ge=1, le=4, description="cut after block k of LeNet-5 (1: conv+pool, the paper's cut; 4: fc2)")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:0, ...")
+    execution: Literal["auto", "loop", "batched"] = Field(
+        "auto", description="how a parallel step runs the clients' lower (and auxiliary) models: loop, one client "
+                            "after another; batched, all at once as one vmapped computation (same results); "
+                            "auto: batched on CUDA, loop on the CPU")
     eval_every: int = Field(10, ge=1, le=MAX_ROUNDS, description="evaluate every this many rounds")
     eval_max_clients: int = Field(10, ge=1, description="at most this many distinct client models evaluated during training")
     target_acc: float = Field(0.75, gt=0, le=1, description="accuracy target for 'rounds to target'")
@@ -155,6 +159,9 @@ class RunConfig(_Section):
         "inprocess", description="inprocess: one process (the reference); process: a server and n client "
                                  "processes exchanging smashed data and gradients over TCP (torch.distributed, gloo)")
     image_every: int = Field(0, ge=0, le=MAX_ROUNDS, description="record InfoPro reconstructions every K rounds (0: never)")
+    track_updates: bool = Field(False, description=(
+        "measure the server-client update imbalance: the size of the server's and each client's parameter update "
+        "per round (before averaging), recorded with every evaluation"))
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     mixup: MixupConfig = Field(default_factory=MixupConfig)
@@ -193,6 +200,9 @@ class RunConfig(_Section):
                                   f"is recorded in the evaluation rows, got {every}")
         if self.transport == "process" and self.device != "cpu":
             raise FieldValueError("transport", f"process runs its clients on the CPU (gloo), got device {self.device!r}")
+        if self.track_updates and self.transport == "process":
+            raise FieldValueError("track_updates", "needs transport inprocess: over the network the clients' "
+                                  "updates happen in their own processes")
         if self.mixup.enabled and self.schedule == "sequential":
             raise FieldValueError("", "mixup needs the parallel schedule: a sequential step holds one client's smashed data")
         return self

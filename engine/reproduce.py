@@ -68,10 +68,12 @@ CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process r
 STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms}
 
 
-def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int, reduction: str = "sum") -> Path:
-    """One folder per scale (and per mixup reduction other than the paper's sum): runs trained with
-    different settings never mix in one table."""
-    suffix = "" if reduction == "sum" else f"-{reduction}"
+def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int, reduction: str = "sum",
+              profile: str = "demo") -> Path:
+    """One folder per scale, per profile other than demo (``-paper``: plain SGD at eta = 0.004) and
+    per mixup reduction other than the paper's sum: runs trained with different settings never mix
+    in one table."""
+    suffix = ("" if profile == "demo" else f"-{profile}") + ("" if reduction == "sum" else f"-{reduction}")
     return Path(out_dir) / f"{study}-{dataset}-T{rounds}{suffix}"
 
 
@@ -88,12 +90,13 @@ def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile
                  reduction: str = "sum") -> RunConfig:
     """The profile's hyper-parameters, the arm's techniques, n_s = n // 2 (the paper grows n_s with n),
     and the paper's summed mixup loss (Adam's step does not scale with it), or its mean over the
-    partners when ``reduction`` says so (the ablation that weighs the mixed samples as one batch)."""
+    partners when ``reduction`` says so (the ablation that weighs the mixed samples as one batch).
+    The paper profile also measures the server-client update imbalance (``track_updates``)."""
     eval_every = max(1, rounds // 30)
     return validate_config(deep_merge(deep_merge(PROFILES[profile], arm.overrides), {
         "name": run_name(arm, n, seed), "num_clients": n, "rounds": rounds, "seed": seed,
         "eval_every": eval_every, "image_every": 0, "data": {"dataset": dataset},
-        "mixup": {"num_partners": n // 2, "reduction": reduction},
+        "mixup": {"num_partners": n // 2, "reduction": reduction}, "track_updates": profile == "paper",
         "privacy": {"every": eval_every * LEAK_EVERY_EVALS if arm.leakage else 0}}))
 
 
@@ -443,7 +446,7 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     if reduction not in MIXUP_REDUCTIONS:
         raise ValueError(f"mixup reduction {reduction!r}: choose from {', '.join(MIXUP_REDUCTIONS)}")
     arms = STUDIES[study]()
-    out = study_dir(out_dir, study, dataset, rounds, reduction)
+    out = study_dir(out_dir, study, dataset, rounds, reduction, profile)
     if train:
         (out / "runs").mkdir(parents=True, exist_ok=True)
     todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out, reduction)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from engine.state import TrainState
+from engine.state import TrainState, unique_modules
 from engine.techniques import StepBatch
 
 
@@ -23,12 +24,26 @@ class RoundLosses:
     loss: float = 0.0
     mixup: float = 0.0
     local: float = 0.0
+    updates: "UpdateSizes | None" = None  # with cfg.track_updates
+
+
+@dataclass
+class UpdateSizes:
+    """How far a round moved the server's model and the clients' (before averaging): L2 norms of the
+    parameter change, absolute and relative to the norm of the parameters before the round. The
+    clients' values are the mean over the distinct lower models (one for Vanilla SL)."""
+
+    server: float
+    client: float
+    server_rel: float
+    client_rel: float
 
 
 def run_round(state: TrainState) -> RoundLosses:
     """Train one round (every client updates once) and return its loss terms."""
     t = state.round + 1
     totals = RoundLosses()
+    before = _parameters(state) if state.cfg.track_updates else None
     groups = state.schedule_groups()
     for number, clients in enumerate(groups):
         if state.tracing:
@@ -37,10 +52,25 @@ def run_round(state: TrainState) -> RoundLosses:
         totals.loss += step.loss / len(groups)
         totals.mixup += step.mixup / len(groups)
         totals.local += step.local / len(groups)
+    if before is not None:
+        totals.updates = update_sizes(before, _parameters(state))
     for tech in state.techniques:
         tech.end_round(state, t)
     state.round = t
     return totals
+
+
+def _parameters(state: TrainState) -> list[torch.Tensor]:
+    """The server's parameters, then each distinct lower model's, as flat copies."""
+    return [_flat(m) for m in [state.upper, *unique_modules(state.lowers)]]
+
+
+def update_sizes(before: list[torch.Tensor], after: list[torch.Tensor]) -> UpdateSizes:
+    """:class:`UpdateSizes` from the flat parameters (server first) before and after a round."""
+    moved = [float((a - b).norm()) for a, b in zip(after, before, strict=True)]
+    rel = [m / max(float(b.norm()), 1e-12) for m, b in zip(moved, before)]
+    k = len(moved) - 1
+    return UpdateSizes(moved[0], sum(moved[1:]) / k, rel[0], sum(rel[1:]) / k)
 
 
 def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
@@ -154,7 +184,7 @@ def client_update(state: TrainState, batch: StepBatch, smashed: list[torch.Tenso
     return mean_local
 
 
-def _flat(module: torch.nn.Module) -> torch.Tensor:
+def _flat(module: nn.Module) -> torch.Tensor:
     """A module's parameters as one detached vector (a copy)."""
     return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
 

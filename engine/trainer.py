@@ -10,7 +10,7 @@ import io
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class _Running:
     local: float = 0.0
     wall: float = 0.0
     latency: dict[str, float] = field(default_factory=dict)  # networked runs: measured parts of a round
+    updates: list[float] = field(default_factory=list)  # cfg.track_updates: summed UpdateSizes fields
 
     def add(self, losses: RoundLosses, wall: float, latency: dict[str, float] | None = None) -> None:
         self.rounds += 1
@@ -63,12 +64,20 @@ class _Running:
         self.wall += wall
         for key, seconds in (latency or {}).items():
             self.latency[key] = self.latency.get(key, 0.0) + seconds
+        if losses.updates is not None:
+            sizes = astuple(losses.updates)
+            self.updates = [a + b for a, b in zip(self.updates, sizes, strict=True)] if self.updates else list(sizes)
 
     def metrics(self) -> dict[str, float]:
         r = max(self.rounds, 1)
-        return {"train_loss": self.loss / r, "train_loss_mixup": self.mixup / r,
-                "train_loss_local": self.local / r, "round_s": self.wall / r,
-                **{key: seconds / r for key, seconds in self.latency.items()}}
+        out = {"train_loss": self.loss / r, "train_loss_mixup": self.mixup / r,
+               "train_loss_local": self.local / r, "round_s": self.wall / r,
+               **{key: seconds / r for key, seconds in self.latency.items()}}
+        if self.updates:
+            server, client, server_rel, client_rel = (v / r for v in self.updates)
+            out.update(server_update_norm=server, client_update_norm=client,
+                       update_ratio=server_rel / client_rel if client_rel > 0 else None)
+        return out
 
 
 @dataclass
