@@ -5,7 +5,7 @@ training step on n*b samples, split into n lower-model passes. A centralized ste
 n*b samples is therefore the limit, and ``round / centralized`` is the overhead of simulating
 the clients. LocFedMix-SL adds n*n_s*b mixed samples through the upper model and an InfoPro
 decoder pass on the n*b smashed samples; its reference adds exactly that work, done in one
-large batch each.
+large batch each. Each round is timed with the clients looped and batched (:mod:`engine.batched`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from engine.config import validate_config
+from engine.config import MAX_ROUNDS, validate_config
 from engine.data import load_dataset
 from engine.models import InfoProDecoder, split_lenet5
 from engine.presets import deep_merge, get_preset
@@ -46,9 +46,12 @@ def median_time(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def round_state(preset: str, n: int, num_partners: int, device: str) -> TrainState:
+EXECUTIONS = ("loop", "batched")
+
+
+def round_state(preset: str, n: int, num_partners: int, device: str, execution: str = "loop") -> TrainState:
     cfg = validate_config(deep_merge(get_preset(preset).overrides(), {
-        "num_clients": n, "batch_size": BATCH, "rounds": 10**6, "device": device,
+        "num_clients": n, "batch_size": BATCH, "rounds": MAX_ROUNDS, "device": device, "execution": execution,
         "data": {"dataset": "synthetic", "partition": "iid"},
         "mixup": {"num_partners": num_partners}, "optim": {"name": "sgd", "lr": 0.01}}))
     data = load_dataset("synthetic", synthetic_shape=SHAPE, synthetic_train=max(4096, n * BATCH), seed=0)
@@ -82,38 +85,49 @@ def reference_step(n: int, num_partners: int, device: str, mixup: bool) -> Calla
     return step
 
 
-def bench_one(n: int, num_partners: int, repeats: int, device: str) -> dict:
-    par = round_state("parallel_sl", n, num_partners, device)
-    lfm = round_state("locfedmix_sl", n, num_partners, device)
+def bench_one(n: int, num_partners: int, repeats: int, device: str, executions: tuple[str, ...] = EXECUTIONS) -> dict:
+    """Median seconds of a Parallel SL and a LocFedMix-SL round per execution path, and of their
+    centralized references; ``<preset>_<execution>_ratio`` = round / reference."""
     out = {"n": n, "batch": BATCH, "num_partners": num_partners,
            "centralized_s": median_time(reference_step(n, num_partners, device, False), repeats),
-           "parallel_sl_s": median_time(lambda: run_round(par), repeats),
-           "centralized_plus_mixup_s": median_time(reference_step(n, num_partners, device, True), repeats),
-           "locfedmix_sl_s": median_time(lambda: run_round(lfm), repeats)}
-    out["parallel_sl_ratio"] = out["parallel_sl_s"] / out["centralized_s"]
-    out["locfedmix_sl_ratio"] = out["locfedmix_sl_s"] / out["centralized_plus_mixup_s"]
+           "centralized_plus_mixup_s": median_time(reference_step(n, num_partners, device, True), repeats)}
+    for execution in executions:
+        for preset, reference in (("parallel_sl", "centralized_s"), ("locfedmix_sl", "centralized_plus_mixup_s")):
+            state = round_state(preset, n, num_partners, device, execution)
+            seconds = median_time(lambda state=state: run_round(state), repeats)
+            out[f"{preset}_{execution}_s"] = seconds
+            out[f"{preset}_{execution}_ratio"] = seconds / out[reference]
     return out
 
 
 def run_bench(clients: str = "20,100", repeats: int = 5, as_json: bool = False, device: str = "cpu",
-              num_partners: int | None = None) -> list[dict]:
+              num_partners: int | None = None, executions: tuple[str, ...] = EXECUTIONS) -> list[dict]:
     tune_allocator()
     flush_denormals()
     rows = []
     for n in [int(c) for c in clients.split(",")]:
         ns = num_partners if num_partners is not None else min(5, n - 1)
-        rows.append(bench_one(n, ns, repeats, device))
+        rows.append(bench_one(n, ns, repeats, device, executions))
         if not as_json:
             r = rows[-1]
-            print(f"n={n:>4} b={BATCH} n_s={ns}: centralized {r['centralized_s'] * 1e3:8.1f} ms | "
-                  f"Parallel SL round {r['parallel_sl_s'] * 1e3:8.1f} ms = {r['parallel_sl_ratio']:.2f}x | "
-                  f"LocFedMix-SL round {r['locfedmix_sl_s'] * 1e3:8.1f} ms = {r['locfedmix_sl_ratio']:.2f}x "
-                  f"of centralized + mixup + decoder ({r['centralized_plus_mixup_s'] * 1e3:.1f} ms)", flush=True)
-    meta = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "repeats": repeats}
+            parts = " | ".join(
+                f"{ex}: Parallel SL {r[f'parallel_sl_{ex}_s'] * 1e3:7.1f} ms = {r[f'parallel_sl_{ex}_ratio']:.2f}x, "
+                f"LocFedMix-SL {r[f'locfedmix_sl_{ex}_s'] * 1e3:7.1f} ms = {r[f'locfedmix_sl_{ex}_ratio']:.2f}x"
+                for ex in executions)
+            print(f"n={n:>4} b={BATCH} n_s={ns} on {device}: centralized {r['centralized_s'] * 1e3:.1f} ms, "
+                  f"+ mixup + decoder {r['centralized_plus_mixup_s'] * 1e3:.1f} ms | {parts}", flush=True)
+    meta = {"device": device, "device_name": device_name(device), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "repeats": repeats}
     if as_json:
         print(json.dumps({"meta": meta, "results": rows}, indent=1))
     return rows
+
+
+def device_name(device: str) -> str:
+    """What the figures were measured on, in words."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 # ---- the cost of measuring leakage ------------------------------------------------------------

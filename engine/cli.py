@@ -49,10 +49,12 @@ class TerminalProgress:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    width = max(len(n) for n in PRESETS)
+    """One line per preset: its name, technique codes, the paper or code it follows, what it is."""
+    width, source_width = max(len(n) for n in PRESETS), max(len(p.source) for p in PRESETS.values())
     for p in PRESETS.values():
         codes = "+".join(TECHNIQUE_CODES[c].split()[0] if c[0].isdigit() else c for c in p.techniques.split(","))
-        print(f"{p.name:<{width}}  {p.techniques:<22} {codes:<24} {p.title}: {p.description}")
+        print(f"{p.name:<{width}}  {p.techniques:<22} {codes:<24} {p.source:<{source_width}}  "
+              f"{p.title}: {p.description}")
     return 0
 
 
@@ -140,9 +142,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_transport(clients=args.clients if args.clients != "20,100" else "4,16", repeats=max(args.repeats, 10),
                         as_json=args.json)
         return 0
+    if args.device.startswith("cuda") and not torch_cuda_available():
+        raise UsageError(f"--device {args.device}: this machine has no CUDA device (torch {torch_version()})")
+    executions = tuple(e.strip() for e in args.execution.split(",") if e.strip())
+    if not executions or set(executions) - {"loop", "batched"}:
+        raise UsageError(f"--execution takes loop, batched or loop,batched, got {args.execution!r}")
     run_bench(clients=args.clients, repeats=args.repeats, as_json=args.json, device=args.device,
-              num_partners=args.n_s)
+              num_partners=args.n_s, executions=executions)
     return 0
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _int_list(flag: str, text: str, example: str) -> list[int]:
@@ -243,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clients", default="20,100", help="comma-separated n values")
     bench.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
     bench.add_argument("--n-s", type=int, default=None, help="mixup partners (default n//2)")
-    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda (cuda:0, ...)")
+    bench.add_argument("--execution", default="loop,batched",
+                       help="time the round with the clients looped, batched (one vmapped call), or both")
     bench.add_argument("--privacy", action="store_true",
                        help="time a leakage measurement against a 300-round, 10-client LocFedMix-SL run instead")
     bench.add_argument("--transport", action="store_true",

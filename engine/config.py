@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from engine.data import DATASETS
 
-SCHEDULES = ("parallel", "sequential")
+SCHEDULES = ("parallel", "sequential", "splitfed_v1", "splitfed_v2")
+SPLITFED_SCHEDULES = ("splitfed_v1", "splitfed_v2")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 PARTITIONS = ("paper", "iid", "dirichlet")
 REGULARIZERS = ("infopro", "norm", "classifier")
@@ -141,9 +142,19 @@ class RunConfig(_Section):
     name: str = Field("", description="a label for the run")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="one seed for every random choice")
     num_clients: int = Field(10, ge=1, le=MAX_CLIENTS, description="n, number of clients")
-    rounds: int = Field(10_000, ge=1, le=MAX_ROUNDS, description="T, training rounds (a round: every client updates once)")
+    rounds: int = Field(10_000, ge=1, le=MAX_ROUNDS, description=(
+        "T, training rounds (a round: every client updates once; local_steps times under SplitFed)"))
     batch_size: int = Field(64, ge=1, le=4096, description="b, per-client batch size")
-    schedule: Literal["parallel", "sequential"] = Field("parallel", description="parallel (①) or sequential Vanilla SL")
+    schedule: Literal["parallel", "sequential", "splitfed_v1", "splitfed_v2"] = Field(
+        "parallel", description="parallel (①: every client at once, one server step a round); sequential (Vanilla "
+                                "SL: one shared lower model handed on); splitfed_v1 / splitfed_v2 (the SplitFed "
+                                "authors' code: clients one after another in a random order, local_steps batches "
+                                "each, one server step per batch; V1: a copy of the upper model per client, "
+                                "averaged at the round's end; V2: one upper model)")
+    local_steps: int = Field(1, ge=1, le=10_000, description="batches per client per round (SplitFed schedules)")
+    reset_optimizers: bool = Field(False, description=(
+        "re-create the optimisers as the SplitFed authors' code does: the clients' at the start of every round, "
+        "the server's before every batch (under Adam every server step is Adam's first); SplitFed schedules only"))
     global_backward: bool = Field(True, description="② the server sends each client its cut-layer gradient")
     model: Literal["lenet5"] = Field("lenet5", description="network architecture")
     cut_layer: int = Field(1, ge=1, le=4, description="cut after block k of LeNet-5 (1: conv+pool, the paper's cut; 4: fc2)")
@@ -203,9 +214,31 @@ class RunConfig(_Section):
         if self.track_updates and self.transport == "process":
             raise FieldValueError("track_updates", "needs transport inprocess: over the network the clients' "
                                   "updates happen in their own processes")
-        if self.mixup.enabled and self.schedule == "sequential":
-            raise FieldValueError("", "mixup needs the parallel schedule: a sequential step holds one client's smashed data")
+        if self.mixup.enabled and self.schedule != "parallel":
+            raise FieldValueError("", f"mixup needs the parallel schedule: a {self.schedule} step holds one client's "
+                                  "smashed data, with no partners to mix it with")
+        self._check_splitfed()
         return self
+
+    def _check_splitfed(self) -> None:
+        """The SplitFed schedules' settings (:mod:`engine.splitfed`), and what they exclude."""
+        splitfed = self.schedule in SPLITFED_SCHEDULES
+        if splitfed and self.split_avg.enabled:
+            raise FieldValueError("split_avg.enabled", f"needs the parallel schedule: a {self.schedule} step serves "
+                                  "one client, with no other clients' gradients to average")
+        if splitfed and self.transport == "process":
+            raise FieldValueError("transport", f"process does not run the {self.schedule} schedule: use inprocess")
+        if self.local_steps > 1 and not splitfed:
+            raise FieldValueError("local_steps", f"applies to the SplitFed schedules only (splitfed_v1, splitfed_v2), "
+                                  f"not {self.schedule}: a round there serves every client once")
+        if self.reset_optimizers and not splitfed:
+            raise FieldValueError("reset_optimizers", f"applies to the SplitFed schedules only (splitfed_v1, "
+                                  f"splitfed_v2), not {self.schedule}")
+        if self.schedule == "splitfed_v1" and not self.reset_optimizers and self.optim.name != "sgd":
+            raise FieldValueError("reset_optimizers", f"must be true for splitfed_v1 with the {self.optim.name} "
+                                  "optimiser: each client's copy of the upper model starts every round afresh from "
+                                  "their average, and no optimiser state of the copies is kept between rounds; only "
+                                  "plain sgd, which has no state, runs without the reset")
 
     # ---- derived values, computed from the fields -------------------------------------
     @property
@@ -218,7 +251,7 @@ class RunConfig(_Section):
     def techniques(self) -> list[str]:
         """The technique codes of this config, as ``--techniques`` takes them (1, 2, 3, 4, 4p, 5, splitlr, splitavg)."""
         codes = ["1"]
-        if self.schedule == "parallel" and self.global_backward:
+        if self.schedule != "sequential" and self.global_backward:
             codes.append("2")
         if self.mixup.enabled:
             codes.append("3")
@@ -235,7 +268,7 @@ class RunConfig(_Section):
     def warnings(self) -> list[str]:
         """Settings that are valid but switch a step off or do nothing."""
         out = []
-        if self.schedule == "parallel" and not self.global_backward and not self.local_loss.enabled:
+        if self.schedule != "sequential" and not self.global_backward and not self.local_loss.enabled:
             out.append("without ② or ④ the clients receive no learning signal: their lower models never change")
         if self.local_loss.average_aux and not self.averaging.enabled:
             out.append("④' (average_aux) has no effect without ⑤ averaging")
@@ -245,6 +278,11 @@ class RunConfig(_Section):
             out.append("SplitAvg averages cut-layer gradients, but ② is off: it has no effect")
         if self.schedule == "sequential" and self.averaging.enabled:
             out.append("Vanilla SL already shares one lower model: averaging changes nothing")
+        if self.schedule == "sequential" and self.split_avg.enabled:
+            out.append("SplitAvg has no effect under the sequential schedule: each step serves one client")
+        if self.schedule in SPLITFED_SCHEDULES and not self.averaging.enabled:
+            out.append(f"{self.schedule} without ⑤ averaging: each client keeps its own lower model (SplitFed "
+                       "averages them every round)")
         return out
 
 

@@ -76,7 +76,12 @@ class InfoProDecoder(nn.Module):
 
     def loss(self, s: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """MSE between the reconstruction and the input image in [0, 1]."""
-        return F.mse_loss(self(s), x)
+        return self.output_loss(self(s), x, y)
+
+    @staticmethod
+    def output_loss(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss from the network's output (the batched path computes outputs for many clients at once)."""
+        return F.mse_loss(out, x)
 
 
 class ClassifierHead(nn.Module):
@@ -96,7 +101,11 @@ class ClassifierHead(nn.Module):
         return self.net(s)
 
     def loss(self, s: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(s), y)
+        return self.output_loss(self(s), x, y)
+
+    @staticmethod
+    def output_loss(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y)
 
 
 class NormRegularizer(nn.Module):

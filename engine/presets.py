@@ -1,4 +1,4 @@
-"""Named algorithms as data: the ALGORITHMS.md table, one row per preset, plus two profiles.
+"""Named algorithms as data: one row per preset, each naming the paper or code it follows, plus two profiles.
 
 A preset says *which techniques* run; a profile says *which hyper-parameters* (the paper's,
 or demo settings that learn within minutes on a laptop CPU). Both are plain override dicts
@@ -21,6 +21,7 @@ class Preset:
     description: str
     table3_row: int | None = None  # row of the paper's Table 3, if any
     extra: dict[str, Any] = field(default_factory=dict)  # overrides beyond the technique codes
+    source: str = ""               # the paper (and row) or the code whose algorithm the preset follows
 
     def overrides(self) -> dict[str, Any]:
         return deep_merge(techniques_to_config(self.techniques), self.extra)
@@ -68,24 +69,43 @@ def techniques_to_config(text: str) -> dict[str, Any]:
     }
 
 
+T3 = "LocFedMix-SL Table 3"  # the LocFedMix-SL paper's Table 3, one row per technique combination
+SPLITFED_CODE = "SplitFed authors' code"  # chandra2thapa/SplitFed-When-Federated-Learning-Meets-Split-Learning
+
 _PRESETS = [
-    Preset("vanilla_sl", "Vanilla SL", "1", "sequential SL: clients take turns and hand one lower model on", 1),
-    Preset("parallel_sl", "Parallel SL", "1,2", "all clients at once, each gets its own cut-layer gradient"),
-    Preset("table3_row2", "Table 3 row 2", "1,2,3", "parallel SL + smashed-data mixup", 2),
-    Preset("table3_row3", "Table 3 row 3", "1,2,4", "parallel SL + InfoPro local loss", 3),
-    Preset("splitfed", "SplitFed", "1,2,5", "parallel SL + lower-model averaging every round", 4),
-    Preset("table3_row5", "Table 3 row 5", "1,2,3,4", "parallel SL + mixup + local loss", 5),
-    Preset("table3_row6", "Table 3 row 6", "1,2,3,5", "parallel SL + mixup + averaging", 6),
-    Preset("locsplitfed_2", "LocSplitFed + ②", "1,2,4p,5", "local loss and averaging, with the server's gradient", 7),
+    Preset("vanilla_sl", "Vanilla SL", "1", "sequential SL: clients take turns and hand one lower model on", 1,
+           source=f"{T3} row 1"),
+    Preset("parallel_sl", "Parallel SL", "1,2", "all clients at once, each gets its own cut-layer gradient",
+           source="LocFedMix-SL paper (① + ②)"),
+    Preset("table3_row2", "Table 3 row 2", "1,2,3", "parallel SL + smashed-data mixup", 2, source=f"{T3} row 2"),
+    Preset("table3_row3", "Table 3 row 3", "1,2,4", "parallel SL + InfoPro local loss", 3, source=f"{T3} row 3"),
+    Preset("splitfed", "SplitFed", "1,2,5", "parallel SL + lower-model averaging every round", 4,
+           source=f"{T3} row 4"),
+    Preset("splitfed_v1", "SplitFed V1", "1,2,5",
+           "clients in turn, in a random order, 20 batches each, each training its own copy of the upper model; "
+           "copies and lower models averaged every round (optimisers re-created as the authors do)",
+           extra={"schedule": "splitfed_v1", "local_steps": 20, "reset_optimizers": True},
+           source=f"{SPLITFED_CODE} (V1)"),
+    Preset("splitfed_v2", "SplitFed V2", "1,2,5",
+           "clients in turn, in a random order, 20 batches each, all through one upper model; lower models "
+           "averaged every round (optimisers re-created as the authors do)",
+           extra={"schedule": "splitfed_v2", "local_steps": 20, "reset_optimizers": True},
+           source=f"{SPLITFED_CODE} (V2)"),
+    Preset("table3_row5", "Table 3 row 5", "1,2,3,4", "parallel SL + mixup + local loss", 5, source=f"{T3} row 5"),
+    Preset("table3_row6", "Table 3 row 6", "1,2,3,5", "parallel SL + mixup + averaging", 6, source=f"{T3} row 6"),
+    Preset("locsplitfed_2", "LocSplitFed + ②", "1,2,4p,5", "local loss and averaging, with the server's gradient", 7,
+           source=f"{T3} row 7"),
     Preset("locfedmix_sl", "LocFedMix-SL", "1,2,3,4p,5",
-           "the paper's proposal: mixup + InfoPro local loss + averaging (aux too)", 8),
+           "the paper's proposal: mixup + InfoPro local loss + averaging (aux too)", 8, source=f"{T3} row 8"),
     Preset("locsplitfed", "LocSplitFed (original)", "1,4p,5",
            "clients learn from a local classifier loss only; the server never sends gradients",
-           extra={"local_loss": {"kind": "classifier"}}),
+           extra={"local_loss": {"kind": "classifier"}}, source="LocSplitFed paper"),
     Preset("sglr", "SGLR", "1,2,splitlr,splitavg",
-           "parallel SL with server lr acceleration (alpha 0.5) and split-layer gradient averaging (phi 0.5)"),
+           "parallel SL with server lr acceleration (alpha 0.5) and split-layer gradient averaging (phi 0.5)",
+           source="SGLR paper"),
     Preset("locfedmix_sl_splitlr", "LocFedMix-SL + SplitLr", "1,2,3,4p,5,splitlr",
-           "LocFedMix-SL with SGLR's server lr acceleration (named as future work)"),
+           "LocFedMix-SL with SGLR's server lr acceleration (named as future work)",
+           source="LocFedMix-SL paper (future work) + SGLR"),
 ]
 PRESETS: dict[str, Preset] = {p.name: p for p in _PRESETS}
 TABLE3_ROWS: dict[int, Preset] = {p.table3_row: p for p in _PRESETS if p.table3_row}

@@ -262,6 +262,40 @@ def mixup_effects(arms: list[Arm], ns: list[int], seeds: list[int], results: dic
     return rows
 
 
+def imbalance(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> list[dict]:
+    """The server-client update imbalance of every run that measured it (``track_updates``): per arm
+    and n, the mean over the run's evaluation rows (each the mean over its rounds) of the server's
+    update norm, a client's, their ratio, and the ratio of the relative updates (each norm over the
+    norm of the model's parameters), averaged over seeds."""
+    rows = []
+    for arm in arms:
+        for n in ns:
+            runs = [results[k] for k in (run_key(arm, n, s) for s in seeds) if k in results]
+            runs = [r for r in runs if r["history"] and "update_ratio" in r["history"][0]]
+            if not runs:
+                continue
+
+            def mean(key: str, runs=runs) -> float:
+                return statistics.fmean(statistics.fmean(h[key] for h in r["history"] if h.get(key) is not None)
+                                        for r in runs)
+
+            server, client = mean("server_update_norm"), mean("client_update_norm")
+            rows.append({"arm": arm.label, "n": n, "seeds": len(runs), "server_update_norm": server,
+                         "client_update_norm": client, "norm_ratio": server / client if client else None,
+                         "relative_ratio": mean("update_ratio")})
+    return rows
+
+
+def imbalance_table(rows: list[dict]) -> str:
+    lines = ["| techniques | n | seeds | server update | client update | ratio | ratio of relative updates |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['norm_ratio']:.2f}" if r["norm_ratio"] is not None else "–"
+        lines.append(f"| {r['arm']} | {r['n']} | {r['seeds']} | {r['server_update_norm']:.2e} | "
+                     f"{r['client_update_norm']:.2e} | {ratio} | {r['relative_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 def markdown_grid(corner: str, ns: Iterable[int], rows: dict[str, list[str]]) -> str:
     """A markdown table with one column per n and one line per labelled row of cells."""
     ns = list(ns)
@@ -297,9 +331,17 @@ def _write_csv(path: Path, rows: list[dict], empty_header: list[str]) -> None:
 
 
 def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str,
-                 reduction: str = "sum", effects: list[dict] | None = None) -> None:
+                 reduction: str = "sum", effects: list[dict] | None = None,
+                 updates: list[dict] | None = None) -> None:
     _write_csv(out / "table.csv", rows, ["arm"])
     text = markdown_table(arms, ns, rows, study, reduction)
+    if updates:
+        _write_csv(out / "imbalance.csv", updates, ["arm"])
+        text += ("\nThe server-client update imbalance (`track_updates`): the L2 norm of the change a round makes "
+                 "to the server's upper model and to a client's lower model (mean over the clients, before ⑤ "
+                 "averaging), each the mean over the run; *ratio* is server over client, *ratio of relative "
+                 "updates* divides each change by the norm of the model's parameters first. `imbalance.png` "
+                 "shows the ratio over the rounds.\n\n" + imbalance_table(updates) + "\n")
     if effects:
         _write_csv(out / "mixup_effect.csv", effects, ["pair"])
         text += ("\nWhat adding ③ changes, everything else and the seed held fixed: final accuracy of the row with "
@@ -394,6 +436,34 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], row
     plt.close("all")
 
 
+def write_imbalance_plot(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
+    """``imbalance.png``: the server's update norm over a client's, round by round, one line per arm and n."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in arms:
+        for n in ns:
+            for seed in seeds:
+                run = results.get(run_key(arm, n, seed))
+                if not run or not run["history"] or "update_ratio" not in run["history"][0]:
+                    continue
+                pts = [(h["round"], h["server_update_norm"] / h["client_update_norm"]) for h in run["history"]
+                       if h.get("client_update_norm")]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{arm.label}, n={n}, seed {seed}",
+                        linestyle="-" if seed == seeds[0] else "--")
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("server update norm / client update norm")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out / "imbalance.png", dpi=120)
+    plt.close("all")
+
+
 # ---- the command ---------------------------------------------------------------------------
 def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str,
          out: Path, reduction: str = "sum") -> tuple[dict[Path, RunConfig], int]:
@@ -467,6 +537,9 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
         write_privacy_report(out, ns, seeds, results)
         return out
     rows = aggregate(arms, ns, seeds, results)
-    write_tables(out, arms, ns, rows, study, reduction, mixup_effects(arms, ns, seeds, results))
+    updates = imbalance(arms, ns, seeds, results)
+    write_tables(out, arms, ns, rows, study, reduction, mixup_effects(arms, ns, seeds, results), updates)
     write_plots(out, arms, ns, seeds, rows, results)
+    if updates:
+        write_imbalance_plot(out, arms, ns, seeds, results)
     return out

@@ -2,7 +2,8 @@
 
 forward every client -> server losses (+ mixup) -> one server step -> cut-layer gradients
 (+ SplitAvg) -> client steps (+ local losses) -> end-of-round hooks (averaging every T_c).
-Vanilla SL is the same step run once per client with one shared lower model.
+Vanilla SL is the same step run once per client with one shared lower model; the SplitFed
+schedules (:mod:`engine.splitfed`) run it once per batch of each client, in a random order.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engine.batched import stacked_call
 from engine.state import TrainState, unique_modules
 from engine.techniques import StepBatch
 
@@ -41,6 +43,9 @@ class UpdateSizes:
 
 def run_round(state: TrainState) -> RoundLosses:
     """Train one round (every client updates once) and return its loss terms."""
+    if state.cfg.schedule.startswith("splitfed"):  # clients one after another, many batches each
+        from engine.splitfed import run_splitfed_round  # (it builds on this module's run_step)
+        return run_splitfed_round(state)
     t = state.round + 1
     totals = RoundLosses()
     before = _parameters(state) if state.cfg.track_updates else None
@@ -79,9 +84,14 @@ def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
     x, y = state.next_batches(clients)
     k, b = y.shape
     state.trace("batch", clients=clients, x=x, y=y)
-    smashed = [state.lowers[i](x[j]) for j, i in enumerate(clients)]            # ① forward
+    if state.runs_batched(k):  # ① forward, every client at once
+        stacked = stacked_call([state.lowers[i] for i in clients], x)
+        smashed, server_in = list(stacked.unbind(0)), stacked.flatten(0, 1).detach()
+    else:                      # ① forward, client by client
+        stacked, smashed = None, [state.lowers[i](x[j]) for j, i in enumerate(clients)]
+        server_in = torch.cat(smashed).detach()
     needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
-    server_in = torch.cat(smashed).detach().requires_grad_(needs_grad)
+    server_in.requires_grad_(needs_grad)
     up = state.ledger.bytes_up
     state.ledger.smashed(k * b, server_in[0].numel())
     if state.tracing:
@@ -90,7 +100,7 @@ def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
         state.trace("upload", clients=clients, bytes=state.ledger.bytes_up - up,
                     bytes_per_client=(state.ledger.bytes_up - up) // k)
     weights = state.weights[clients] / state.weights[clients].sum()
-    batch = StepBatch(clients, x, server_in, y.reshape(-1), weights, t)
+    batch = StepBatch(clients, x, server_in, y.reshape(-1), weights, t, stacked)
     losses = server_step(state, batch)
     client_step(state, batch, smashed, losses)
     if state.sequential:  # Vanilla SL: the lower model is handed to the next client
@@ -192,6 +202,13 @@ def _flat(module: nn.Module) -> torch.Tensor:
 def local_losses(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor]) -> torch.Tensor | None:
     """Sum over the step's clients of every technique's local loss (None when there is none)."""
     total = None
+    if batch.stacked is not None:  # batched execution: each technique takes all clients at once
+        y = batch.labels.view(batch.num_clients, batch.batch_size)
+        for tech in state.techniques:
+            term = tech.client_losses(state, batch.clients, batch.stacked, batch.inputs, y)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
     for j, i in enumerate(batch.clients):
         y = batch.labels[j * batch.batch_size:(j + 1) * batch.batch_size]
         for tech in state.techniques:

@@ -104,6 +104,8 @@ class TrainState:
         self._build_clients()
         self._build_models()
         self.techniques: list[Technique] = active_techniques(cfg)
+        # batched execution (engine.batched): every client's models as one vmapped call
+        self.batched = cfg.execution == "batched" or (cfg.execution == "auto" and self.device.type == "cuda")
         self.train_x = self.dataset.train_x.to(self.device)
         self.train_y = self.dataset.train_y.to(self.device)
 
@@ -116,7 +118,7 @@ class TrainState:
     def _build_models(self) -> None:
         cfg, n = self.cfg, self.cfg.num_clients
         lower, self.upper, self.smashed_shape, aux = initial_models(cfg, self.in_shape, self.num_classes)
-        self.sequential = cfg.schedule == "sequential"
+        self.sequential = cfg.schedule == "sequential"  # only Vanilla SL: SplitFed has a lower model per client
         # Every client starts from the same lower model; Vanilla SL passes one model around.
         self.lowers = [lower] * n if self.sequential else [copy.deepcopy(lower) for _ in range(n)]
         self.auxes = [copy.deepcopy(aux) for _ in range(n)] if aux is not None else None
@@ -136,6 +138,11 @@ class TrainState:
         if self.tracer is not None:
             self.tracer.record(phase, **values)
 
+    def runs_batched(self, k: int) -> bool:
+        """Whether a step serving ``k`` clients runs their models batched (a traced step keeps the loop:
+        the walkthrough shows each client's own reconstruction)."""
+        return self.batched and k > 1 and not self.sequential and not self.tracing
+
     @property
     def num_clients(self) -> int:
         return self.cfg.num_clients
@@ -145,7 +152,8 @@ class TrainState:
         return unique_modules(self.lowers) + unique_modules(self.auxes or [])
 
     def schedule_groups(self) -> list[list[int]]:
-        """Clients served together: all at once (parallel) or one after another (sequential)."""
+        """Clients served together: all at once (parallel) or one after another (sequential). The SplitFed
+        schedules draw a new order every round and serve each client many batches (:mod:`engine.splitfed`)."""
         ids = list(range(self.num_clients))
         return [[i] for i in ids] if self.sequential else [ids]
 

@@ -36,7 +36,8 @@ SHOWN = 4  # samples per client (or per mixed pair) kept as pictures
 
 @dataclass
 class TraceEvent:
-    """One step of the round: its phase, the schedule step it belongs to (Vanilla SL: one per client)."""
+    """One step of the round: its phase, the schedule step it belongs to (Vanilla SL: one per client;
+    SplitFed: one per batch, client after client)."""
 
     phase: str
     step: int

@@ -227,7 +227,9 @@ class Trainer:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {sd.get('version')} is not {CHECKPOINT_VERSION}")
-        if RunConfig.model_validate(sd["config"]) != self.cfg:  # a setting added since reads as its default
+        # a setting added since reads as its default; how the clients execute does not change the run
+        stored = RunConfig.model_validate(sd["config"]).model_copy(update={"execution": self.cfg.execution})
+        if stored != self.cfg:
             raise ValueError("checkpoint was written for a different config")
         self.state.load_state_dict(sd["state"])
         if self.transport is not None:
@@ -259,13 +261,16 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(cls, data: bytes | str | os.PathLike, dataset: Dataset | None = None,
-                        in_process: bool = False) -> "Trainer":
+                        in_process: bool = False, execution: str | None = None) -> "Trainer":
         """Rebuild a trainer exactly as it was when the checkpoint was written (``in_process``: a
-        networked run's state in one process, as checkpoints are interchangeable)."""
+        networked run's state in one process; ``execution``: go on with the clients looped or batched;
+        checkpoints are interchangeable between them)."""
         raw = data if isinstance(data, bytes) else Path(data).read_bytes()
         sd = torch.load(io.BytesIO(raw), weights_only=False)
         if in_process:
             sd["config"] = {**sd["config"], "transport": "inprocess"}
+        if execution is not None:
+            sd["config"] = {**sd["config"], "execution": execution}
         trainer = cls(RunConfig.model_validate(sd["config"]), dataset)
         trainer.load_state_dict(sd)
         return trainer

@@ -33,15 +33,16 @@ RESULT_COLUMNS = ["id", "name", "techniques", "n", "dataset", "accuracy", "round
 
 
 def finished_results(frame: pd.DataFrame, target: float) -> pd.DataFrame:
-    """One row per finished run: id, name, techniques (a setting key: the codes, and the cut when it is not
-    block 1), n, final accuracy, rounds to target, and the leakage measures of its summary (NaN for a run
-    that did not measure them)."""
+    """One row per finished run: id, name, techniques (a setting key: the codes, a SplitFed schedule, and the
+    cut when it is not block 1), n, final accuracy, rounds to target, and the leakage measures of its summary
+    (NaN for a run that did not measure them)."""
     rows = []
     for _, r in frame.loc[frame["status"] == "finished"].iterrows():
         info = common.run_info(int(r["id"])) or {}
         summary = info.get("summary") or {}
-        cut = int((info.get("config") or {}).get("cut_layer", 1))
-        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": setting_key(r["techniques"], cut),
+        config = info.get("config") or {}
+        key = setting_key(r["techniques"], int(config.get("cut_layer", 1)), config.get("schedule", "parallel"))
+        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": key,
                      "n": int(r["clients"]),
                      "dataset": r["dataset"], "accuracy": r["final_acc"],
                      "rounds_to_target": rounds_to(common.history(int(r["id"])), target),

@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.config import SPLITFED_SCHEDULES
 from engine.latency import BEST_CASE_LABEL, WORST_CASE_LABEL, latency_curve_for_run
 from engine.paper import TABLE3_TECHNIQUES
 from engine.presets import PRESETS
@@ -59,25 +60,30 @@ WHY_THEY_COINCIDE = {
 TECHNIQUE_NAMES = {"3": "mixup", "4": "local loss", "4p": "local loss (aux averaged)", "5": "averaging",
                    "splitlr": "SplitLr", "splitavg": "SplitAvg"}
 ROW_OF = {codes: row for row, codes in TABLE3_TECHNIQUES.items()}
-PRESET_TITLES: dict[str, str] = {}
-for _p in PRESETS.values():  # the first preset of a technique set names it (the plain one before variants)
-    if not _p.title.startswith("Table 3"):
-        PRESET_TITLES.setdefault(_p.techniques, _p.title)
-
-
 CUT_MARK = "@cut"  # a setting key "1,2,5@cut2": the combination at another cut than the paper's (block 1)
+SCHEDULE_MARK = "#"  # a setting key "1,2,5#splitfed_v1": the combination under a SplitFed schedule
+SCHEDULE_NAMES = {"splitfed_v1": "SplitFed V1", "splitfed_v2": "SplitFed V2"}
 
 
-def setting_key(codes: str, cut_layer: int = 1) -> str:
-    """The key that groups runs on the Compare page: the technique codes, and the cut when it is not
-    the paper's, so that runs cut after different blocks never share a cell."""
+def setting_key(codes: str, cut_layer: int = 1, schedule: str = "parallel") -> str:
+    """The key that groups runs on the Compare page: the technique codes, a SplitFed schedule (SplitFed
+    V1 and V2 share row 4's codes), and the cut when it is not the paper's, so that runs cut after
+    different blocks or served on different schedules never share a cell."""
+    if schedule in SPLITFED_SCHEDULES:
+        codes = f"{codes}{SCHEDULE_MARK}{schedule}"
     return codes if cut_layer == 1 else f"{codes}{CUT_MARK}{cut_layer}"
 
 
 def split_setting(key: str) -> tuple[str, int]:
-    """(technique codes, cut layer) of a :func:`setting_key`."""
+    """(technique codes, with their SplitFed schedule if any, and the cut layer) of a :func:`setting_key`."""
     codes, _, cut = key.partition(CUT_MARK)
     return codes, int(cut) if cut else 1
+
+
+PRESET_TITLES: dict[str, str] = {}
+for _p in PRESETS.values():  # the first preset of a technique set names it (the plain one before variants)
+    if not _p.title.startswith("Table 3"):
+        PRESET_TITLES.setdefault(setting_key(_p.techniques, schedule=_p.overrides()["schedule"]), _p.title)
 
 
 def combination_name(codes: str) -> str:
@@ -89,8 +95,11 @@ def combination_name(codes: str) -> str:
         return f"{combination_name(codes)}, cut after block {cut}"
     name = PRESET_TITLES.get(codes)
     if name is None:
-        parts = codes.split(",")
+        plain, _, schedule = codes.partition(SCHEDULE_MARK)
+        parts = plain.split(",")
         base = "Vanilla SL" if parts == ["1"] else "Parallel SL" if "2" in parts else "Parallel SL without ②"
+        if schedule:
+            base = f"{SCHEDULE_NAMES[schedule]} schedule" + ("" if "2" in parts else " without ②")
         name = " + ".join([base] + [TECHNIQUE_NAMES[c] for c in parts if c in TECHNIQUE_NAMES])
     row = ROW_OF.get(codes)
     return f"{name} (row {row})" if row else name
@@ -108,6 +117,16 @@ def _style(fig: go.Figure, title: str, **layout) -> go.Figure:
     return fig
 
 
+def compute_steps_in_turn(config: dict) -> int:
+    """Client compute steps of a round that run one after another (T_comp each): one when the clients
+    compute in parallel, n for Vanilla SL, n * local_steps for SplitFed (clients in turn, as the authors'
+    code serves them)."""
+    schedule, n = config.get("schedule", "parallel"), int(config["num_clients"])
+    if schedule in SPLITFED_SCHEDULES:
+        return n * int(config.get("local_steps", 1))
+    return n if schedule == "sequential" else 1
+
+
 def with_simulated_latency(history: pd.DataFrame, config: dict, t_comp: float = 0.05,
                            uplink_bytes_per_s: float = 12.5e6) -> pd.DataFrame:
     """Add ``latency_s``: the Table 4 view of time (client compute per round plus the bytes uploaded
@@ -116,8 +135,9 @@ def with_simulated_latency(history: pd.DataFrame, config: dict, t_comp: float = 
     if out.empty:
         out["latency_s"] = []
         return out
-    out["latency_s"] = latency_curve_for_run(out["round"], out["bytes_up"], int(config["num_clients"]), t_comp,
-                                             uplink_bytes_per_s, config.get("schedule") == "sequential")
+    steps = compute_steps_in_turn(config)  # T_comp times this, per round
+    out["latency_s"] = latency_curve_for_run(out["round"], out["bytes_up"], steps, t_comp, uplink_bytes_per_s,
+                                             sequential=True)
     return out
 
 

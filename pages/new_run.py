@@ -7,7 +7,17 @@ from typing import Any
 
 import streamlit as st
 
-from engine.config import DATASETS, MAX_CLIENTS, RunConfig, config_problems, deep_merge, field_help, validate_config
+from engine.config import (
+    DATASETS,
+    MAX_CLIENTS,
+    SCHEDULES,
+    SPLITFED_SCHEDULES,
+    RunConfig,
+    config_problems,
+    deep_merge,
+    field_help,
+    validate_config,
+)
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
 from pages import common
 from pages.figures import beta_density
@@ -31,8 +41,13 @@ FORM_LABELS = {
     "mixup.num_partners": "n_s, mixup partners per client", "mixup.alpha": "λ ~ Beta(α, β): α",
     "mixup.beta": "λ ~ Beta(α, β): β", "averaging.interval": "T_c, average every (rounds)",
     "split_lr.alpha": "SplitLr α", "split_avg.fraction": "SplitAvg φ", "cut_layer": "cut after LeNet-5 block",
-    "privacy.every": "leakage every (rounds, 0: off)",
+    "privacy.every": "leakage every (rounds, 0: off)", "schedule": "① schedule",
+    "local_steps": "batches per client per round", "reset_optimizers": "re-create the optimisers",
+    "split_avg.enabled": "SGLR SplitAvg",
 }
+SCHEDULE_LABELS = {"parallel": "parallel: every client at once", "sequential": "sequential (Vanilla SL)",
+                   "splitfed_v1": "SplitFed V1: clients in turn, a server copy each",
+                   "splitfed_v2": "SplitFed V2: clients in turn, one server model"}
 
 
 def in_form_words(text: str, labels: dict[str, str] = FORM_LABELS) -> str:
@@ -50,15 +65,17 @@ def section_of(field: str) -> str:
 
 
 def preset_defaults(preset: str) -> RunConfig:
-    """The demo profile with a preset's techniques switched on."""
+    """The demo profile with a preset's techniques (and its other settings, e.g. a SplitFed schedule) switched on."""
     return validate_config(deep_merge(PROFILES["demo"], PRESETS[preset].overrides()))
 
 
 def technique_controls(base: RunConfig) -> dict[str, Any]:
-    """① ... ⑤, SplitLr and SplitAvg; returns the config overrides they choose."""
+    """① (its schedule) ... ⑤, SplitLr and SplitAvg; returns the config overrides they choose."""
     st.markdown("**Techniques**")
     c1, c2 = st.columns(2)
-    sequential = c1.toggle("① sequential (Vanilla SL)", base.schedule == "sequential", help=HELP["schedule"])
+    schedule = c1.selectbox(FORM_LABELS["schedule"], SCHEDULES, SCHEDULES.index(base.schedule),
+                            format_func=SCHEDULE_LABELS.get, help=HELP["schedule"])
+    sequential, splitfed = schedule == "sequential", schedule in SPLITFED_SCHEDULES
     backward = c1.checkbox("② global-gradient backward", base.global_backward, help=HELP["global_backward"],
                            disabled=sequential)
     mixup = c1.checkbox("③ smashed-data mixup", base.mixup.enabled, help=HELP["mixup.enabled"])
@@ -71,8 +88,14 @@ def technique_controls(base: RunConfig) -> dict[str, Any]:
     split_avg = c2.checkbox("SGLR SplitAvg", base.split_avg.enabled, help=HELP["split_avg.enabled"])
     phi = c2.slider("SplitAvg φ (fraction of active clients)", 0.05, 1.0, float(base.split_avg.fraction), 0.05,
                     disabled=not split_avg)
+    local_steps = c2.number_input(FORM_LABELS["local_steps"], value=base.local_steps, step=1,
+                                  help=HELP["local_steps"], disabled=not splitfed)
+    reset = c2.checkbox(FORM_LABELS["reset_optimizers"], base.reset_optimizers, help=HELP["reset_optimizers"],
+                        disabled=not splitfed)
     return {
-        "schedule": "sequential" if sequential else "parallel",
+        "schedule": schedule,
+        "local_steps": local_steps if splitfed else 1,  # the other schedules serve one batch per client
+        "reset_optimizers": reset and splitfed,
         "global_backward": True if sequential else backward,
         "mixup": {"enabled": mixup},
         "local_loss": {"enabled": local, "average_aux": average_aux},
@@ -156,7 +179,7 @@ def new_run_form() -> None:
     preset = st.selectbox("start from a preset", list(PRESETS), list(PRESETS).index("locfedmix_sl"),
                           format_func=lambda p: f"{PRESETS[p].title} ({PRESETS[p].techniques})")
     base = preset_defaults(preset)
-    st.caption(PRESETS[preset].description)
+    st.caption(f"{PRESETS[preset].description} · follows: {PRESETS[preset].source}")
     slots = {}
     with st.container(border=True, key=f"form_{preset}"):
         name = st.text_input("name", PRESETS[preset].title)
@@ -168,7 +191,10 @@ def new_run_form() -> None:
         slots["scale"] = st.empty()
         knobs = technique_knobs(base, scale["num_clients"], choice)
         slots["knobs"] = st.empty()
-    raw = deep_merge(deep_merge(deep_merge(deep_merge({"name": name}, choice), data), scale), knobs)
+    raw: dict[str, Any] = {}
+    # the preset's settings beyond its techniques first: the form's controls, set from them, decide
+    for part in (PRESETS[preset].extra, {"name": name}, choice, data, scale, knobs):
+        raw = deep_merge(raw, part)
     problems = config_problems(raw)
     by_section: dict[str, list[str]] = {}
     for problem in problems:
@@ -182,7 +208,9 @@ def new_run_form() -> None:
         for warning in cfg.warnings():
             st.warning(warning)
         leakage = f" · leakage measured every {cfg.privacy.every} rounds" if cfg.privacy.every else ""
-        st.caption(f"techniques {common.technique_codes(cfg.model_dump())} · "
+        schedule = "" if cfg.schedule == "parallel" else f" · {SCHEDULE_LABELS[cfg.schedule].split(':')[0]}" + (
+            f", {cfg.local_steps} batches per client" if cfg.schedule in SPLITFED_SCHEDULES else "")
+        st.caption(f"techniques {common.technique_codes(cfg.model_dump())}{schedule} · "
                    f"{cfg.num_clients} clients × {cfg.rounds} rounds × b={cfg.batch_size}{leakage}")
     if st.button("Queue run", type="primary", disabled=bool(problems), key="submit"):
         run_id = queue(validate_config(raw))

@@ -16,6 +16,7 @@ from pages.figures import (
     leakage_values,
     learning_curves,
     loss_terms,
+    setting_key,
     with_simulated_latency,
 )
 from pages.images import attack_grid, attacked_record, identical_clients_note, labelled_snapshot_grid
@@ -40,7 +41,8 @@ if run is None:  # deleted since the link was checked
 st.header(f"Run #{run['id']}: {run['name']}")
 status = run["status"]
 codes = common.technique_codes(run["config"])
-st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · {combination_name(codes)} (techniques "
+name = combination_name(setting_key(codes, schedule=run["config"].get("schedule", "parallel")))
+st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · {name} (techniques "
            f"{codes}) · {run['config']['num_clients']} clients · "
            f"{run['config']['data']['dataset']} · link: `?run={run['id']}`")
 if run["error"]:

@@ -257,7 +257,7 @@ def numbers(step: wf.Step, res: RoundResult, slot: str) -> None:
     if step.phase == "upload":
         cells = [("smashed data up, this step", wf.fmt_bytes(v["bytes"])),
                  ("per client", wf.fmt_bytes(v["bytes_per_client"]))]
-        if wf.sequential(res):
+        if wf.one_at_a_time(res):
             cells.append(("this round, every client", wf.fmt_bytes(round_delta(res, "bytes_smashed_up"))))
     elif step.phase == "server":
         cells = [("L (server)", f"{v['loss']:.4f}")] + (
@@ -277,7 +277,8 @@ def numbers(step: wf.Step, res: RoundResult, slot: str) -> None:
     if step.phase == "server":
         st.caption(f"The round's losses, as the engine's round returned them: L = {losses.loss:.4f}, "
                    f"L~ = {losses.mixup:.4f}, L^ = {losses.local:.4f}"
-                   + (" (means over the round's steps, one per client)." if wf.sequential(res) else "."))
+                   + (" (means over the round's steps, one per client)." if wf.sequential(res) else
+                      " (means over the round's steps, one per batch)." if wf.splitfed(res) else "."))
 
 
 def round_delta(res: RoundResult, kind: str) -> int:
@@ -317,6 +318,8 @@ def intro(rounds: list[RoundResult]) -> None:
     names = " and ".join(wf.algorithm_name(r.config) for r in rounds)
     st.caption(f"{names}: {start}, n = {res.config.num_clients} clients, b = {res.config.batch_size}, "
                f"{res.config.data.dataset}. {KEYS_HELP}")
+    for note in filter(None, (wf.schedule_note(r) for r in rounds)):
+        st.caption(f":material/info: {note}")
     for warning in res.config.warnings():
         st.caption(f":material/info: {warning}")
 

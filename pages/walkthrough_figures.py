@@ -4,8 +4,10 @@ Pure (no Streamlit): the diagram of clients and server is an SVG string, the ten
 
 A *step* is one phase of one schedule step: a parallel round has one schedule step serving every
 client, so its steps are the nine phases; Vanilla SL serves one client at a time and hands the
-lower model on, so its steps repeat per client. A phase whose technique is off is still a step,
-shown greyed, with one line on what the technique would add.
+lower model on, so its steps repeat per client; SplitFed V1 and V2 serve the clients in turn, in
+an order drawn each round, and repeat the steps for every batch (one batch per client here). A
+phase whose technique is off is still a step, shown greyed, with one line on what the technique
+would add.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 
-from engine.config import RunConfig, deep_merge, validate_config
+from engine.config import SPLITFED_SCHEDULES, RunConfig, deep_merge, validate_config
 from engine.presets import PRESETS, PROFILES, techniques_to_config
 from engine.trace import PHASE_TITLES, PHASES, RoundResult, TraceEvent
 from pages.figures import BYTE_COLORS, PALETTE, TEMPLATE
@@ -31,23 +33,30 @@ END = math.inf  # the schedule position of end-of-round steps (averaging): after
 ROUND_PHASES = tuple(p for p in PHASES if p != "averaging") + ("handoff",)
 RANK = {p: i for i, p in enumerate((*ROUND_PHASES, "averaging"))}
 TECHNIQUE_OF = {"mixup": "③", "grads_down": "②", "local": "④", "averaging": "⑤"}  # phases a technique switches on
+WALK_LOCAL_STEPS = 1  # batches per client of a SplitFed round walked through (the presets train 20)
 
 
 def walkthrough_config(algorithm: str, num_clients: int, dataset: str, seed: int = 0) -> RunConfig:
     """The demo profile with ``algorithm`` (a preset name, or technique codes such as '1,2,3'), n clients,
-    b = 8 and ``dataset``, judged by the engine's own validation (a ConfigError says what is wrong)."""
+    b = 8 and ``dataset``, judged by the engine's own validation (a ConfigError says what is wrong).
+    A SplitFed round is walked through with one batch per client (``WALK_LOCAL_STEPS``): the others
+    repeat the same steps."""
     overrides = PRESETS[algorithm].overrides() if algorithm in PRESETS else techniques_to_config(algorithm)
     raw = deep_merge(deep_merge(PROFILES["demo"], overrides), {
         "name": "walkthrough", "num_clients": int(num_clients), "batch_size": BATCH_SIZE, "seed": int(seed),
         "data": {"dataset": dataset}})
+    if raw.get("schedule") in SPLITFED_SCHEDULES:
+        raw["local_steps"] = WALK_LOCAL_STEPS
     return validate_config(raw)
 
 
 def algorithm_name(cfg: RunConfig) -> str:
-    """'LocFedMix-SL', or the technique codes of a combination no preset names."""
+    """'LocFedMix-SL', or the technique codes of a combination no preset names (the schedule counts:
+    SplitFed V1 and V2 share row 4's codes)."""
     codes = ",".join(cfg.techniques())
-    return next((p.title for p in PRESETS.values() if p.techniques == codes and not p.title.startswith("Table 3")),
-                next((p.title for p in PRESETS.values() if p.techniques == codes), f"techniques {codes}"))
+    same = [p for p in PRESETS.values() if p.techniques == codes and p.overrides()["schedule"] == cfg.schedule]
+    return next((p.title for p in same if not p.title.startswith("Table 3")),
+                next((p.title for p in same), f"techniques {codes}"))
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -56,7 +65,7 @@ def algorithm_name(cfg: RunConfig) -> str:
 class Step:
     """One phase of one schedule step; ``event`` is None when the phase did not run (shown greyed)."""
 
-    group: int   # the schedule step: 0 for a parallel round; Vanilla SL: the client served
+    group: int   # the schedule step: 0 for a parallel round; Vanilla SL: the client served; SplitFed: the batch
     phase: str
     event: TraceEvent | None
 
@@ -93,7 +102,37 @@ def step_at(steps: list[Step], key: tuple[float, int]) -> Step | None:
 
 
 def sequential(res: RoundResult) -> bool:
+    """Vanilla SL: one lower model, handed from client to client."""
     return res.config.schedule == "sequential"
+
+
+def splitfed(res: RoundResult) -> bool:
+    return res.config.schedule in SPLITFED_SCHEDULES
+
+
+def one_at_a_time(res: RoundResult) -> bool:
+    """A schedule step serves one client (Vanilla SL, SplitFed), not every client at once."""
+    return res.config.schedule != "parallel"
+
+
+def served(res: RoundResult, group: int) -> int:
+    """The client a one-at-a-time schedule step serves."""
+    return res.trace.get("batch", group)[0].values["clients"][0]
+
+
+def served_before(res: RoundResult, group: int) -> set[int]:
+    """The clients whose turn came before schedule step ``group`` in this round."""
+    return {e.values["clients"][0] for e in res.trace.get("batch") if e.step < group}
+
+
+def schedule_note(res: RoundResult) -> str | None:
+    """What a SplitFed walkthrough leaves out, in one line (None for the other schedules)."""
+    if not splitfed(res):
+        return None
+    cfg = res.config
+    batches = "one batch" if cfg.local_steps == 1 else f"{cfg.local_steps} batches"
+    return (f"{algorithm_name(cfg)} serves the clients in turn, in an order drawn afresh every round: here "
+            f"{batches} per client (local_steps = {cfg.local_steps}; the presets train 20), one server step each.")
 
 
 def short_title(title: str) -> str:
@@ -103,12 +142,14 @@ def short_title(title: str) -> str:
 
 
 def step_title(step: Step, res: RoundResult) -> str:
-    """'3. Smashed data up to the server'; Vanilla SL: 'Client 1 · 3. Smashed data up to the server'."""
+    """'3. Smashed data up to the server'; Vanilla SL: 'Client 1 · 3. Smashed data up to the server';
+    SplitFed with more than one batch per client: 'Client 1, batch 2 · 3. ...'."""
     title = PHASE_TITLES[step.phase]
-    if sequential(res) and step.phase != "averaging" and step.event is not None:
+    if one_at_a_time(res) and step.phase != "averaging" and step.event is not None:
         for many, one in (("Each client", "The client"), ("The clients'", "The client's"), ("updates", "update")):
             title = title.replace(many, one)
-        return f"Client {step.group} · {title}"
+        batch = f", batch {step.group % res.config.local_steps + 1}" if res.config.local_steps > 1 else ""
+        return f"Client {served(res, step.group)}{batch} · {title}"
     return title
 
 
@@ -156,6 +197,8 @@ def absent_line(key: tuple[float, int], res: RoundResult) -> str:
         return "Vanilla SL has no such step here: it serves one client at a time."
     if key[1] == RANK["handoff"]:
         return "No hand-off: every client keeps a lower model of its own."
+    if splitfed(res):
+        return f"No step here: {algorithm_name(res.config)} serves one client at a time."
     return "No step here: a parallel round serves every client at once (above)."
 
 
@@ -167,7 +210,9 @@ def purpose(step: Step, res: RoundResult) -> str:
         "batch": lambda: (
             f"Each client draws a batch of b = {v['y'].shape[1]} images and their labels from its own data. "
             "The images never leave the client: that is the point of split learning."
-            + (f" Vanilla SL serves one client at a time: now client {step.group}." if sequential(res) else "")),
+            + (f" Vanilla SL serves one client at a time: now client {step.group}." if sequential(res) else "")
+            + (f" {algorithm_name(cfg)} serves the clients in turn, in an order drawn for this round: now client "
+               f"{served(res, step.group)}." if splitfed(res) else "")),
         "forward": lambda: (
             f"Each client runs its lower model (LeNet-5 up to block {cfg.cut_layer}) on its images. What comes out "
             f"at the cut layer, the smashed data ({fmt_shape(v['shape'])} numbers per image, a few channels shown), "
@@ -180,7 +225,7 @@ def purpose(step: Step, res: RoundResult) -> str:
             f"The server mixes each client's smashed data with {cfg.mixup.num_partners} partner(s)': "
             "s~ = λ·s_i + (1 − λ)·s_j, and the labels the same way. Training on these mixes (the loss L~) shows "
             "the upper model combinations no single client holds; nothing more is sent."),
-        "server": lambda: _server_words(v, cfg, step.group if sequential(res) else None),
+        "server": lambda: _server_words(v, cfg, served(res, step.group) if one_at_a_time(res) else None),
         "grads_down": lambda: _grads_words(v, k),
         "local": lambda: (
             f"Each client also learns from a loss of its own ({_LOCAL_KIND[v['kind']]}), through a small auxiliary "
@@ -193,7 +238,9 @@ def purpose(step: Step, res: RoundResult) -> str:
             f"Every T_c = {cfg.averaging.interval} round(s) the lower models are averaged (FedAvg, weighted by data "
             f"size){' with the auxiliary networks' if cfg.local_loss.average_aux else ''}: each client uploads its "
             f"model and downloads the average, {fmt_bytes(v['bytes'])} in all. The clients' distance to their "
-            f"average falls from {v['spread_before']:.4f} to {v['spread_after']:.1e}."),
+            f"average falls from {v['spread_before']:.4f} to {v['spread_after']:.1e}."
+            + (" The server likewise replaces its upper model by the average of the clients' copies (no bytes: "
+               "they are all on the server)." if cfg.schedule == "splitfed_v1" else "")),
         "handoff": lambda: (
             "Vanilla SL keeps a single lower model: " + (
                 f"client {v['from']} hands it on to client {v['to']} ({fmt_bytes(v['bytes'])}), which trains it next."
@@ -213,8 +260,16 @@ def _server_words(v: dict, cfg: RunConfig, client: int | None) -> str:
     lr = (f"η_s = η·n^α = {v['server_lr']:.4g} (SplitLr: larger than the clients' η = {v['lr']:.4g}, since the "
           "server learns from n clients' data at once)" if v["server_lr"] != v["lr"] else f"η = {v['lr']:.4g}")
     data = "all the smashed data it received" if client is None else f"client {client}'s smashed data"
+    model = "the upper model"
+    if cfg.schedule == "splitfed_v1":
+        model = (f"client {client}'s copy of the upper model (SplitFed V1: a copy per client, each starting the "
+                 "round from the global upper model and averaged at its end)")
+    elif cfg.schedule == "splitfed_v2":
+        model = "the one upper model (SplitFed V2: every client's batches, one after another, train it)"
+    fresh = " The authors' code re-creates the server's optimiser before every batch." \
+        if cfg.reset_optimizers else ""
     return (f"The server runs its upper model on {data} and computes the loss L{mixup}. "
-            f"It takes one step on the upper model with learning rate {lr}.")
+            f"It takes one step on {model} with learning rate {lr}.{fresh}")
 
 
 def _grads_words(v: dict, k: int) -> str:
@@ -389,15 +444,17 @@ def _server(n: int, look: _Look | None, layout: Layout) -> list[str]:
 
 def _client_row(i: int, step: Step | None, res: RoundResult, look: _Look | None, layout: Layout) -> list[str]:
     y = _row_y(i)
-    served = look is not None and (not sequential(res) or step.group == i or step.phase == "averaging")
+    served_now = look is not None and (not one_at_a_time(res) or served(res, step.group) == i
+                                       or step.phase == "averaging")
     on = look is not None and (i in look.clients or i in look.data)
     color = look.color if on else GREY
-    second = look.clients.get(i, "") if on else ("" if served or look is None else _waiting(i, step))
+    second = look.clients.get(i, "") if on else ("" if served_now or look is None else _waiting(i, step, res))
     x = layout.client_x
     parts = _data_box(i, y, look, layout) + [
         _box(x, y - BOX_H / 2, layout.client_w, BOX_H, color, "#F4F8FF" if on else "white",
-             dashed=look is not None and not served, width=3 if on else 1.5),
-        _text(x + 10, y - (7 if second else 0), f"client {i}", 13, TEXT if served or on else DIM_TEXT, "start", "bold"),
+             dashed=look is not None and not served_now, width=3 if on else 1.5),
+        _text(x + 10, y - (7 if second else 0), f"client {i}", 13, TEXT if served_now or on else DIM_TEXT, "start",
+              "bold"),
         _text(x + 10, y + 9, second, 11, TEXT if on else DIM_TEXT, "start") if second else ""]
     return parts + _links(i, y, look, layout)
 
@@ -414,7 +471,9 @@ def _data_box(i: int, y: float, look: _Look | None, layout: Layout) -> list[str]
             _arrow(left + layout.data_w, y, layout.client_x, y, look.color if lit else FAINT, 2.5 if lit else 1.2)]
 
 
-def _waiting(i: int, step: Step) -> str:
+def _waiting(i: int, step: Step, res: RoundResult) -> str:
+    if splitfed(res):
+        return "done this round" if i in served_before(res, step.group) else "waits its turn"
     return "done, model handed on" if i < step.group else "waits for the model"
 
 
@@ -443,7 +502,8 @@ def _handoff_arrow(src: int, dst: int, text: str, color: str, layout: Layout) ->
 
 def _look(step: Step, res: RoundResult) -> _Look:
     v, n = step.event.values, res.config.num_clients
-    clients = v.get("clients", list(range(n)))
+    one = one_at_a_time(res) and step.phase != "averaging"  # a step of one client: the server's too
+    clients = v.get("clients", [served(res, step.group)] if one else list(range(n)))
     color = PHASE_COLORS[step.phase]
     def each(text: str) -> dict[int, str]:
         return dict.fromkeys(clients, text)
@@ -484,6 +544,9 @@ def _look_server(look, v, clients, each, res):
     look.headline = "the server's loss and one step on the upper model"
     lr = f"η_s = {v['server_lr']:.4g}" + (" (SplitLr)" if v["server_lr"] != v["lr"] else "")
     look.server = [f"L = {v['loss']:.4f}"] + ([f"L~ = {v['mixup']:.4f}"] if res.config.mixup.enabled else []) + [lr]
+    if res.config.schedule == "splitfed_v1":
+        look.headline = f"the server's loss and one step on client {clients[0]}'s copy of the upper model"
+        look.server.insert(0, f"copy for client {clients[0]}")
 
 
 def _look_grads(look, v, clients, each, res):
@@ -510,6 +573,8 @@ def _look_averaging(look, v, clients, each, res):
     look.headline = f"lower models averaged: {fmt_bytes(v['bytes'])} up and down"
     look.models = {c: fmt_bytes(v["bytes"] // (2 * n)) + " each way" for c in range(n)}
     look.server = ["averages the lower models", f"spread {v['spread_before']:.2e} → {v['spread_after']:.1e}"]
+    if res.config.schedule == "splitfed_v1":
+        look.server.append("and its upper-model copies")
     look.clients = {c: f"to average: {d:.2e}" for c, d in enumerate(v["distances_before"])}
 
 

@@ -32,6 +32,7 @@ class StepBatch:
     labels: torch.Tensor        # [k*b]
     weights: torch.Tensor       # [k] delta_i renormalised over the step's clients
     round: int                  # 1-based round number
+    stacked: torch.Tensor | None = None  # [k, b, ...] the clients' smashed data as one tensor (batched execution)
 
     @property
     def num_clients(self) -> int:
@@ -67,6 +68,17 @@ class Technique:
                     y: torch.Tensor) -> torch.Tensor | None:
         """A loss computed on the client from its own smashed data (None: no local loss)."""
         return None
+
+    def client_losses(self, state: "TrainState", clients: list[int], smashed: torch.Tensor, x: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor | None:
+        """The sum over ``clients`` of :meth:`client_loss`, from stacked tensors ([k, b, ...]); a technique
+        overrides it to compute every client's loss at once (batched execution)."""
+        total = None
+        for j, i in enumerate(clients):
+            term = self.client_loss(state, i, smashed[j], x[j], y[j])
+            if term is not None:
+                total = term if total is None else total + term
+        return total
 
     def server_lr(self, state: "TrainState", lr: float) -> float:
         return lr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from engine.batched import per_client, stacked_call
 from engine.techniques.base import Technique, register
 
 
@@ -33,3 +34,13 @@ class LocalLoss(Technique):
         if state.tracing:
             state.tracer.note("local", (loss.item(), None))
         return loss
+
+    def client_losses(self, state, clients: list[int], smashed: torch.Tensor, x: torch.Tensor,
+                      y: torch.Tensor) -> torch.Tensor:
+        """Every client's local loss at once: the auxiliary networks as one vmapped call."""
+        auxes = [state.auxes[i] for i in clients]
+        if any(True for _ in auxes[0].parameters()):  # InfoPro decoder, classifier head
+            losses = per_client(type(auxes[0]).output_loss, stacked_call(auxes, smashed), x, y)
+        else:  # the norm regulariser has no parameters: the same function for every client
+            losses = per_client(auxes[0].loss, smashed, x, y)
+        return self.cfg.local_loss.weight * losses.sum()

@@ -22,6 +22,10 @@ def test_presets_prints_one_line_per_preset_starting_with_its_name(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(PRESETS)
     assert "1,2,3,4p,5" in next(line for line in lines if line.startswith("locfedmix_sl "))
+    for line, preset in zip(lines, PRESETS.values()):  # which paper or code each follows
+        assert preset.source and preset.source in line
+    assert "SplitFed authors' code (V1)" in next(line for line in lines if line.startswith("splitfed_v1 "))
+    assert "LocFedMix-SL Table 3 row 4" in next(line for line in lines if line.startswith("splitfed "))
 
 
 def test_run_writes_config_history_and_summary(tmp_path, capsys):

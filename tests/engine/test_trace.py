@@ -19,6 +19,11 @@ def config(preset: str, **extra):
         "optim": {"name": "adam", "lr": 0.001}, **extra}))
 
 
+def schedule_steps(cfg) -> int:
+    """Steps a round takes: one (parallel), one per client (Vanilla SL), one per batch (SplitFed)."""
+    return {"parallel": 1, "sequential": cfg.num_clients}.get(cfg.schedule, cfg.num_clients * cfg.local_steps)
+
+
 def same(a, b) -> bool:
     """Equal nested state: tensors bit for bit, everything else by ==."""
     if isinstance(a, torch.Tensor):
@@ -49,7 +54,7 @@ def test_a_traced_round_leaves_exactly_the_state_of_an_untraced_one(preset):
 def test_the_events_report_the_rounds_own_losses_and_the_ledgers_bytes(preset):
     cfg = config(preset)
     res = trace_round(cfg, tiny_dataset())
-    steps = 3 if cfg.schedule == "sequential" else 1
+    steps = schedule_steps(cfg)
     assert len(res.trace.get("batch")) == len(res.trace.get("forward")) == steps
     up = sum(e.values["bytes"] for e in res.trace.get("upload"))
     assert up == res.ledger_after["bytes_smashed_up"] - res.ledger_before["bytes_smashed_up"]
@@ -61,7 +66,7 @@ def test_the_events_report_the_rounds_own_losses_and_the_ledgers_bytes(preset):
     assert [e.phase for e in res.trace.events if e.phase in PHASES][0] == "batch"
     assert bool(res.trace.get("mixup")) == cfg.mixup.enabled
     assert bool(res.trace.get("local")) == cfg.local_loss.enabled
-    assert bool(res.trace.get("averaging")) == (cfg.averaging.enabled and cfg.schedule == "parallel")
+    assert bool(res.trace.get("averaging")) == (cfg.averaging.enabled and cfg.schedule != "sequential")
     assert bool(res.trace.get("grads_down")) == cfg.global_backward
     if cfg.local_loss.enabled:
         (local,) = res.trace.get("local")
@@ -72,6 +77,20 @@ def test_the_events_report_the_rounds_own_losses_and_the_ledgers_bytes(preset):
         assert [e.values["to"] for e in hand] == [1, 2, None]
         model = res.ledger_after["bytes_model_up"] - res.ledger_before["bytes_model_up"]
         assert sum(e.values["bytes"] for e in hand) == model
+
+
+@pytest.mark.parametrize("preset", ["splitfed_v1", "splitfed_v2"])
+def test_a_splitfed_round_traces_a_step_per_batch_client_by_client(preset):
+    cfg = config(preset, local_steps=2)
+    res = trace_round(cfg, tiny_dataset())
+    served = [e.values["clients"] for e in res.trace.get("batch")]
+    assert [e.step for e in res.trace.get("batch")] == list(range(6))  # 3 clients x 2 batches
+    assert all(len(c) == 1 for c in served) and served[::2] == served[1::2]  # a client's batches in a row
+    assert sorted(c for (c,) in served[::2]) == [0, 1, 2]
+    for phase in ("forward", "upload", "server", "grads_down", "client_update"):
+        assert [e.step for e in res.trace.get(phase)] == list(range(6)), phase
+    (avg,) = res.trace.get("averaging")  # once, at the round's end
+    assert res.trace.events[-1] is avg and avg.values["spread_after"] < 1e-6
 
 
 def test_mixup_pairs_lambda_and_splitavg_active_clients_are_the_rounds_draws():

@@ -93,6 +93,20 @@ def test_every_figure_has_a_default_title_and_takes_another():
         "Test accuracy against simulated latency"
 
 
+def test_simulated_latency_counts_the_client_steps_a_round_takes_one_after_another():
+    """T_comp once a round in parallel, n times for Vanilla SL, n * local_steps times for SplitFed."""
+    def compute(config: dict) -> np.ndarray:
+        h = figures.with_simulated_latency(history(), config, t_comp=0.5, uplink_bytes_per_s=1e3)
+        return (h["latency_s"] - h["bytes_up"] / 1e3).to_numpy()
+
+    parallel = compute({"num_clients": 4})
+    np.testing.assert_allclose(parallel, 0.5 * np.arange(1, 5))
+    np.testing.assert_allclose(compute({"num_clients": 4, "schedule": "sequential"}), 4 * parallel)
+    for schedule in ("splitfed_v1", "splitfed_v2"):
+        config = {"num_clients": 4, "schedule": schedule, "local_steps": 20}
+        np.testing.assert_allclose(compute(config), 80 * parallel)
+
+
 def test_figures_name_their_template_and_colours_under_streamlits_default(streamlit_template):
     for title, fig in all_figures().items():
         assert fig.layout.template.layout.colorway == pio.templates[figures.TEMPLATE].layout.colorway, title
@@ -122,6 +136,19 @@ def test_loss_terms_leave_out_terms_that_stay_zero():
 ])
 def test_combinations_are_named_as_people_know_them(codes, name):
     assert figures.combination_name(codes) == name
+
+
+def test_a_splitfed_schedule_is_a_setting_of_its_own():
+    """SplitFed V1 and V2 share row 4's codes: on the Compare page they get cells of their own."""
+    keys = {figures.setting_key("1,2,5", 1, s) for s in ("parallel", "splitfed_v1", "splitfed_v2")}
+    assert len(keys) == 3 and figures.setting_key("1,2,5", 1, "sequential") == "1,2,5"
+    assert figures.combination_name(figures.setting_key("1,2,5")) == "SplitFed (row 4)"
+    assert figures.combination_name(figures.setting_key("1,2,5", 1, "splitfed_v1")) == "SplitFed V1"
+    assert figures.combination_name(figures.setting_key("1,2,5", 2, "splitfed_v2")) == \
+        "SplitFed V2, cut after block 2"
+    assert figures.combination_name(figures.setting_key("1,2,4,5", 1, "splitfed_v2")) == \
+        "SplitFed V2 schedule + local loss + averaging"
+    assert figures.split_setting(figures.setting_key("1,2,5", 3, "splitfed_v1")) == ("1,2,5#splitfed_v1", 3)
 
 
 def test_accuracy_vs_n_fits_y_inside_unit_range_and_ticks_only_measured_n():

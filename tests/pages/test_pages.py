@@ -126,6 +126,40 @@ def test_new_run_queues_a_run_with_the_chosen_config(db_url):
     assert cfg["mixup"]["enabled"] and cfg["local_loss"]["average_aux"] and cfg["averaging"]["enabled"]
 
 
+@pytest.mark.parametrize("preset", ["splitfed_v1", "splitfed_v2"])
+def test_new_run_keeps_a_splitfed_presets_schedule_and_settings(db_url, preset):
+    at = page("new_run")
+    next(w for w in at.selectbox if w.label == "start from a preset").set_value(preset).run()
+    assert next(w for w in at.selectbox if w.label == "① schedule").value == preset
+    assert next(w for w in at.number_input if w.label == "batches per client per round").value == 20
+    assert next(w for w in at.checkbox if w.label == "re-create the optimisers").value
+    assert any("20 batches per client" in c.value for c in at.caption)
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    (run,) = runs_in_db(db_url)
+    cfg = run.config
+    assert (cfg["schedule"], cfg["local_steps"], cfg["reset_optimizers"]) == (preset, 20, True)
+    assert cfg["averaging"]["enabled"] and cfg["global_backward"] and not cfg["mixup"]["enabled"]
+
+
+def test_new_run_says_what_a_splitfed_schedule_cannot_run(db_url):
+    at = page("new_run")
+    next(w for w in at.selectbox if w.label == "start from a preset").set_value("splitfed_v1").run()
+    next(w for w in at.checkbox if w.label == "③ smashed-data mixup").check().run()
+    errors = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "mixup needs the parallel schedule" in errors
+    next(w for w in at.checkbox if w.label == "③ smashed-data mixup").uncheck().run()
+    next(w for w in at.checkbox if w.label == "re-create the optimisers").uncheck().run()  # under Adam (demo)
+    errors = " ".join(e.value for e in at.error).replace("\\", "")
+    assert "re-create the optimisers must be true for splitfed_v1 with the adam optimiser" in errors
+    assert next(b for b in at.button if b.label == "Queue run").disabled
+    next(w for w in at.selectbox if w.label == "① schedule").set_value("parallel").run()
+    assert not at.error  # the parallel schedule: one batch per client, nothing re-created
+    assert next(w for w in at.number_input if w.label == "batches per client per round").disabled
+    next(b for b in at.button if b.label == "Queue run").click().run()
+    (run,) = runs_in_db(db_url)
+    assert (run.config["schedule"], run.config["local_steps"], run.config["reset_optimizers"]) == ("parallel", 1, False)
+
+
 def test_sweep_queues_the_grid(db_url):
     at = page("new_run")
     next(w for w in at.multiselect if w.label.startswith("technique combinations")).set_value([4, 8]).run()

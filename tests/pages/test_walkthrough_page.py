@@ -96,7 +96,7 @@ def test_every_preset_steps_through_every_phase_forward_and_back(db_url, algo):
     assert param(at, "step") == "1"
 
 
-@pytest.mark.parametrize("algo", ["locfedmix_sl", "splitfed", "vanilla_sl"])
+@pytest.mark.parametrize("algo", ["locfedmix_sl", "splitfed", "vanilla_sl", "splitfed_v2"])
 def test_upload_arrows_carry_the_ledgers_bytes(db_url, algo):
     res = expected(algo)
     shown = 0
@@ -188,6 +188,26 @@ def test_vanilla_sl_serves_one_client_at_a_time_and_hands_the_model_on(db_url):
     assert "waits for the model" in svg  # client 2 has not had its turn
     go(at, "Next")
     assert headings(at)[0].startswith("#### Client 1 · 1.")
+
+
+@pytest.mark.parametrize("algo", ["splitfed_v1", "splitfed_v2"])
+def test_splitfed_serves_the_clients_in_turn_one_batch_each(db_url, algo):
+    """A step per batch, client by client in the round's drawn order; one batch per client here (the page
+    says so); V1's server step trains the client's own copy of the upper model."""
+    res = expected(algo)
+    order = [e.values["clients"][0] for e in res.trace.get("batch")]
+    assert sorted(order) == list(range(N)) and res.config.local_steps == 1
+    at = walkthrough(algo)
+    assert "serves the clients in turn" in captions(at) and "local_steps = 1" in captions(at)
+    assert headings(at)[0] == f"#### Client {order[0]} · 1. The client draws a batch"
+    at = open_phase(algo, "server", res, 1)
+    (heading,), (svg,) = headings(at), diagrams(at)
+    assert heading.startswith(f"#### Client {order[1]} · 5.")
+    assert "done this round" in svg and "waits its turn" in svg  # the clients before and after this turn
+    assert (f"copy for client {order[1]}" in svg) == (algo == "splitfed_v1")
+    assert "one per batch" in captions(at)
+    at = open_phase(algo, "averaging", res)
+    assert ("average of the clients' copies" in " ".join(m.value for m in at.markdown)) == (algo == "splitfed_v1")
 
 
 def test_a_stored_runs_checkpoint_is_traced_one_round_on(db_url):

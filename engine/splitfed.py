@@ -1,0 +1,117 @@
+"""The SplitFed schedules: a round as the SplitFed authors' code runs it (SFLV1_/SFLV2_ResNet_HAM10000.py).
+
+The clients are served one after another, in an order drawn afresh every round from the run's
+seeded generator (so a resumed run draws the same orders). Each client takes ``local_steps``
+batches, starting from the global (averaged) lower model; every batch is one engine step for that
+client alone (:func:`engine.round.run_step`): forward, one server step, the cut-layer gradient down,
+one client step.
+
+- ``splitfed_v2``: one upper model, updated batch after batch as the clients take their turns.
+- ``splitfed_v1``: the server keeps a copy of the upper model per client. Each copy starts the round
+  from the global upper model and learns from its own client's batches only; at the round's end the
+  global upper model becomes the delta-weighted average of the copies.
+
+The lower models are averaged (⑤, FedAvg) by the end-of-round hooks, as in every schedule. With
+``reset_optimizers`` the optimisers are re-created where the authors' code creates them: the
+clients' at the start of every round, the server's before every batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import torch
+
+from engine.round import RoundLosses, _parameters, run_step, update_sizes
+from engine.state import TrainState, make_optimizer
+
+
+def run_splitfed_round(state: TrainState) -> RoundLosses:
+    """Train one SplitFed round (every client ``local_steps`` batches, in a random order) and return its
+    loss terms, each the mean over the round's batches."""
+    cfg, t = state.cfg, state.round + 1
+    before = _parameters(state) if cfg.track_updates else None
+    if cfg.reset_optimizers:
+        reset_client_optimizer(state)
+    order = client_order(state)
+    copies = ServerCopies(state) if cfg.schedule == "splitfed_v1" else None
+    totals, steps, number = RoundLosses(), len(order) * cfg.local_steps, 0
+    for client in order:
+        with copies.serving(client) if copies else nullcontext():
+            for _ in range(cfg.local_steps):
+                if state.tracing:
+                    state.tracer.step = number
+                if cfg.reset_optimizers:
+                    reset_server_optimizer(state)
+                step = run_step(state, [client], t)
+                totals.loss += step.loss / steps
+                totals.mixup += step.mixup / steps
+                totals.local += step.local / steps
+                number += 1
+    if copies:
+        copies.average_into_global()
+    if before is not None:  # the server's update after V1's average; the clients' before ⑤
+        totals.updates = update_sizes(before, _parameters(state))
+    for tech in state.techniques:
+        tech.end_round(state, t)
+    state.round = t
+    return totals
+
+
+def client_order(state: TrainState) -> list[int]:
+    """This round's order of the clients: every client once, drawn as the authors' code draws it
+    (``np.random.choice(range(n), n, replace=False)``), from the run's seeded generator."""
+    n = state.num_clients
+    return state.rng.choice(n, n, replace=False).tolist()
+
+
+def reset_server_optimizer(state: TrainState) -> None:
+    """A fresh server optimiser over the upper model being trained (V1: the served client's copy)."""
+    state.server_opt = make_optimizer(list(state.upper.parameters()), state.cfg, state.cfg.server_lr)
+
+
+def reset_client_optimizer(state: TrainState) -> None:
+    """A fresh optimiser over every client module. It updates each client as the client's own fresh
+    optimiser would (the optimisers are elementwise), as the authors re-create it at every turn."""
+    params = [p for m in state.client_modules() for p in m.parameters()]
+    state.client_opt = make_optimizer(params, state.cfg, state.cfg.optim.lr) if params else None
+
+
+class ServerCopies:
+    """V1's server side of one round: the global upper model and its optimiser, set aside while each
+    client's copy is trained, and the running sum of the copies weighted by delta_i (one sum, not n
+    copies kept: the average needs nothing else)."""
+
+    def __init__(self, state: TrainState):
+        self.state = state
+        self.global_upper, self.global_opt = state.upper, state.server_opt
+        self.total: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def serving(self, client: int) -> Iterator[None]:
+        """While the block runs, ``state.upper`` is the client's copy of the global upper model, with
+        its own optimiser; afterwards the copy is added to the sum and the global model is back."""
+        state = self.state
+        state.upper = copy.deepcopy(self.global_upper)
+        state.server_opt = make_optimizer(list(state.upper.parameters()), state.cfg, state.cfg.server_lr)
+        try:
+            yield
+            self._add(state.upper.state_dict(), state.weights[client])
+        finally:
+            state.upper, state.server_opt = self.global_upper, self.global_opt
+
+    @torch.no_grad()
+    def _add(self, entries: dict[str, torch.Tensor], weight: torch.Tensor) -> None:
+        for key, value in entries.items():
+            if value.is_floating_point():  # as engine.techniques.averaging.average_states
+                term = weight.to(value.dtype) * value
+                self.total[key] = self.total[key] + term if key in self.total else term
+
+    @torch.no_grad()
+    def average_into_global(self) -> None:
+        """The global upper model becomes sum_i delta_i w_s,i (the delta_i sum to 1)."""
+        entries = self.global_upper.state_dict()
+        for key, value in self.total.items():
+            entries[key].copy_(value)
