@@ -443,21 +443,24 @@ def write_imbalance_plot(out: Path, arms: list[Arm], ns: list[int], seeds: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for arm in arms:
-        for n in ns:
-            for seed in seeds:
+    # One colour per arm, one line style per seed, one width per n: 13 lines stay tellable apart.
+    colours = plt.get_cmap("tab10").colors
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for a, arm in enumerate(arms):
+        for i, n in enumerate(ns):
+            for s, seed in enumerate(seeds):
                 run = results.get(run_key(arm, n, seed))
                 if not run or not run["history"] or "update_ratio" not in run["history"][0]:
                     continue
                 pts = [(h["round"], h["server_update_norm"] / h["client_update_norm"]) for h in run["history"]
                        if h.get("client_update_norm")]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{arm.label}, n={n}, seed {seed}",
-                        linestyle="-" if seed == seeds[0] else "--")
+                        color=colours[a % len(colours)], linestyle=styles[s % len(styles)], linewidth=1.0 + 1.2 * i)
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel("server update norm / client update norm")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(out / "imbalance.png", dpi=120)
