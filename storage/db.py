@@ -10,7 +10,9 @@ transactions; the queries lock rows where SQLite locks the file.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,7 +148,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own; _on_begin does
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")  # readers never wait for the writer, nor it for them
+        _enable_wal(cursor)  # readers never wait for the writer, nor it for them
         cursor.execute("PRAGMA synchronous = NORMAL")  # WAL stays consistent through a crash or kill -9
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -155,6 +157,24 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(_WRITE_LOCK_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch the file to WAL, waiting as long as the busy timeout for another connection's lock.
+
+    SQLite answers "database is locked" at once, without its busy handler, when connections to a new
+    file switch its journal mode at the same moment (workers starting together); so wait here."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
 
 
 # ---- schema versions -----------------------------------------------------------------------
