@@ -187,7 +187,9 @@ def _float_list(flag: str, text: str, example: str) -> list[float]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from engine.reproduce import StudyMismatch, reproduce, study_dir
 
-    ns = _int_list("--clients", args.clients or ("10" if args.study == "privacy" else "10,20,40"), "10,20,40")
+    if args.profile is None:
+        args.profile = "splitfed_authors" if args.study == "splitfed" else "demo"
+    ns = _int_list("--clients", args.clients or ("10" if args.study in ("privacy", "splitfed") else "10,20,40"), "10,20,40")
     if min(ns) < 2:
         raise UsageError("--clients: every n must be at least 2")
     seeds = _int_list("--seeds", args.seeds, "0,1,2")
@@ -221,10 +223,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
+    if args.eval_every is not None and not 1 <= args.eval_every <= args.rounds:
+        raise UsageError(f"--eval-every must be between 1 and --rounds ({args.rounds})")
     only = [k.strip() for k in args.arms.split(",") if k.strip()] if args.arms is not None else None
     try:
         out = reproduce(args.study, args.dataset, ns, args.rounds, seeds, args.profile, args.out_dir, args.db,
-                        jobs=args.jobs, only=only, train=not args.no_train, reduction=args.mixup_reduction)
+                        jobs=args.jobs, only=only, train=not args.no_train, reduction=args.mixup_reduction,
+                        eval_every=args.eval_every)
     except (StudyMismatch, ValueError) as err:
         raise UsageError(str(err)) from None
     print(f"results in {out}")
@@ -273,18 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and "
                          "plots; `privacy`: what each combination leaks at two cut layers; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
-    rep.add_argument("study", choices=["table3", "sglr", "privacy", "latency"])
+    rep.add_argument("study", choices=["table3", "sglr", "privacy", "latency", "splitfed"])
     rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
     rep.add_argument("--clients", help="comma-separated n values (default 10,20,40; privacy: 10)")
     rep.add_argument("--rounds", type=int, default=None,
                      help="rounds per run (default 300; latency --measured: 10; the paper: 10,000)")
     rep.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds; tables show mean ± std")
     rep.add_argument("--jobs", type=int, default=1, help="runs trained at once, one process each (in-process only)")
-    rep.add_argument("--arms", help="train only these lines, in this order (table3: row1..row8; "
+    rep.add_argument("--arms", help="train only these lines, in this order (table3: row1..row8, and the controls row7_slr6, row7_slr12; "
                      "sglr: parallel, splitavg, splitlr, sglr; privacy: row3_cut1, sglr_cut2, ...); the tables still show every finished run")
+    rep.add_argument("--eval-every", type=int, default=None,
+                     help="rounds between evaluations (default: 30 over the run); part of the runs' configs")
     rep.add_argument("--no-train", action="store_true",
                      help="train nothing: rewrite the tables and plots from the runs already finished")
-    rep.add_argument("--profile", default="demo", choices=list(PROFILES))
+    rep.add_argument("--profile", default=None, choices=list(PROFILES),
+                     help="hyper-parameters (default: demo; splitfed: splitfed_authors, the SplitFed authors' own)")
     rep.add_argument("--mixup-reduction", default="sum", choices=MIXUP_REDUCTIONS,
                      help="combine the n_s partners' mixup losses by sum (the paper's) or mean; "
                      "mean gets its own study folder, <study>-<dataset>-T<rounds>-mean")

@@ -69,6 +69,15 @@ def evaluate_model(lower: nn.Module, upper: nn.Module, x: torch.Tensor, y: torch
     return correct / len(y), loss / len(y)
 
 
+def authors_test_shards(state: TrainState) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test set cut into n disjoint, equal, seeded shards, one per client: where the SplitFed
+    authors' code tests each client (``dataset_iid`` on the test set)."""
+    data = state.dataset
+    rng = np.random.default_rng([state.cfg.seed, SEED_EVAL, 1])
+    shards = np.array_split(rng.permutation(len(data.test_y)), state.num_clients)
+    return [(data.test_x[s].to(state.device), data.test_y[s].to(state.device)) for s in map(torch.as_tensor, shards)]
+
+
 def evaluate(state: TrainState, clients: list[int], x: torch.Tensor, y: torch.Tensor) -> EvalResult:
     """Evaluate the given clients' models, each distinct lower model once."""
     acc, loss = {}, {}

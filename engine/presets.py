@@ -121,6 +121,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "optim": {"name": "adam", "lr": 0.001},
         "mixup": {"reduction": "mean"},
     },
+    # The SplitFed authors' own settings (their SFLV1/SFLV2 scripts), for the splitfed_v1/v2 presets:
+    # Adam 1e-4, batch 256, disjoint equal IID shards. Their round is one local epoch per client, which
+    # depends on n: `reproduce splitfed` sets local_steps to ceil(shard / 256) (24 at n = 10 on
+    # Fashion-MNIST); `engine run --profile splitfed_authors` needs --set local_steps=... for it.
+    "splitfed_authors": {
+        "rounds": 200, "eval_every": 10, "image_every": 0, "batch_size": 256,
+        "optim": {"name": "adam", "lr": 0.0001},
+        "data": {"partition": "iid"},
+    },
 }
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import statistics
 import sys
@@ -29,8 +30,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
+from engine.data import load_dataset
 from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
-from engine.presets import PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
+from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
 from engine.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
 from engine.trainer import Callbacks, Trainer
 
@@ -48,10 +50,18 @@ class Arm:
     overrides: dict[str, Any]
     paper_row: int | None = None
     leakage: bool = False  # measure privacy leakage (engine.privacy) during the run
+    # A control arm: trained only when named in --arms, shown in the tables when its runs exist.
+    control: bool = False
+    # SplitLr with eta_s = eta * factor at every n (alpha = log(factor) / log(n)): a larger server step alone
+    server_lr_factor: float | None = None
 
 
 def table3_arms() -> list[Arm]:
-    return [Arm(f"row{r}", f"{r}: {p.techniques} ({p.title})", p.overrides(), r) for r, p in sorted(TABLE3_ROWS.items())]
+    rows = [Arm(f"row{r}", f"{r}: {p.techniques} ({p.title})", p.overrides(), r) for r, p in sorted(TABLE3_ROWS.items())]
+    # Is mixup's gain under SGD only a larger server step? Row 7 with the server's learning rate alone raised.
+    controls = [Arm(f"row7_slr{f}", f"7 + server lr x{f} (control)", TABLE3_ROWS[7].overrides(), None, control=True,
+                    server_lr_factor=float(f)) for f in (6, 12)]
+    return rows + controls
 
 
 def sglr_arms() -> list[Arm]:
@@ -63,9 +73,25 @@ def sglr_arms() -> list[Arm]:
     ]
 
 
+def splitfed_arms() -> list[Arm]:
+    """The SplitFed authors' two versions, as the presets run them (under the profile's settings)."""
+    return [Arm("v1", "SplitFed V1 (a server copy per client)", PRESETS["splitfed_v1"].overrides()),
+            Arm("v2", "SplitFed V2 (one server model, clients in turn)", PRESETS["splitfed_v2"].overrides())]
+
+
+def one_local_epoch(dataset: str, n: int, batch_size: int) -> int:
+    """Batches in one pass over the largest of n disjoint equal shards (the authors' DataLoader keeps
+    the last, short batch; SplitLab's batches are all full and continue into the next shuffle)."""
+    size = len(load_dataset(dataset).train_y)
+    return math.ceil(math.ceil(size / n) / batch_size)
+
+
 POLL_S = 2.0  # seconds between looks at the queued runs
 CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process run
-STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms}
+STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms, "splitfed": splitfed_arms}
+# The profile a study uses unless told otherwise; splitfed_authors fits only the SplitFed study.
+STUDY_PROFILES = {"splitfed": ("splitfed_authors",)}
+DEFAULT_PROFILE = {"splitfed": "splitfed_authors"}
 
 
 def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int, reduction: str = "sum",
@@ -73,7 +99,8 @@ def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int,
     """One folder per scale, per profile other than demo (``-paper``: plain SGD at eta = 0.004) and
     per mixup reduction other than the paper's sum: runs trained with different settings never mix
     in one table."""
-    suffix = ("" if profile == "demo" else f"-{profile}") + ("" if reduction == "sum" else f"-{reduction}")
+    profile_tag = {"demo": "", "splitfed_authors": "-authors-settings"}.get(profile, f"-{profile}")
+    suffix = profile_tag + ("" if reduction == "sum" else f"-{reduction}")
     return Path(out_dir) / f"{study}-{dataset}-T{rounds}{suffix}"
 
 
@@ -87,13 +114,20 @@ def run_key(arm: Arm, n: int, seed: int) -> str:
 
 
 def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile: str,
-                 reduction: str = "sum") -> RunConfig:
+                 reduction: str = "sum", eval_every: int | None = None) -> RunConfig:
     """The profile's hyper-parameters, the arm's techniques, n_s = n // 2 (the paper grows n_s with n),
     and the paper's summed mixup loss (Adam's step does not scale with it), or its mean over the
     partners when ``reduction`` says so (the ablation that weighs the mixed samples as one batch).
-    The paper profile also measures the server-client update imbalance (``track_updates``)."""
-    eval_every = max(1, rounds // 30)
-    return validate_config(deep_merge(deep_merge(PROFILES[profile], arm.overrides), {
+    The paper profile also measures the server-client update imbalance (``track_updates``).
+    Evaluations: every ``eval_every`` rounds, 30 over the run by default."""
+    eval_every = eval_every or max(1, rounds // 30)
+    overrides = arm.overrides
+    if arm.server_lr_factor is not None:
+        overrides = deep_merge(overrides, {"split_lr": {"enabled": True,
+                                                        "alpha": math.log(arm.server_lr_factor) / math.log(n)}})
+    if profile == "splitfed_authors":  # the authors' round: one local epoch per client
+        overrides = deep_merge(overrides, {"local_steps": one_local_epoch(dataset, n, PROFILES[profile]["batch_size"])})
+    return validate_config(deep_merge(deep_merge(PROFILES[profile], overrides), {
         "name": run_name(arm, n, seed), "num_clients": n, "rounds": rounds, "seed": seed,
         "eval_every": eval_every, "image_every": 0, "data": {"dataset": dataset},
         "mixup": {"num_partners": n // 2, "reduction": reduction}, "track_updates": profile == "paper",
@@ -262,6 +296,104 @@ def mixup_effects(arms: list[Arm], ns: list[int], seeds: list[int], results: dic
     return rows
 
 
+MILESTONES = (2000, 5000, 10_000)  # rounds at which a paper-length study reads its gains off the curves
+
+
+def comparison_pairs(arms: list[Arm]) -> list[tuple[Arm, Arm]]:
+    """The mixup pairs, and each control against the row it changes (row 7 + a larger server lr vs row 7)."""
+    row7 = next((a for a in arms if a.paper_row == 7), None)
+    return mixup_pairs(arms) + [(a, row7) for a in arms if a.control and row7 is not None]
+
+
+def _at_round(history: list[dict], round_: int, key: str = "test_acc") -> tuple[float, float, int]:
+    """(the value at the last evaluation at or before ``round_``, the mean of the five evaluations
+    ending there, the round it was read at)."""
+    upto = [h for h in history if h["round"] <= round_]
+    return upto[-1][key], statistics.fmean(h[key] for h in upto[-5:]), upto[-1]["round"]
+
+
+def gains_by_round(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict],
+                   milestones: Iterable[int]) -> list[dict]:
+    """For every pair (with, without) and seed: the accuracy difference read off the same two runs'
+    live curves at each milestone (the evaluation there, and the mean of the last five up to it),
+    and at the end the full-test-set final as well."""
+    rows = []
+    for with_arm, without in comparison_pairs(arms):
+        for n in ns:
+            for seed in seeds:
+                a, b = results.get(run_key(with_arm, n, seed)), results.get(run_key(without, n, seed))
+                if a is None or b is None:
+                    continue
+                for m in milestones:
+                    if m > a["summary"]["rounds_done"]:
+                        continue
+                    (a_at, a5, read), (b_at, b5, _) = _at_round(a["history"], m), _at_round(b["history"], m)
+                    last = m == a["summary"]["rounds_done"]
+                    rows.append({"pair": f"{with_arm.key} - {without.key}", "n": n, "seed": seed, "round": m,
+                                 "read_at": read, "with_acc": a_at, "without_acc": b_at, "diff": round(a_at - b_at, 4),
+                                 "with_last5": round(a5, 4), "without_last5": round(b5, 4), "diff_last5": round(a5 - b5, 4),
+                                 "diff_final_full_test": round(a["summary"]["final_test_acc"]
+                                                               - b["summary"]["final_test_acc"], 4) if last else None})
+    return rows
+
+
+def gains_table(rows: list[dict]) -> str:
+    """Markdown: one line per pair, n and milestone; each cell the per-seed differences in points."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["pair"], r["n"], r["round"]), []).append(r)
+    lines = ["| pair | n | round | live accuracy difference (seeds) | mean of last five evaluations | final, full test set |",
+             "|---|---|---|---|---|---|"]
+    for (pair, n, round_), rs in cells.items():
+        def points(key: str, rs=rs) -> str:
+            values = [r[key] * 100 for r in rs]
+            mean = f"{statistics.fmean(values):+.1f}"
+            return mean + (f" ({', '.join(f'{v:+.1f}' for v in values)}; seeds {', '.join(str(r['seed']) for r in rs)})"
+                           if len(rs) > 1 else f" (seed {rs[0]['seed']})")
+        final = points("diff_final_full_test") if rs[0]["diff_final_full_test"] is not None else "–"
+        lines.append(f"| {pair} | {n} | {round_:,} | {points('diff')} | {points('diff_last5')} | {final} |")
+    return "\n".join(lines)
+
+
+def write_gain_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
+    """``gain_n<n>.png``: each pair's accuracy difference over the rounds (live curves, a five-evaluation
+    running mean; one line per seed), with the paper's +0.2 to +4.3 points for row 8 - row 7 shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    styles = ["-", "--", ":", "-."]
+    for n in ns:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        drawn = False
+        for p, (with_arm, without) in enumerate(comparison_pairs(arms)):
+            for s, seed in enumerate(seeds):
+                a, b = results.get(run_key(with_arm, n, seed)), results.get(run_key(without, n, seed))
+                if a is None or b is None:
+                    continue
+                length = min(len(a["history"]), len(b["history"]))
+                x = np.array([h["round"] for h in a["history"][:length]])
+                diff = np.array([ha["test_acc"] - hb["test_acc"] for ha, hb in zip(a["history"], b["history"])][:length])
+                smooth = np.convolve(diff, np.ones(5) / 5, mode="valid") if length >= 5 else diff
+                ax.plot(x[len(x) - len(smooth):], 100 * smooth, styles[s % len(styles)],
+                        color=plt.get_cmap("tab10").colors[p], label=f"{with_arm.label} − {without.key}, seed {seed}")
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.axhspan(0.2, 4.3, color="grey", alpha=0.2, label="the paper: row 8 − row 7, +0.2 to +4.3 (CIFAR-10, T = 10,000)")
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"accuracy difference, points (n = {n})")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"gain_n{n}.png", dpi=120)
+    plt.close("all")
+
+
 def imbalance(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> list[dict]:
     """The server-client update imbalance of every run that measured it (``track_updates``): per arm
     and n, the mean over the run's evaluation rows (each the mean over its rounds) of the server's
@@ -358,6 +490,8 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str,
     best = {n: max((cell[(a.label, n)]["final_test_acc"] for a in arms if (a.label, n) in cell), default=None)
             for n in ns}
     for arm in arms:
+        if arm.control and not any((arm.label, n) in cell for n in ns):
+            continue  # a control nobody trained is not a line of the table
         cells = []
         for n in ns:
             r = cell.get((arm.label, n))
@@ -467,9 +601,86 @@ def write_imbalance_plot(out: Path, arms: list[Arm], ns: list[int], seeds: list[
     plt.close("all")
 
 
+def splitfed_rows(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> list[dict]:
+    """Per version and n: SplitLab's figure (final, full test set) beside the figure the authors' code
+    prints (engine.splitfed: round-start lower model, the upper model that served the client, the
+    client's own test shard), each as the final value and the mean of the last five evaluations."""
+    rows = []
+    for arm in arms:
+        for n in ns:
+            runs = [(s, results[k]) for s in seeds if (k := run_key(arm, n, s)) in results]
+            if not runs:
+                continue
+
+            def last5(r: dict, key: str) -> float:
+                return statistics.fmean(h[key] for h in r["history"][-5:])
+
+            final = [r["summary"]["final_test_acc"] for _, r in runs]
+            authors = [r["history"][-1]["authors_test_acc"] for _, r in runs]
+            peak = [max(r["history"], key=lambda h: h["test_acc"]) for _, r in runs]
+            rows.append({
+                "version": arm.label, "n": n, "seeds": " ".join(str(s) for s, _ in runs),
+                "local_steps": runs[0][1]["config"]["local_steps"], "rounds": runs[0][1]["summary"]["rounds_done"],
+                "final_test_acc": round(statistics.fmean(final), 4), "final_test_acc_std": round(_std(final), 4),
+                "final_per_seed": " ".join(f"{a:.4f}" for a in final),
+                "last5_live_acc": round(statistics.fmean(last5(r, "test_acc") for _, r in runs), 4),
+                "best_live_acc": " ".join(f"{h['test_acc']:.3f}@{h['round']}" for h in peak),
+                "authors_test_acc": round(statistics.fmean(authors), 4), "authors_test_acc_std": round(_std(authors), 4),
+                "authors_last5": round(statistics.fmean(last5(r, "authors_test_acc") for _, r in runs), 4),
+                "wall_s": round(statistics.fmean(r["summary"]["wall_s"] for _, r in runs), 1)})
+    return rows
+
+
+def write_splitfed_report(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
+    """``table.md``/``table.csv`` (both figures per version) and ``curves_n<n>.png`` (both figures over the rounds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = splitfed_rows(arms, ns, seeds, results)
+    _write_csv(out / "table.csv", rows, ["version"])
+    lines = ["| version | n | seeds | batches per client a round | SplitLab: final (full test set) | last five live "
+             "| best live (round) | the authors' figure: final | last five | wall s per run |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['version']} | {r['n']} | {r['seeds']} | {r['local_steps']} | {r['final_test_acc']:.4f} ± "
+                     f"{r['final_test_acc_std']:.4f} ({r['final_per_seed']}) | {r['last5_live_acc']:.4f} | "
+                     f"{r['best_live_acc']} | {r['authors_test_acc']:.4f} ± {r['authors_test_acc_std']:.4f} | "
+                     f"{r['authors_last5']:.4f} | {r['wall_s']:.0f} |")
+    note = ("SplitLab's figure: the averaged lower model with the global upper model after the round, on the full "
+            "test set (live curve: a fixed 1,000-image subset). The authors' figure is what their scripts print: "
+            "each client's lower model as it started the round with the upper model that served it (V1: the "
+            "client's own copy before averaging; V2: the one server model after that client's turn), on the "
+            "client's own tenth of the test set, averaged over the clients.\n")
+    (out / "table.md").write_text("\n".join(lines) + "\n\n" + note)
+    for n in ns:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for a, arm in enumerate(arms):
+            runs = [results[k] for s in seeds if (k := run_key(arm, n, s)) in results]
+            if not runs:
+                continue
+            colour = plt.get_cmap("tab10").colors[a]
+            for key, style, what in (("test_acc", "-", "SplitLab"), ("authors_test_acc", "--", "authors' figure")):
+                length = min(len(r["history"]) for r in runs)
+                x = [h["round"] for h in runs[0]["history"][:length]]
+                acc = np.array([[h[key] for h in r["history"][:length]] for r in runs])
+                ax.plot(x, acc.mean(axis=0), style, color=colour, label=f"{arm.label}: {what}")
+                if len(runs) > 1:
+                    ax.fill_between(x, acc.min(axis=0), acc.max(axis=0), color=colour, alpha=0.12)
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"test accuracy, n = {n} (mean over seeds; band: min to max)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"curves_n{n}.png", dpi=120)
+    plt.close("all")
+
+
 # ---- the command ---------------------------------------------------------------------------
 def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str,
-         out: Path, reduction: str = "sum") -> tuple[dict[Path, RunConfig], int]:
+         out: Path, reduction: str = "sum", eval_every: int | None = None) -> tuple[dict[Path, RunConfig], int]:
     """The runs still to train, and how many are already done. A finished run whose config differs
     from the one planned (other code or other settings in the same folder) is refused, not reused."""
     todo, done = {}, 0
@@ -477,7 +688,7 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
         for n in ns:
             for arm in arms:
                 path = out / "runs" / f"{run_key(arm, n, seed)}.json"
-                cfg = study_config(arm, n, dataset, rounds, seed, profile, reduction)
+                cfg = study_config(arm, n, dataset, rounds, seed, profile, reduction, eval_every)
                 if not path.exists():
                     todo[path] = cfg
                     continue
@@ -499,9 +710,9 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
 
 
 def pick_arms(arms: list[Arm], keys: list[str] | None) -> list[Arm]:
-    """The arms named by ``keys``, in that order (all of them for None): what to train first."""
+    """The arms named by ``keys``, in that order (every arm but the controls for None): what to train first."""
     if keys is None:
-        return arms
+        return [a for a in arms if not a.control]
     by_key = {a.key: a for a in arms}
     unknown = [k for k in keys if k not in by_key]
     if unknown or not keys:
@@ -512,17 +723,19 @@ def pick_arms(arms: list[Arm], keys: list[str] | None) -> list[Arm]:
 
 def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[int], profile: str, out_dir: str,
               db_url: str | None, jobs: int = 1, only: list[str] | None = None, train: bool = True,
-              reduction: str = "sum") -> Path:
+              reduction: str = "sum", eval_every: int | None = None) -> Path:
     """Train the study's missing runs (only the arms in ``only``, in its order, when given; none when
     ``train`` is False), then write the tables and plots from every finished run of the study.
     ``reduction`` combines the mixup partners' losses ("sum", the paper's, or "mean")."""
     if reduction not in MIXUP_REDUCTIONS:
         raise ValueError(f"mixup reduction {reduction!r}: choose from {', '.join(MIXUP_REDUCTIONS)}")
+    if profile == "splitfed_authors" and study != "splitfed":
+        raise ValueError("--profile splitfed_authors is the SplitFed authors' settings: use it with `reproduce splitfed`")
     arms = STUDIES[study]()
     out = study_dir(out_dir, study, dataset, rounds, reduction, profile)
     if train:
         (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out, reduction)
+    todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out, reduction, eval_every)
     if not train:
         print(f"{study} on {dataset}, {rounds} rounds: {done} runs done, {len(todo)} missing (not trained: "
               "--no-train)", file=sys.stderr, flush=True)
@@ -539,10 +752,22 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
     if study == "privacy":
         write_privacy_report(out, ns, seeds, results)
         return out
+    if study == "splitfed":
+        write_splitfed_report(out, arms, ns, seeds, results)
+        return out
     rows = aggregate(arms, ns, seeds, results)
     updates = imbalance(arms, ns, seeds, results)
     write_tables(out, arms, ns, rows, study, reduction, mixup_effects(arms, ns, seeds, results), updates)
     write_plots(out, arms, ns, seeds, rows, results)
     if updates:
         write_imbalance_plot(out, arms, ns, seeds, results)
+    if rounds >= MILESTONES[-1]:  # the paper's length: the gains read off the same runs on the way
+        gains = gains_by_round(arms, ns, seeds, results, MILESTONES)
+        _write_csv(out / "gain_by_round.csv", gains, ["pair"])
+        with open(out / "table.md", "a") as f:
+            f.write("\nThe same differences read off the same runs at 2,000, 5,000 and 10,000 rounds (live curves: "
+                    "the evaluation at that round on the fixed 1,000-image subset, and the mean of the five "
+                    "evaluations up to it; at the end also the full-test-set final). Points; `gain_by_round.csv` "
+                    "has every value, `gain_n<n>.png` the difference over all rounds.\n\n" + gains_table(gains) + "\n")
+        write_gain_plots(out, arms, ns, seeds, results)
     return out

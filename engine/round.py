@@ -27,6 +27,7 @@ class RoundLosses:
     mixup: float = 0.0
     local: float = 0.0
     updates: "UpdateSizes | None" = None  # with cfg.track_updates
+    authors_test_acc: float | None = None  # SplitFed schedules, evaluation rounds (engine.splitfed)
 
 
 @dataclass

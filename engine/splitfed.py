@@ -14,6 +14,12 @@ one client step.
 The lower models are averaged (⑤, FedAvg) by the end-of-round hooks, as in every schedule. With
 ``reset_optimizers`` the optimisers are re-created where the authors' code creates them: the
 clients' at the start of every round, the server's before every batch.
+
+On an evaluation round the round also measures the figure the authors' code prints
+(``authors_test_acc``): after each client's turn, the client's round-start lower model with the
+upper model it was served by (V1: its own copy; V2: the one server model, as it stands after that
+turn) on the client's own shard of the test set, averaged over the clients. It only reads the
+models, so training is the same with or without it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from engine.evaluate import authors_test_shards, evaluate_model
 from engine.round import RoundLosses, _parameters, run_step, update_sizes
 from engine.state import TrainState, make_optimizer
 
@@ -38,7 +45,10 @@ def run_splitfed_round(state: TrainState) -> RoundLosses:
     order = client_order(state)
     copies = ServerCopies(state) if cfg.schedule == "splitfed_v1" else None
     totals, steps, number = RoundLosses(), len(order) * cfg.local_steps, 0
+    shards = authors_test_shards(state) if t % cfg.eval_every == 0 or t == cfg.rounds else None
+    authors_acc = []
     for client in order:
+        start_lower = copy.deepcopy(state.lowers[client]) if shards else None
         with copies.serving(client) if copies else nullcontext():
             for _ in range(cfg.local_steps):
                 if state.tracing:
@@ -50,6 +60,11 @@ def run_splitfed_round(state: TrainState) -> RoundLosses:
                 totals.mixup += step.mixup / steps
                 totals.local += step.local / steps
                 number += 1
+            if shards:  # the authors' test: round-start lower model, the upper model that served it, own shard
+                x, y = shards[client]
+                authors_acc.append(evaluate_model(start_lower, state.upper, x, y)[0])
+    if authors_acc:
+        totals.authors_test_acc = sum(authors_acc) / len(authors_acc)
     if copies:
         copies.average_into_global()
     if before is not None:  # the server's update after V1's average; the clients' before ⑤

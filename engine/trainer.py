@@ -153,7 +153,7 @@ class Trainer:
         t, last = self.state.round, self.state.round == self.cfg.rounds
         leakage = self.measure_leakage() if self.privacy_due(t) else None
         if t % self.cfg.eval_every == 0 or last:
-            record = self.evaluate_now(leakage)
+            record = self.evaluate_now(leakage, losses.authors_test_acc)
             cb.on_eval(self, record)
         if (self.cfg.image_every and t % self.cfg.image_every == 0) or leakage is not None:
             snapshot = self.snapshot()
@@ -174,11 +174,14 @@ class Trainer:
         report.seconds = time.perf_counter() - start
         return report
 
-    def evaluate_now(self, leakage: LeakageReport | None = None) -> dict[str, Any]:
-        """Evaluate on the live subset and append a history row (with the leakage measured this round)."""
+    def evaluate_now(self, leakage: LeakageReport | None = None, authors_test_acc: float | None = None) -> dict[str, Any]:
+        """Evaluate on the live subset and append a history row (with the leakage measured this round,
+        and under SplitFed the authors' own test figure, measured during the round)."""
         self._observe()
         record = {"round": self.state.round, **self.evaluator.live(self.state).metrics(),
                   **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
+        if authors_test_acc is not None:
+            record["authors_test_acc"] = authors_test_acc
         if leakage is not None:
             record.update(leakage.metrics(), leak_client=leakage.client, leak_s=leakage.seconds)
         self._running = _Running()
@@ -209,6 +212,9 @@ class Trainer:
             out.update({key: measured[-1][key] for key in (*LEAK_KEYS, "leak_client")}, leak_round=measured[-1]["round"])
         if self.final:
             out.update({f"final_{k}": v for k, v in self.final.items() if k != "test_acc"})
+        authors = [row["authors_test_acc"] for row in self.history if "authors_test_acc" in row]
+        if authors:  # SplitFed: the authors' own figure at the last evaluation (engine.splitfed)
+            out["final_authors_test_acc"] = authors[-1]
         return out
 
     def result(self, stopped: bool = False) -> dict[str, Any]:

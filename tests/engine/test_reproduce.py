@@ -141,6 +141,9 @@ def test_a_finished_run_with_another_config_is_refused_not_reused(tmp_path, caps
     (["--arms", "row1,row9"], "unknown arm 'row9'; choose from row1, row2"),
     (["--arms", ","], "(none given)"),
     (["--mixup-reduction", "max"], "invalid choice: 'max'"),
+    (["--eval-every", "0"], "--eval-every must be between 1 and --rounds (300)"),
+    (["--rounds", "20", "--eval-every", "21"], "--eval-every must be between 1 and --rounds (20)"),
+    (["--profile", "splitfed_authors"], "use it with `reproduce splitfed`"),
 ])
 def test_bad_flags_are_one_clear_error(flags, message, capsys, tmp_path):
     assert main(["reproduce", "table3", "--out-dir", str(tmp_path), *flags]) == 2
@@ -275,3 +278,68 @@ def test_reproduce_privacy_on_the_command_line_defaults_to_ten_clients(tmp_path,
     assert "no finished runs in" in capsys.readouterr().err
     assert main(["reproduce", "privacy", "--arms", "row9_cut1", "--out-dir", str(tmp_path)]) == 2
     assert "unknown arm 'row9_cut1'" in capsys.readouterr().err
+
+
+# ---- paper-length studies: controls, gains read off the same runs, SplitFed at its authors' settings --
+def test_the_server_lr_control_raises_only_the_servers_learning_rate_by_its_factor_at_every_n():
+    arms = {a.key: a for a in rep.table3_arms()}
+    for n in (10, 20):
+        control = rep.study_config(arms["row7_slr6"], n, "fashion-mnist", 2000, 0, "paper")
+        row7 = rep.study_config(arms["row7"], n, "fashion-mnist", 2000, 0, "paper")
+        assert control.server_lr == pytest.approx(6 * control.optim.lr) and row7.server_lr == row7.optim.lr
+        differs = {k for k, v in control.model_dump().items() if v != row7.model_dump()[k]}
+        assert differs == {"name", "split_lr"}
+    # a control is trained only when named, and is no line of the table until it has a run
+    assert "row7_slr6" not in [a.key for a in rep.pick_arms(rep.table3_arms(), None)]
+    assert [a.key for a in rep.pick_arms(rep.table3_arms(), ["row7_slr6"])] == ["row7_slr6"]
+
+
+def test_eval_every_is_part_of_the_study_config():
+    arm = rep.table3_arms()[7]
+    assert rep.study_config(arm, 10, "digits", 10_000, 0, "paper").eval_every == 333
+    assert rep.study_config(arm, 10, "digits", 10_000, 0, "paper", eval_every=100).eval_every == 100
+
+
+def test_gains_are_read_off_the_same_runs_at_each_milestone():
+    arms = {a.key: a for a in rep.table3_arms()}
+
+    def run(accs, final):  # an evaluation every 1,000 rounds
+        return {"summary": {"final_test_acc": final, "rounds_done": 1000 * len(accs)},
+                "history": [{"round": 1000 * (i + 1), "test_acc": a} for i, a in enumerate(accs)]}
+
+    results = {"row8_n10_s0": run([.1, .2, .3, .4, .5, .6, .7, .8, .9, .95], 0.96),
+               "row7_n10_s0": run([.1, .1, .1, .2, .2, .3, .4, .5, .6, .7], 0.71),
+               "row7_slr6_n10_s0": run([.1, .1, .2, .3, .4, .5, .6, .7, .8, .9], 0.92)}
+    gains = rep.gains_by_round(list(arms.values()), [10], [0], results, rep.MILESTONES)
+    by = {(g["pair"], g["round"]): g for g in gains}
+    assert set(by) == {(p, m) for p in ("row8 - row7", "row7_slr6 - row7") for m in (2000, 5000, 10_000)}
+    assert by[("row8 - row7", 2000)]["diff"] == pytest.approx(0.2 - 0.1)
+    assert by[("row8 - row7", 5000)]["diff_last5"] == pytest.approx((0.1 + .2 + .3 + .4 + .5) / 5 - (.1 + .1 + .1 + .2 + .2) / 5)
+    assert by[("row8 - row7", 10_000)]["diff_final_full_test"] == pytest.approx(0.96 - 0.71)
+    assert by[("row8 - row7", 5000)]["diff_final_full_test"] is None
+    assert by[("row7_slr6 - row7", 10_000)]["diff"] == pytest.approx(0.9 - 0.7)
+    table = rep.gains_table(gains)
+    assert "| row8 - row7 | 10 | 10,000 | +25.0 (seed 0) |" in table
+
+
+def test_splitfed_study_runs_one_local_epoch_at_the_authors_settings(tmp_path):
+    v1, v2 = rep.splitfed_arms()
+    cfg = rep.study_config(v1, 10, "digits", 3, 0, "splitfed_authors")
+    assert (cfg.schedule, cfg.batch_size, cfg.optim.name, cfg.optim.lr) == ("splitfed_v1", 256, "adam", 1e-4)
+    assert cfg.data.partition == "iid" and cfg.reset_optimizers
+    assert cfg.local_steps == 1  # digits: 1,437 training images / 10 clients = 144 <= 256
+    assert rep.study_config(v2, 2, "digits", 3, 0, "splitfed_authors").local_steps == 3  # ceil(719 / 256)
+    assert rep.one_local_epoch("fashion-mnist", 10, 256) == 24
+    out = rep.reproduce("splitfed", "digits", [3], rounds=2, seeds=[0], profile="splitfed_authors",
+                        out_dir=str(tmp_path), db_url=None, eval_every=1)
+    assert out == tmp_path / "splitfed-digits-T2-authors-settings"
+    with open(out / "table.csv") as f:
+        rows = {r["version"][:11]: r for r in csv.DictReader(f)}
+    results = rep.load_results(out)
+    assert set(rows) == {"SplitFed V1", "SplitFed V2"}
+    for key, row in (("v1_n3_s0", rows["SplitFed V1"]), ("v2_n3_s0", rows["SplitFed V2"])):
+        history = results[key]["history"]
+        assert [h["round"] for h in history] == [1, 2] and all(0 <= h["authors_test_acc"] <= 1 for h in history)
+        assert float(row["authors_test_acc"]) == pytest.approx(history[-1]["authors_test_acc"], abs=1e-4)
+        assert float(row["final_test_acc"]) == pytest.approx(results[key]["summary"]["final_test_acc"], abs=1e-4)
+    assert "the authors' figure" in (out / "table.md").read_text() and (out / "curves_n3.png").exists()

@@ -164,11 +164,11 @@ def run_engine_and_reference(cfg, monkeypatch, rounds: int = 1):
     return state, upper, lowers, auxes
 
 
-def assert_same_weights(engine_modules, ref_modules):
+def assert_same_weights(engine_modules, ref_modules, tol: float = TOL):
     for em, rm in zip(engine_modules, ref_modules, strict=True):
         for (name, a), b in zip(em.state_dict().items(), rm.state_dict().values(), strict=True):
             if a.is_floating_point():
-                assert torch.allclose(a, b, atol=TOL, rtol=0), f"{name}: max diff {(a - b).abs().max():.3g}"
+                assert torch.allclose(a, b, atol=tol, rtol=0), f"{name}: max diff {(a - b).abs().max():.3g}"
 
 
 CASES = {
