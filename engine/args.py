@@ -2,20 +2,25 @@
 
 ``python -m engine run`` and ``submit`` (:mod:`engine.cli`, :mod:`storage.cli`) and
 ``python -m storage.perf`` all build their run config here, so a flag means the same everywhere.
-Bad input is reported as one line that names the flag the user typed and what it allows
-(``--n-s must be between 0 and n-1 = 9 (n = 10 clients), got -1``), with exit code 2.
+Bad input is reported as one line per problem that names the flag the user typed and what it allows
+(``--n-s must be between 0 and n-1 = 9 (n = 10 clients), got -1``), with exit code 2. ``run``,
+``serve`` and ``submit`` also ask :func:`engine.preflight.run_problems` whether the run can run on this
+host (the data set is here, items per client fit it, ...) before anything is trained or queued.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError, RunConfig, deep_merge, set_path, validate_config
+from engine.config import ConfigError, RunConfig, deep_merge, field_help, set_path, validate_config
 from engine.data import DATASETS, DatasetNotFound
+from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, get_preset, get_profile, techniques_to_config
 
 
@@ -34,7 +39,7 @@ RUN_FLAGS = {
     "batch_size": "batch_size", "lr": "optim.lr", "optimizer": "optim.name", "n_s": "mixup.num_partners",
     "lam_alpha": "mixup.alpha", "lam_beta": "mixup.beta", "tc": "averaging.interval", "seed": "seed",
     "eval_every": "eval_every", "device": "device", "partition": "data.partition", "name": "name",
-    "transport": "transport",
+    "transport": "transport", "samples_per_client": "data.samples_per_client", "dirichlet_beta": "data.dirichlet_beta",
 }
 
 
@@ -50,6 +55,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="data folder (else SPLITLAB_DATA, ./data, ../shared/data)")
     p.add_argument("--download", action="store_true", help="download the data set if missing")
     p.add_argument("--partition", help="paper | iid | dirichlet")
+    p.add_argument("--samples-per-client", type=int,
+                   help="m, items per client (default: the paper's m for paper, a full share for iid/dirichlet)")
+    p.add_argument("--dirichlet-beta", type=float, help="Dirichlet concentration beta (smaller = more label skew)")
     p.add_argument("--clients", type=int, help="n, number of clients")
     p.add_argument("--rounds", type=int, help="T, training rounds")
     p.add_argument("--batch-size", type=int, help="b, per-client batch size")
@@ -133,10 +141,26 @@ def read_config_file(path: str) -> dict[str, Any]:
 
 def flag_labels(args: argparse.Namespace) -> dict[str, str]:
     """Dotted field -> the flag that sets it (``"averaging.interval" -> "--tc"``); a field given
-    with ``--set key=value`` is ``"--set key"`` (--set is applied last, so it names the value used)."""
-    labels = {path: "--" + flag.replace("_", "-") for flag, path in RUN_FLAGS.items()}
+    with ``--set key=value`` is ``"--set key"`` (--set is applied last, so it names the value used),
+    and so is every field no flag of its own sets."""
+    labels = {path: f"--set {path}" for path in field_help()}
+    labels.update((path, "--" + flag.replace("_", "-")) for flag, path in RUN_FLAGS.items())
+    labels["data.download"] = "--download"
     labels.update((key, f"--set {key}") for key, _ in _set_items(args))
     return labels
+
+
+def in_flag_words(problems, labels: dict[str, str]) -> list[str]:
+    """Each problem as a line naming its flag, and any other setting its message mentions by config
+    name ("a multiple of eval_every (10)") by its flag too ("a multiple of --eval-every (10)")."""
+    lines = []
+    for problem in problems:
+        message = problem.message
+        for key, label in labels.items():
+            if ("_" in key or "." in key) and key != problem.field:
+                message = re.sub(rf"(?<![\w.-]){re.escape(key)}(?![\w.])", label, message)
+        lines.append(f"{labels.get(problem.field, problem.field)} {message}" if problem.field else message)
+    return lines
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -148,14 +172,45 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raise ConfigError(err.text(flag_labels(args)), err.problems) from None
 
 
+def runnable_config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The validated config, if it can run on this host (:func:`engine.preflight.run_problems`); else a
+    :class:`ConfigError` with one line per problem, each naming its flag."""
+    data = config_dict_from_args(args)
+    problems = run_problems(data)
+    if problems:
+        raise ConfigError("\n".join(in_flag_words(problems, flag_labels(args))), tuple(problems))
+    return validate_config(data)
+
+
+BROKEN_PIPE = 141  # the shell's code for a process ended by SIGPIPE (128 + 13), as `yes | head -1` gives
+
+
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the chosen command: bad input ends as one ``error:`` line, exit code 2."""
+    """Parse ``argv`` and run the chosen command: bad input ends as ``error:`` lines (one per problem),
+    exit code 2. A reader that stops early (``| head -1``) ends the command quietly."""
     try:
         args = parser.parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
     except (UsageError, ConfigError, DatasetNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return BROKEN_PIPE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing left in its buffer is written to the closed pipe
+    at exit (Python would print "Exception ignored ... BrokenPipeError")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (a test's capture)
+        pass

@@ -1,7 +1,9 @@
-"""The command line: ``python -m engine presets | run | bench | worker | submit | status | export | cancel``.
+"""The command line: ``python -m engine presets | run | data | bench | worker | submit | status | export | cancel``.
 
-Bad input exits with code 2 and one line naming the flag and what it allows; the run flags live in
-:mod:`engine.args`, shared with the queue's ``submit`` (:mod:`storage.cli`).
+Bad input exits with code 2 and one line per problem naming the flag and what it allows; the run
+flags live in :mod:`engine.args`, shared with the queue's ``submit`` (:mod:`storage.cli`). ``run``
+and ``submit`` refuse a run that cannot run on this host (:mod:`engine.preflight`); ``data list``
+and ``data get`` show and download the data sets.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
+from engine.args import UsageError, _Parser, add_run_arguments, run_command, runnable_config_from_args
 from engine.config import MIXUP_REDUCTIONS
-from engine.data import DATASETS
+from engine.data import DATASET_INFO, DATASETS
 from engine.presets import PRESETS, PROFILES, TECHNIQUE_CODES
 from storage.cli import add_queue_commands
 
@@ -62,7 +64,7 @@ def cmd_run(args: argparse.Namespace, network=None) -> int:
     from engine.network.server import ClientFailed
     from engine.trainer import Callbacks, Trainer
 
-    cfg = config_from_args(args)
+    cfg = runnable_config_from_args(args)
     for warning in cfg.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     try:
@@ -91,6 +93,91 @@ def _train(cfg, args, Trainer, Callbacks, network) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+class ByteProgress:
+    """A download's progress on stderr: one line redrawn on a terminal, a line every tenth otherwise."""
+
+    def __init__(self, title: str, stream=None):
+        self.title, self.stream = title, stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown_tenth, self.drawn = -1, False
+
+    def __call__(self, done: int, total: int) -> None:
+        line = f"{self.title}: {done / 1e6:.1f} of {total / 1e6:.1f} MB ({100 * done // total if total else 0}%)"
+        if self.tty:
+            self.stream.write("\r" + line.ljust(60))
+            self.stream.flush()
+            self.drawn = True
+        elif (tenth := done * 10 // total if total else 0) > self.shown_tenth:
+            self.shown_tenth = tenth
+            self.stream.write(line + "\n")
+
+    def close(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+
+
+def dataset_argument(text: str) -> str:
+    """NAME as argparse reads it: a known data set (fashion_MNIST reads as fashion-mnist)."""
+    key = text.strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown data set {text!r}; known data sets: {', '.join(DATASETS)}")
+    return key
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    """One line per data set: whether it is here, its size, where it is (or how to get it)."""
+    from engine.data import data_dir_candidates, locate, train_size
+
+    rows = [("DATA SET", "HERE", "TRAIN", "TEST", "WHERE")]
+    for name, info in DATASET_INFO.items():
+        folder = locate(name, args.data_dir)
+        train = f"{info.train_size:,}"
+        if not info.downloadable:
+            here, where = "yes", info.source
+        elif folder is None:
+            here, where = "no", (f"get it ({info.download_bytes / 1e6:.0f} MB into "
+                                 f"{data_dir_candidates(args.data_dir)[0]}): python -m engine data get {name}")
+        else:
+            here, where = "yes", str(folder)
+            try:
+                train = f"{train_size(name, args.data_dir):,}"
+            except (OSError, RuntimeError, ValueError) as err:
+                here, where = "no", f"{folder} holds files that could not be read ({err})"
+        rows.append((name, here, train, f"{info.test_size:,}", where))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+              + "  " + row[4])
+    return 0
+
+
+def cmd_data_get(args: argparse.Namespace) -> int:
+    """Download a data set unless it is here; without a network, one line saying where to put its files."""
+    from engine.data import get_dataset, locate
+    from engine.download import DownloadError
+
+    info = DATASET_INFO[args.name]
+    if not info.downloadable:
+        print(f"{info.title} is {info.source}: there is nothing to download")
+        return 0
+    before = locate(args.name, args.data_dir)
+    progress = ByteProgress(info.title)
+    try:
+        folder = get_dataset(args.name, args.data_dir, progress, mirror=args.mirror)
+    except DownloadError as err:
+        progress.close()
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        progress.close()
+        print(f"error: cannot write the data folder: {err.strerror or err}"
+              + (f": {err.filename}" if err.filename else ""), file=sys.stderr)
+        return 1
+    progress.close()
+    print(f"{info.title} is {'already ' if before is not None else ''}here: {folder}")
     return 0
 
 
@@ -244,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.add_argument("--out", help="write config, history and summary as JSON")
     run.set_defaults(func=cmd_run)
+    data = sub.add_parser("data", help="the data sets: which are here (list), download one (get)")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data_list = data_sub.add_parser("list", help="each data set: here or not, its size, where it is")
+    data_list.add_argument("--data-dir", help="data folder searched first (else SPLITLAB_DATA, ./data, ../shared/data)")
+    data_list.set_defaults(func=cmd_data_list)
+    data_get = data_sub.add_parser("get", help="download a data set (torchvision's mirrors and checksums) "
+                                   "into the first data folder, unless it is here")
+    data_get.add_argument("name", type=dataset_argument, metavar="NAME", help=f"one of {', '.join(DATASETS)}")
+    data_get.add_argument("--data-dir", help="download into this folder (else SPLITLAB_DATA, else ./data)")
+    data_get.add_argument("--mirror", help="a base URL to download from instead of torchvision's mirrors "
+                          "(else SPLITLAB_DATA_MIRROR)")
+    data_get.set_defaults(func=cmd_data_get)
     serve = sub.add_parser("serve", help="the server of a networked run: waits for n `engine client` processes, "
                            "then trains with them over TCP")
     add_run_arguments(serve)

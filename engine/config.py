@@ -283,6 +283,10 @@ class RunConfig(_Section):
         if self.schedule in SPLITFED_SCHEDULES and not self.averaging.enabled:
             out.append(f"{self.schedule} without ⑤ averaging: each client keeps its own lower model (SplitFed "
                        "averages them every round)")
+        if self.eval_every > self.rounds:
+            rounds = f"{self.rounds} round{'s' if self.rounds != 1 else ''}"
+            out.append(f"evaluating every {self.eval_every} rounds in a run of {rounds}: no evaluation falls "
+                       "due during training, so the curves get one point, from the last round")
         return out
 
 

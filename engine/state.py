@@ -10,14 +10,12 @@ import torch
 from torch import nn
 
 from engine.config import RunConfig
-from engine.data import Dataset, load_dataset, partition
+from engine.data import Dataset, load_dataset, partition, resolve_samples_per_client
 from engine.ledger import Ledger
 from engine.models import make_aux, smashed_shape, split_lenet5
 from engine.techniques import Technique, active_techniques
 
 # Fixed offsets give each source of randomness its own stream from the one seed.
-# The paper's "each client samples m items": 12,000 of 60,000 (Fashion-MNIST), 5,000 of 50,000 (CIFAR-10).
-PAPER_SAMPLES_PER_CLIENT = {"fashion-mnist": 12_000, "cifar10": 5_000}
 SEED_INIT, SEED_SPLIT, SEED_BATCHES, SEED_TECHNIQUES, SEED_EVAL = 0, 1, 2, 3, 4
 
 
@@ -63,9 +61,7 @@ def unique_modules(modules: list[nn.Module]) -> list[nn.Module]:
 
 def client_partitions(cfg: RunConfig, labels: np.ndarray) -> tuple[list[np.ndarray], torch.Tensor]:
     """Every client's training indices and its weight delta_i (its share of all samples), from the seed."""
-    m = cfg.data.samples_per_client
-    if m is None and cfg.data.partition == "paper":
-        m = PAPER_SAMPLES_PER_CLIENT.get(cfg.data.dataset, len(labels) // 5)
+    m = resolve_samples_per_client(cfg.data.dataset, cfg.data.partition, cfg.data.samples_per_client, len(labels))
     parts = partition(labels, cfg.num_clients, cfg.data.partition, np.random.default_rng([cfg.seed, SEED_SPLIT]),
                       samples_per_client=m, beta=cfg.data.dirichlet_beta)
     sizes = torch.tensor([len(p) for p in parts], dtype=torch.float32)

@@ -23,7 +23,14 @@ from typing import Any
 from sqlalchemy import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.args import UsageError, _Parser, add_run_arguments, config_from_args, run_command
+from engine.args import (
+    UsageError,
+    _Parser,
+    add_run_arguments,
+    config_from_args,
+    run_command,
+    runnable_config_from_args,
+)
 from storage.db import DB_ENV_VAR, DEFAULT_DB_URL, Database, StorageError, connect, resolve_db_url
 from storage.models import RunStatus
 from storage.queries import (
@@ -65,6 +72,9 @@ def add_queue_commands(sub: argparse._SubParsersAction) -> None:
                              "started this worker is gone (for a worker a dashboard or script starts)")
     submit = _add_command(sub, "submit", "queue a run (the flags of run); prints its id", cmd_submit)
     add_run_arguments(submit)
+    submit.add_argument("--workers-have-the-data", action="store_true",
+                        help="queue without judging this host's data folders and devices (the worker hosts have "
+                             "them; the config's own ranges are still checked)")
     status = _add_command(sub, "status", "a run's state, progress and latest metrics", cmd_status)
     status.add_argument("run_id", type=run_id_argument, metavar="RUN_ID")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -154,7 +164,8 @@ def _stopping_on_signals(worker: Worker) -> Iterator[None]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    # A run that cannot run on this host is never queued, unless the workers are other hosts with the data.
+    cfg = config_from_args(args) if args.workers_have_the_data else runnable_config_from_args(args)
     for warning in cfg.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     with _database(args).write() as session:

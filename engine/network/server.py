@@ -90,6 +90,10 @@ class NetworkRounds:
         self.last_timing: dict[str, float] = {}
         self.link = Link(options.timeout_s)
         self.closed = False
+        self.started_at = time.monotonic()
+        self.joined_at: float | None = None  # when every client had joined (the process group formed)
+        self.rounds_trained = 0  # rounds completed with these client processes
+        self.current_round: int | None = None  # the round under way, None between rounds
         store = open_store(self.address, SERVER, options.join_timeout_s, world_size=self.n + 1)
         store.set("config", state.cfg.model_dump_json())
         try:
@@ -98,6 +102,7 @@ class NetworkRounds:
             self._wait_for_clients(store)
             self._check_data(store, state)
             join(store, SERVER, self.n + 1, options.join_timeout_s)
+            self.joined_at = time.monotonic()
         except BaseException:
             _kill(self.procs, self.log_folder)
             raise
@@ -133,14 +138,26 @@ class NetworkRounds:
         while (ready := store.add("ready", 0)) < self.n:
             for rank, proc in enumerate(self.procs, 1):
                 if proc.poll() is not None:
-                    raise ClientFailed(f"client {rank - 1} exited with code {proc.returncode} before joining"
-                                       + (f": {tail}" if (tail := self._log_tail(rank)) else ""))
+                    raise ClientFailed(self._ended_while_joining(store, rank, proc.returncode))
             if ready != said and self.options.announce:
                 self.options.announce(f"{ready} of {self.n} clients joined the server at {self.address}")
                 said = ready
             if time.monotonic() - start > self.options.join_timeout_s:
                 raise ClientFailed(f"only {ready} of {self.n} clients joined within {self.options.join_timeout_s:g} s")
             time.sleep(0.05)
+
+    def _ended_while_joining(self, store, rank: int, code: int) -> str:
+        """What a client process that ended before the run began did: it never joined, or it had
+        loaded its data and was waiting for the others."""
+        tail = self._log_tail(rank)
+        ended = _how_it_ended(code)
+        after = f"{time.monotonic() - self.started_at:.0f} s after it was started"
+        if store.check([f"data/{rank}"]):
+            return (f"client {rank - 1} had joined and loaded its data, then {ended} while waiting for the other "
+                    f"clients, {after}, before any round" + (f": {tail}" if tail else ""))
+        if code < 0:
+            return f"client {rank - 1} {ended} before joining, {after}" + (f": {tail}" if tail else "")
+        return f"client {rank - 1} exited with code {code} before joining" + (f": {tail}" if tail else "")
 
     def _check_data(self, store, state: TrainState) -> None:
         ours = data_fingerprint(state.dataset)
@@ -151,8 +168,9 @@ class NetworkRounds:
                                    f"({theirs} against {ours}): give every machine the same data set")
 
     def _lost(self, err: PeerLost) -> ClientFailed:
-        """A lost peer as the run's failure, with what its process said last."""
-        text = str(err)
+        """A lost peer as the run's failure: when in the run it was lost, how long it had trained, and
+        (a client this server started) how its process ended and what it said last."""
+        text = _plain_reason(str(err))
         for rank, proc in enumerate(self.procs, 1):
             if f"(rank {rank})" not in text:
                 continue
@@ -160,17 +178,28 @@ class NetworkRounds:
                 code = proc.wait(timeout=1.0)  # its sockets close a moment before its exit is reported
             except subprocess.TimeoutExpired:
                 continue  # alive but silent: hung
-            why = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             tail = self._log_tail(rank)
-            text += f" (its process {why}{': ' + tail if tail else ''})"
-        return ClientFailed(text)
+            return ClientFailed(f"{text}, {self._when()}: its process {_how_it_ended(code)}"
+                                + (f" ({tail})" if tail else ""))
+        return ClientFailed(f"{text}, {self._when()}")
+
+    def _when(self) -> str:
+        """Where the run was: "in round 51, after it had trained 50 rounds (25 s since the clients joined)"."""
+        where = f"in round {self.current_round}" if self.current_round is not None else "between rounds"
+        rounds = f"{self.rounds_trained} round{'s' if self.rounds_trained != 1 else ''}"
+        since = f" ({time.monotonic() - self.joined_at:.0f} s since the clients joined)" if self.joined_at else ""
+        return f"{where}, after it had trained {rounds}{since}"
 
     # ---- one round -----------------------------------------------------------------------
     def run_round(self, state: TrainState) -> RoundLosses:
+        self.current_round = state.round + 1
         try:
-            return self._round(state)
+            losses = self._round(state)
         except PeerLost as err:
             raise self._lost(err) from None
+        self.current_round = None
+        self.rounds_trained += 1
+        return losses
 
     def _round(self, state: TrainState) -> RoundLosses:
         t = state.round + 1
@@ -345,6 +374,25 @@ class NetworkRounds:
                 proc.wait()
         if self.log_folder is not None:
             shutil.rmtree(self.log_folder, ignore_errors=True)
+
+
+def _how_it_ended(code: int) -> str:
+    """A return code in words: "was killed by SIGKILL", "exited with code 3"."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _plain_reason(text: str) -> str:
+    """A PeerLost message without gloo's internals: "client 1 (rank 2) cannot be reached ([.../pair.cc:553]
+    Connection closed by peer ...)" reads "client 1 (rank 2) closed the connection"."""
+    head, sep, detail = text.partition(" cannot be reached (")
+    if sep and "closed by peer" in detail.lower():
+        return f"{head} closed the connection"
+    return text
 
 
 def _kill(procs: list[subprocess.Popen], folder: Path | None = None) -> None:

@@ -16,6 +16,7 @@ import torch
 from engine import data
 from engine.data import DatasetNotFound, data_dir_candidates, load_dataset, partition
 from engine.tv_compat import import_torchvision
+from tests.engine.datasets_support import cifar_md5s, loopback_only, mirror, tiny_cifar  # noqa: F401 (fixtures)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
@@ -167,16 +168,12 @@ def test_cifar10_first_loadable_folder_wins(tmp_path, isolated_dirs, cifar_md5s_
     assert ds.train_x.shape[0] == 10
 
 
-def test_cifar10_download_goes_to_first_candidate(tmp_path, isolated_dirs, cifar_md5s_of, monkeypatch):
-    cifar10 = import_torchvision().datasets.CIFAR10
+def test_cifar10_download_goes_to_first_candidate(tmp_path, isolated_dirs, cifar_md5s, mirror, monkeypatch):
+    tiny = tiny_cifar(per_file=3)
+    cifar_md5s(tiny)
+    mirror.put("cifar-10-python.tar.gz", tiny.tar_gz())  # stands in for the network, on loopback
+    monkeypatch.setenv(data.MIRROR_ENV_VAR, mirror.url)
     target = tmp_path / "new" / "nested"
-
-    def fake_download(self):  # stands in for the network
-        if not (Path(self.root) / "cifar-10-batches-py").exists():
-            _write_cifar(Path(self.root), per_file=3)
-            cifar_md5s_of(Path(self.root))
-
-    monkeypatch.setattr(cifar10, "download", fake_download)
     ds = load_dataset("cifar10", data_dir=target, download=True)
     assert ds.train_x.shape == (15, 3, 32, 32)
     assert (target / "cifar-10-batches-py" / "test_batch").is_file()

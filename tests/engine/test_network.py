@@ -4,9 +4,11 @@ on loopback) train exactly what the in-process engine trains, time their rounds,
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 from engine.config import config_problems, deep_merge, validate_config
 from engine.data import load_dataset
 from engine.network.server import LATENCY_KEYS, ClientFailed, NetworkOptions
-from engine.network.wire import free_port
+from engine.network.wire import Address, free_port, open_store
 from engine.presets import PRESETS, get_preset, get_profile
 from engine.trainer import Callbacks, Trainer
 
@@ -188,6 +190,9 @@ def test_a_client_that_dies_or_hangs_fails_the_run_naming_it(how, digits):
         assert "closed the connection" in message and "SIGKILL" in message and noticed < 3
     else:
         assert "sent nothing for 3 s" in message and noticed < 10
+    # what happened, not "before joining": it had joined and trained three rounds
+    assert re.search(r", in round 4, after it had trained 3 rounds \(\d+ s since the clients joined\)", message)
+    assert "before joining" not in message and "pair.cc" not in message
     assert [row["round"] for row in trainer.history] == [2]  # the metrics up to the failure are kept
     assert no_client_processes_left(trainer)
 
@@ -199,6 +204,34 @@ def test_a_client_that_cannot_start_fails_the_start_with_what_it_said(digits, tm
     monkeypatch.setattr(sys, "executable", str(fake))
     with pytest.raises(ClientFailed, match=r"^client \d exited with code 3 before joining: cannot start: out of memory$"):
         Trainer(config("parallel_sl", "process"), digits)
+
+
+def test_a_client_killed_after_it_joined_is_not_reported_as_never_joining(digits, tmp_path, monkeypatch):
+    """Client 0 starts, loads its data and says it is ready; client 1 never comes. Killed while it waits
+    for client 1, client 0 is reported as what it was: joined, then killed before any round."""
+    real = sys.executable
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\ncase \"$*\" in *'--rank 2'*) exec sleep 600;; esac\n"
+                    f"echo $$ > {tmp_path}/client.pid\nexec {real} \"$@\"\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    listen = Address("127.0.0.1", free_port())
+    killed = threading.Event()
+
+    def kill_client_0_once_it_is_ready():
+        store = open_store(listen, 1, timeout_s=120)  # a look at the run's rendezvous, as a client sees it
+        store.wait(["data/1"])  # client 0 has loaded its data and is waiting for the others
+        os.kill(int((tmp_path / "client.pid").read_text()), signal.SIGKILL)
+        killed.set()
+
+    watcher = threading.Thread(target=kill_client_0_once_it_is_ready, daemon=True)
+    watcher.start()
+    with pytest.raises(ClientFailed) as err:
+        Trainer(config("parallel_sl", "process", num_clients=2), digits,
+                network=NetworkOptions(listen=listen, join_timeout_s=120))
+    assert killed.is_set()
+    assert re.fullmatch(r"client 0 had joined and loaded its data, then was killed by SIGKILL while waiting for the "
+                        r"other clients, \d+ s after it was started, before any round", str(err.value)), str(err.value)
 
 
 def test_clients_on_other_data_than_the_server_are_refused(digits):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -15,6 +19,7 @@ from storage.models import Run
 from storage.queries import claim_next_run, db_now, list_runs, requeue_stale_runs, save_checkpoint
 from tests.storage.support import BAD_RUN_FLAGS, without_wall_clock
 
+ROOT = Path(__file__).resolve().parents[2]
 RUN_FLAGS = ["--dataset", "synthetic", "--clients", "3", "--rounds", "6", "--batch-size", "8", "--eval-every", "3",
              "--techniques", "1,2,3,4p,5", "--seed", "4", "--set", "data.eval_subset=64", "--name", "cli run"]
 
@@ -145,3 +150,62 @@ def test_a_run_id_no_run_can_have_is_refused_in_one_line_before_any_query(url, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"'{run_id}' is not a run id (a whole number from 1 to" in err
     assert "Traceback" not in err and "OverflowError" not in err
+
+
+def test_submit_refuses_a_run_the_data_cannot_hold_and_queues_nothing(db, capsys):
+    assert engine_main(["submit", "--db", db.url, "--dataset", "digits", "--samples-per-client", "1000000000"]) == 2
+    assert capsys.readouterr().err == ("error: --samples-per-client must be at most the 1,437 training samples of "
+                                       "digits (each client draws distinct items), got 1,000,000,000\n")
+    with db.read() as session:
+        assert list_runs(session) == []
+
+
+def test_submit_for_workers_elsewhere_skips_only_this_hosts_data_check(db, capsys, tmp_path, monkeypatch):
+    """A queue host without the data can still queue a Fashion-MNIST run for worker hosts that have it;
+    the config's own ranges are still judged."""
+    import engine.data
+
+    monkeypatch.setenv("SPLITLAB_DATA", str(tmp_path))  # an empty data folder first ...
+    monkeypatch.chdir(tmp_path)  # ... no ./data beside it, and no shared folder beside the project
+    monkeypatch.setattr(engine.data, "_SHARED_DATA", tmp_path / "shared")
+    flags = ["submit", "--db", db.url, "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none")]
+    assert engine_main(flags) == 2
+    assert "--dataset must be a data set this host has" in capsys.readouterr().err
+    with db.read() as session:
+        assert list_runs(session) == []
+    assert engine_main([*flags, "--workers-have-the-data"]) == 0
+    with db.read() as session:
+        assert [r.config["data"]["dataset"] for r in list_runs(session)] == ["fashion-mnist"]
+    assert engine_main([*flags, "--workers-have-the-data", "--clients", "0"]) == 2
+    assert "--clients must be" in capsys.readouterr().err
+
+
+def _engine_into_a_closed_pipe(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Run ``python -m engine ARGS`` with stdout a pipe whose reader has already gone (as `| head -1` leaves it)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "engine", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, cwd=cwd, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("command", [["status", "{id}"], ["status", "{id}", "--json"], ["workers"], ["presets"],
+                                     ["data", "list"]])
+def test_a_reader_that_stops_early_gets_no_broken_pipe_traceback(command, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    run_id = submit(url, capsys)
+    args = [part.format(id=run_id) for part in command] + (["--db", url] if command[0] in ("status", "workers") else [])
+    proc = _engine_into_a_closed_pipe(*args, cwd=tmp_path)
+    assert proc.stderr == "" and proc.returncode == 141  # 128 + SIGPIPE, as `yes | head -1` ends
+
+
+def test_status_piped_into_head_prints_its_first_line_only(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    run_id = submit(url, capsys)
+    shell = f"{sys.executable} -m engine status {run_id} --db {url} 2>{tmp_path / 'err'} | head -1"
+    proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout == f"run {run_id} (cli run): queued, round 0/6 (0%)\n"
+    assert (tmp_path / "err").read_text() == ""
