@@ -15,4 +15,5 @@ RUN pip install --no-cache-dir torch==2.13.0 ${TORCH_INDEX:+--index-url "$TORCH_
 COPY . .
 VOLUME ["/data", "/state"]
 EXPOSE 8501
-CMD ["python", "-m", "streamlit", "run", "app.py", "--server.port=8501", "--server.address=0.0.0.0", "--server.headless=true"]
+# `python app.py` starts the worker with the server (as `make run` does), then serves the dashboard
+CMD ["python", "app.py", "--server.port=8501", "--server.address=0.0.0.0", "--server.headless=true"]

@@ -14,8 +14,9 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+# `python app.py` starts the worker with the server (not at the first page visit), then serves app.py with Streamlit
 run: install
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.headless true
+	$(PY) app.py --server.port $(PORT) --server.headless true
 
 test: install
 	$(PY) -m pytest -q

@@ -1,23 +1,32 @@
-"""SplitLab's dashboard (``make run``): the sidebar, the navigation, and a worker when none is alive.
+"""SplitLab's dashboard (``make run``): the sidebar, the navigation, and a worker that stays alive.
 
 Pages hold only UI. They read and write through ``storage`` and the engine's pure modules;
 training happens in a separate worker process (``python -m engine worker``), never here.
+
+``python app.py [streamlit options]`` (what ``make run`` does) starts the worker's supervisor
+first and then serves this file with Streamlit in the same process, so the worker starts with the
+server, not at the first page visit. ``streamlit run app.py`` works too; its worker starts at the
+first page. Either way the supervisor starts a new worker within seconds when it stops (``kill -9``),
+and the sidebar says so.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from pages import common
-from storage import queries
+from storage.supervisor import LIVE_WORKER_S, autostart_disabled, dashboard_supervisor, serve_dashboard
 
-ROOT = Path(__file__).resolve().parent
-LIVE_WORKER_S = 10  # a worker whose heartbeat is newer than this counts as alive (it beats every 1-2 s)
+if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is None:  # `python app.py`: the server's start
+    raise SystemExit(serve_dashboard(Path(__file__).resolve(), sys.argv[1:]))
+
+import streamlit as st  # noqa: E402 (from here on: a page run)
+from PIL import Image, ImageDraw  # noqa: E402
+
+from pages import common  # noqa: E402
+from storage import queries  # noqa: E402
 
 
 def configure_host() -> None:
@@ -26,47 +35,48 @@ def configure_host() -> None:
         st.set_option("client.showErrorDetails", "none")
 
 
-def autostart_disabled() -> bool:
-    return os.environ.get("SPLITLAB_NO_WORKER", "") not in ("", "0", "false") or common.readonly()
-
-
 @st.cache_resource(show_spinner=False)
-def start_worker(db_url: str) -> subprocess.Popen:
-    """Start one background worker for this server (once; it outlives page reloads). It stops with
-    the server (``--exit-with-parent``): after Ctrl-C on ``make run`` it checkpoints its run and exits."""
-    log = open(os.environ.get("SPLITLAB_WORKER_LOG", ROOT / "worker.log"), "ab")  # noqa: SIM115 (the child owns it)
-    return subprocess.Popen([sys.executable, "-m", "engine", "worker", "--db", db_url, "--exit-with-parent"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def favicon() -> Image.Image:
+    """The tab's icon, drawn here and served by this server: a Material icon name would make every
+    page ask fonts.gstatic.com for it (which fails offline, in a classroom without internet)."""
+    size, ink = 64, (255, 75, 75)
+    icon = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    draw.rounded_rectangle((2, 2, size - 3, size - 3), radius=12, fill=(255, 255, 255, 255), outline=ink, width=4)
+    for end in ((16, 14), (48, 14)):  # one path splitting in two: split learning's cut
+        draw.line(((32, 52), (32, 34), end), fill=ink, width=7, joint="curve")
+    return icon
 
 
 @st.cache_data(ttl=2, show_spinner=False)
 def live_workers() -> list[queries.WorkerInfo]:
+    """The workers that reported lately, less those whose process on this host has ended (``kill -9``)."""
+    from storage.worker import process_gone
+
     with common.db().read() as s:
-        return queries.live_workers(s, LIVE_WORKER_S)
+        return [w for w in queries.live_workers(s, LIVE_WORKER_S) if not process_gone(w.worker_id)]
 
 
-def ensure_worker() -> None:
-    if autostart_disabled() or live_workers():
-        return
-    proc = start_worker(common.db().url)
-    live_workers.clear()
-    if proc.poll() is not None:  # it died: let the next page load try again, and say so
-        start_worker.clear()
-        st.sidebar.error(f"The background worker exited (code {proc.returncode}); see worker.log.")
-
-
-@st.fragment(run_every=3)
+@st.fragment(run_every=2)
 def worker_status() -> None:
-    """What each worker is doing, refreshed every 3 s (a cached read shared by all viewers)."""
+    """What each worker is doing, and what happened to this server's own worker, refreshed every 2 s
+    (without a page reload: a worker started again after ``kill -9`` shows up here)."""
+    sup = dashboard_supervisor()
+    state = sup.state() if sup else None
+    if state is not None and state.event:
+        (st.error if state.problem else st.warning)(state.event)
     workers = live_workers()
+    for w in workers:
+        doing = f"training run #{w.run_id}" if w.run_id else "idle, waiting for runs"
+        st.success(f"Worker {w.worker_id}: {doing}")
     if workers:
-        for w in workers:
-            doing = f"training run #{w.run_id}" if w.run_id else "idle, waiting for runs"
-            st.success(f"Worker {w.worker_id}: {doing}")
-    elif autostart_disabled():
+        return
+    if state is None:
         st.warning("No worker is running. Start one: `python -m engine worker`")
-    else:
-        st.info("Starting a worker…")
+    elif state.pid is not None:
+        st.info(f"Starting a worker (pid {state.pid})…")
+    elif not state.problem:
+        st.info("Looking for a worker…")
 
 
 def sidebar() -> None:
@@ -91,20 +101,24 @@ def results_home() -> None:
     common.run_links()
 
 
-st.set_page_config(page_title="SplitLab", page_icon=":material/call_split:", layout="wide")
-configure_host()
-ensure_worker()
-sidebar()
-pages = [
-    st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
-    st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
-    st.Page("pages/live.py", title="Live", icon=":material/show_chart:", url_path="live"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:", url_path="compare"),
-    st.Page("pages/infopro.py", title="InfoPro", icon=":material/image:", url_path="infopro"),
-    st.Page("pages/latency.py", title="Latency", icon=":material/timer:", url_path="latency"),
-    st.Page("pages/walkthrough.py", title="Round walkthrough", icon=":material/school:", url_path="walkthrough"),
-    st.Page("pages/run.py", title="Result page", icon=":material/link:", url_path="run"),
-]
-if common.readonly():  # every page keeps its address; the default one ("/") lists the results
-    pages[0] = st.Page(results_home, title="Results", icon=":material/home:", default=True)
-st.navigation(pages).run()
+def main() -> None:
+    st.set_page_config(page_title="SplitLab", page_icon=favicon(), layout="wide")
+    configure_host()
+    dashboard_supervisor()  # already watching when `python app.py` started the server; else from this first page on
+    sidebar()
+    pages = [
+        st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
+        st.Page("pages/runs.py", title="Runs", icon=":material/list:", url_path="runs"),
+        st.Page("pages/live.py", title="Live", icon=":material/show_chart:", url_path="live"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:", url_path="compare"),
+        st.Page("pages/infopro.py", title="InfoPro", icon=":material/image:", url_path="infopro"),
+        st.Page("pages/latency.py", title="Latency", icon=":material/timer:", url_path="latency"),
+        st.Page("pages/walkthrough.py", title="Round walkthrough", icon=":material/school:", url_path="walkthrough"),
+        st.Page("pages/run.py", title="Result page", icon=":material/link:", url_path="run"),
+    ]
+    if common.readonly():  # every page keeps its address; the default one ("/") lists the results
+        pages[0] = st.Page(results_home, title="Results", icon=":material/home:", default=True)
+    st.navigation(pages).run()
+
+
+main()

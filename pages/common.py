@@ -155,6 +155,24 @@ def clear_caches() -> None:
         fn.clear()
 
 
+@st.cache_resource(show_spinner=False)
+def class_names(dataset: str, data_dir: str | None = None) -> tuple[str, ...] | None:
+    """The data set's class names ("T-shirt/top", ...), the same the walkthrough shows; None when its
+    files are not on this machine (pictures then say "class 9")."""
+    from engine.data import DatasetNotFound, load_dataset
+
+    try:
+        return tuple(load_dataset(dataset, data_dir).classes)
+    except (DatasetNotFound, ValueError, OSError):
+        return None
+
+
+def run_classes(config: dict) -> tuple[str, ...] | None:
+    """The class names of a stored config's data set."""
+    data = config.get("data") or {}
+    return class_names(data.get("dataset", ""), data.get("data_dir"))
+
+
 def technique_codes(config: dict) -> str:
     """'1,2,3,4p,5' (plus splitlr/splitavg) for a stored config."""
     from engine.config import RunConfig
@@ -216,6 +234,22 @@ def run_links(limit: int = 20) -> None:
         st.page_link("pages/run.py", label=label, query_params={"run": str(int(r["id"]))})
     if len(frame) > limit:
         st.caption(f"… and {len(frame) - limit} more on the Runs page.")
+
+
+_EXCEPTION_PREFIX = re.compile(  # "ValueError: ", "engine.data.DatasetNotFound: "
+    r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|NotFound|Lost|Exit|Interrupt|Timeout): *")
+
+
+def error_text(error: str | None) -> str:
+    """A stored error as people read it: the message without the exception's class name
+    ("DatasetNotFound: The data set ..." -> "The data set ...")."""
+    text = (error or "").strip()
+    return _EXCEPTION_PREFIX.sub("", text, count=1) or text
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """"1 client", "3 clients", "1 batch" (with ``many="batches"``): "2 batches"."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
 
 
 def fmt_float(value: float | None, spec: str = ".4f") -> str:

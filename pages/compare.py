@@ -79,8 +79,8 @@ def leakage_section(results: pd.DataFrame, dataset: str) -> None:
     left_out = int(results[metric].isna().sum())
     if left_out:
         runs = "run" if left_out == 1 else "runs"
-        st.caption(f"{left_out} finished {runs} on {dataset} left out: no leakage measurement "
-                   "(set `privacy.every` to measure it).")
+        st.caption(f"{left_out} finished {runs} on {dataset} left out: no leakage measurement (set **leakage every "
+                   "(rounds, 0: off)** on the New run form to measure it).")
 
 
 def default_dataset(finished: pd.DataFrame) -> str:

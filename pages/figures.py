@@ -435,6 +435,8 @@ def accuracy_vs_leakage(points: pd.DataFrame, metric: str, combinations: list[st
             hovertemplate=f"run #%{{customdata[0]}} %{{customdata[1]}}<br>{LEAK_LABELS[metric]}: %{{x:.3g}}"
                           "<br>final test accuracy: %{y:.4f}<extra>%{fullData.name}</extra>"))
     layout = {"yaxis_range": _fitted_unit_range(points["accuracy"])} if len(points) else {}
+    if metric in BOUNDED_LEAKAGE:  # SSIM and distance correlation are at most 1: the axis never runs past it
+        layout["xaxis_range"] = _leakage_range(points[metric] if len(points) else pd.Series(dtype=float), metric)
     return _style(fig, title or f"Privacy-utility trade-off: accuracy against {LEAK_LABELS[metric]}",
                   xaxis_title=f"{LEAK_LABELS[metric]} ({leakage_direction(metric)})",
                   yaxis_title="final test accuracy", showlegend=True, **layout)

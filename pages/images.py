@@ -73,8 +73,17 @@ def _font(size: int = FONT_PX) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def row_label(j: int, labels: np.ndarray | None, classes: tuple[str, ...] | None) -> str:
+    """'image 1' and, below, its class by the data set's name for it ('Trouser'), as the walkthrough
+    writes it; by number only when the names are unknown (the data set is not on this machine)."""
+    if labels is None or j >= len(labels):
+        return f"image {j + 1}"
+    y = int(labels[j])
+    return f"image {j + 1}\n" + (classes[y] if classes and 0 <= y < len(classes) else f"class {y}")
+
+
 def labelled_snapshot_grid(inputs: np.ndarray, smashed: np.ndarray, reconstruction: np.ndarray | None,
-                           labels: np.ndarray | None = None) -> np.ndarray:
+                           labels: np.ndarray | None = None, classes: tuple[str, ...] | None = None) -> np.ndarray:
     """:func:`snapshot_grid` with column headers (input | channel 1..k | reconstruction) above and a
     row label ('image 1', its class) on the left, drawn into the picture so it reads the same anywhere."""
     grid = snapshot_grid(inputs, smashed, reconstruction)
@@ -88,8 +97,8 @@ def labelled_snapshot_grid(inputs: np.ndarray, smashed: np.ndarray, reconstructi
         draw.text((centre, HEADER_PX // 2), text, fill="black", font=font, anchor="mm")
     for j in range(k):
         top = HEADER_PX + j * (tile + GAP_PX) + tile // 2
-        text = f"image {j + 1}" + (f"\nclass {int(labels[j])}" if labels is not None and j < len(labels) else "")
-        draw.multiline_text((ROW_LABEL_PX // 2, top), text, fill="black", font=font, anchor="mm", align="center")
+        draw.multiline_text((ROW_LABEL_PX // 2, top), row_label(j, labels, classes), fill="black", font=font,
+                            anchor="mm", align="center")
     return np.asarray(canvas)
 
 
@@ -112,7 +121,7 @@ def quality_caption(psnr: np.ndarray | None, ssim: np.ndarray | None, j: int) ->
 def leakage_grid(inputs: np.ndarray, attack: np.ndarray, attack_psnr: np.ndarray | None,
                  attack_ssim: np.ndarray | None, reconstruction: np.ndarray | None = None,
                  psnr: np.ndarray | None = None, ssim: np.ndarray | None = None,
-                 labels: np.ndarray | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None, classes: tuple[str, ...] | None = None) -> np.ndarray:
     """What the server can see, one row per test image: the input | the client's own InfoPro
     reconstruction (when it has one) | the server's attack reconstruction, each reconstruction
     captioned with its PSNR and SSIM against the input. Headers and captions are drawn in."""
@@ -137,9 +146,8 @@ def leakage_grid(inputs: np.ndarray, attack: np.ndarray, attack_psnr: np.ndarray
                 draw.multiline_text((left + width // 2, top + tile + CAPTION_PX // 2), quality_caption(*scores, j),
                                     fill="black", font=font, anchor="mm", align="center")
     for j in range(k):
-        text = f"image {j + 1}" + (f"\nclass {int(labels[j])}" if labels is not None and j < len(labels) else "")
-        draw.multiline_text((ROW_LABEL_PX // 2, LEAK_HEADER_PX + j * row_h + tile // 2), text, fill="black",
-                            font=font, anchor="mm", align="center")
+        draw.multiline_text((ROW_LABEL_PX // 2, LEAK_HEADER_PX + j * row_h + tile // 2), row_label(j, labels, classes),
+                            fill="black", font=font, anchor="mm", align="center")
     return np.asarray(canvas)
 
 
@@ -148,10 +156,10 @@ def attacked_record(records: list) -> object | None:
     return next((r for r in records if getattr(r, "attack", None) is not None), None)
 
 
-def attack_grid(record) -> np.ndarray:
-    """:func:`leakage_grid` of an ImageRecord that carries the attack."""
+def attack_grid(record, classes: tuple[str, ...] | None = None) -> np.ndarray:
+    """:func:`leakage_grid` of an ImageRecord that carries the attack (``classes``: the data set's class names)."""
     return leakage_grid(record.inputs, record.attack, record.attack_psnr, record.attack_ssim, record.reconstruction,
-                        record.psnr, record.ssim, record.labels)
+                        record.psnr, record.ssim, record.labels, classes)
 
 
 def identical_clients_note(config: dict, round_: int) -> str | None:
@@ -166,7 +174,8 @@ def identical_clients_note(config: dict, round_: int) -> str | None:
     same = ("every client's lower model and, with ④', its InfoPro decoder are the same, and so are their smashed "
             "data and reconstructions" if decoders_too else
             "every client's lower model is the same, and so is their smashed data")
-    return (f"Why the clients look alike: averaging ⑤ runs every T_c = {interval} round(s), and round {round_} "
+    every = "round (T_c = 1)" if interval == 1 else f"T_c = {interval} rounds"
+    return (f"Why the clients look alike: averaging ⑤ runs every {every}, and round {round_} "
             f"ended with one, so the lower models had just been averaged: {same} for the same test images.")
 
 

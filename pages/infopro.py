@@ -55,21 +55,47 @@ def server_view(run_id: int) -> None:
                "similarity transform of the inputs) and mutual information (nats) measure how much the smashed "
                "data depend on the inputs.")
     if record is not None:
-        st.image(attack_grid(record), width="content")
+        st.image(attack_grid(record, common.run_classes((common.run_info(run_id) or {}).get("config") or {})),
+                 width="content")
     st.plotly_chart(leakage_over_rounds(history), key="leak_over_rounds")
+
+
+IMAGES_EVERY = "images every (rounds, 0: never)"  # the New run form's label for ``image_every``
+
+
+def no_snapshots(run: dict) -> str:
+    """Why a run has no snapshots, and whether it ever will. Snapshots are recorded every "images every"
+    rounds and at each leakage measurement; a run with neither never records one."""
+    config, status, done = run["config"], run["status"], int(run["last_round"])
+    every = int(config.get("image_every") or 0)
+    leak_every = int((config.get("privacy") or {}).get("every") or 0)
+    head = f"Run #{run['id']}"
+    if not every and not leak_every:
+        return (f"{head} recorded no snapshots and never will: its **{IMAGES_EVERY}** is 0 (off) and it measures "
+                "no leakage. To see what the clients send, queue a run with images every K > 0 rounds.")
+    due = [(every, f"**{IMAGES_EVERY}** = {every}"), (leak_every, "its first leakage measurement")]
+    first, why = min((r, text) for r, text in due if r)
+    if status in ("finished", "failed", "cancelled"):
+        ended = {"finished": "finished", "failed": "failed", "cancelled": "was cancelled"}[status]
+        return (f"{head} recorded no snapshots: it {ended} after {common.plural(done, 'round')}, before its first "
+                f"was due at round {first} ({why}).")
+    return f"{head} has recorded no snapshots yet ({status}, round {done}): the first is due at round {first} ({why})."
 
 
 st.header("InfoPro reconstructions")
 linked = common.linked_run_id()  # a link that names no run says so and stops here
 runs = common.runs_frame()
 with_images = [int(i) for i in runs["id"] if common.image_rounds(int(i))]
+linked_info = common.run_info(linked) if linked is not None and linked not in with_images else None
+if linked_info is not None:
+    st.info(no_snapshots(linked_info) + (" Choose a run that has some below." if with_images else ""))
 if not with_images:
-    st.info("No run has recorded snapshots yet. Runs record them every `image_every` rounds "
-            "(the demo profile: every 50); runs with the InfoPro local loss (④) also show reconstructions.")
+    if linked_info is None:
+        st.info(f"No run has recorded snapshots yet. Runs record them every K rounds (**{IMAGES_EVERY}** on the "
+                "New run form; the demo profile: every 50); runs with the InfoPro local loss (④) also show "
+                "reconstructions.")
     st.stop()
 labels = {int(r["id"]): common.run_label(r) for _, r in runs.iterrows()}
-if linked is not None and linked not in with_images:
-    st.info(f"Run #{linked} has recorded no snapshots yet; choose a run that has.")
 run_id = st.selectbox("run", with_images, with_images.index(linked) if linked in with_images else 0,
                       format_func=labels.get)
 rounds = common.image_rounds(run_id)
@@ -82,9 +108,11 @@ info = common.run_info(run_id) or {}
 note = identical_clients_note(info.get("config") or {}, round_)
 if note and len(records) > 1:
     st.info(note)
+classes = common.run_classes(info.get("config") or {})
 for rec in records:
     st.markdown(f"**Client {rec.client}**, round {rec.round} · reconstruction MSE {mse_text(rec.mse)}")
-    st.image(labelled_snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction, rec.labels), width="content")
+    st.image(labelled_snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction, rec.labels, classes),
+             width="content")
 mse = pd.DataFrame([{"round": r, "client": f"client {rec.client}", "mse": rec.mse}
                     for r in rounds for rec in common.images(run_id, r) if rec.mse is not None])
 if not mse.empty:

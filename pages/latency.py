@@ -8,7 +8,7 @@ import streamlit as st
 from engine.config import RunConfig
 from engine.latency import LatencyParams, latency_curves
 from engine.latency_measured import predictions
-from engine.latency_study import fig8_claims
+from engine.latency_study import fig8_claims, lenet_sizes
 from pages import common
 from pages.figures import BYTE_KINDS, LATENCY_PARTS, bytes_exchanged, latency_figure, latency_overlaps, measured_latency
 
@@ -22,10 +22,13 @@ rounds = c1.number_input("rounds T", 1, 1_000_000, 10_000)
 interval = c2.number_input("LocFedMix-SL T_c", 1, 1_000_000, 1)
 max_n = c3.number_input("largest n", 2, 2000, 100)
 t_comm = c4.number_input("T_comm (s, one client uploading |s| alone)", 0.0001, 1000.0, 0.01, format="%.4f")
+SIZES = lenet_sizes("fashion-mnist")  # counted from the models: what `engine reproduce latency` uses too
 c5, c6, c7 = st.columns(3)
-smashed = c5.number_input("|s|: b smashed samples (elements)", 1, 10**9, 64 * 6 * 14 * 14)
-lower = c6.number_input("|w_c|: lower model (parameters)", 1, 10**9, 156)
-aux = c7.number_input("|ŵ_c|: auxiliary network (parameters)", 0, 10**9, 793)
+smashed = c5.number_input("|s|: b smashed samples (elements)", 1, 10**9, SIZES.smashed)
+lower = c6.number_input("|w_c|: lower model (elements)", 1, 10**9, SIZES.lower,
+                        help="parameters and BatchNorm statistics: what averaging sends")
+aux = c7.number_input("|ŵ_c|: auxiliary network (elements)", 0, 10**9, SIZES.aux,
+                      help="parameters and BatchNorm statistics: what averaging sends")
 params = LatencyParams(t_comp=t_comm, t_comm=t_comm, smashed_size=smashed, lower_size=lower, aux_size=aux,
                        avg_interval=int(interval))
 curves = latency_curves(range(1, int(max_n) + 1), int(rounds), params)
@@ -34,8 +37,9 @@ overlaps = latency_overlaps(curves, avg_interval=int(interval))
 if overlaps:
     st.markdown("**Curves on top of one another** (within 1 %; each keeps its own dash and marker):\n"
                 + "\n".join(f"- {line}" for line in overlaps))
-st.caption("Panels: T_comp : T_comm = 10:1, 1:1, 1:10. Defaults: LeNet-5 cut after conv1+pool "
-           "(|s| = 64·6·14·14, |w_c| = 156, InfoPro decoder |ŵ_c| = 793).")
+st.caption(f"Panels: T_comp : T_comm = 10:1, 1:1, 1:10. Defaults: LeNet-5 on Fashion-MNIST cut after conv1+pool, "
+           f"counted from the models (|s| = 64·6·14·14 = {SIZES.smashed:,}, |w_c| = {SIZES.lower:,}, InfoPro "
+           f"decoder |ŵ_c| = {SIZES.aux:,}: its parameters and its BatchNorm statistics, which averaging sends too).")
 st.subheader("The paper's claims about this figure, checked on these settings")
 claims = fig8_claims(curves)
 st.markdown("\n".join(f"- {'✓ holds' if c.holds else '✗ does not hold'}: **{c.text}**  \n  {c.evidence}"

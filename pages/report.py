@@ -12,6 +12,7 @@ import pandas as pd
 import plotly.io as pio
 
 from pages.figures import (
+    LEAK_FORMATS,
     LEAK_LABELS,
     communication,
     leakage_over_rounds,
@@ -27,26 +28,84 @@ def _figure_html(fig, first: bool) -> str:
     return pio.to_html(fig, full_html=False, include_plotlyjs=first)  # plotly.js inlined once
 
 
+# A run's summary (engine.trainer.Trainer.summary) as people read it: label, and how its value is written.
+SUMMARY_LABELS = {
+    "final_test_acc": "final test accuracy (full test set)",
+    "best_test_acc": "best test accuracy (live subset)",
+    "final_authors_test_acc": "final test accuracy as the SplitFed authors measure it",
+    "target_acc": "target accuracy",
+    "rounds_to_target": "rounds to the target accuracy",
+    "rounds_done": "rounds done",
+    "stopped": "stopped before the last round",
+    "wall_s": "training time (the rounds alone: evaluation and leakage measurement excluded)",
+    "final_test_loss": "final test loss",
+    "final_test_acc_min": "final test accuracy, weakest client",
+    "final_test_acc_max": "final test accuracy, strongest client",
+    "final_clients_evaluated": "clients evaluated at the end",
+    "bytes_up": "uploaded, in all",
+    "bytes_down": "downloaded, in all",
+    "bytes_smashed_up": "smashed data and labels uploaded",
+    "bytes_grads_down": "cut-layer gradients downloaded",
+    "bytes_model_up": "models uploaded (averaging)",
+    "bytes_model_down": "models downloaded (averaging)",
+    "leak_round": "last leakage measurement: round",
+    "leak_client": "last leakage measurement: client attacked",
+    **{key: f"last leakage measurement: {label}" for key, label in LEAK_LABELS.items()},
+}
+_ACCURACIES = ("final_test_acc", "best_test_acc", "final_authors_test_acc", "target_acc", "final_test_acc_min",
+               "final_test_acc_max")
+
+
+def summary_value(key: str, value) -> str:
+    """One summary figure as text: bytes in MB, seconds as m:ss, yes/no, accuracies to 4 places; "–" for none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "wall_s":
+        seconds = int(value)
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+            f"{seconds // 60}:{seconds % 60:02d}"
+    if key.startswith("bytes_"):
+        return f"{value / 1e6:,.2f} MB"
+    if key in LEAK_FORMATS:
+        return LEAK_FORMATS[key].format(value)
+    if key in _ACCURACIES:
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return _fmt(value)
+
+
+def summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """(label, value) for every figure of a summary: the known ones in :data:`SUMMARY_LABELS`' order, then
+    any other by its key in words."""
+    known = [key for key in SUMMARY_LABELS if key in summary]
+    rest = [key for key in summary if key not in SUMMARY_LABELS]
+    return [(SUMMARY_LABELS.get(key, key.replace("_", " ")), summary_value(key, summary[key])) for key in known + rest]
+
+
 def summary_table(summary: dict) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in summary.items())
+    rows = "".join(f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>"
+                   for label, value in summary_rows(summary))
     return f"<table>{rows}</table>"
 
 
 def _fmt(value) -> str:
-    """A summary value as text; an empty one (None, NaN) is "–"."""
+    """A value as text; an empty one (None, NaN) is "–"."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _png(record) -> str:
+def _png(record, classes: tuple[str, ...] | None = None) -> str:
     """One client's snapshot as a labelled grid, base64 PNG."""
-    grid = labelled_snapshot_grid(record.inputs, record.smashed, record.reconstruction, record.labels)
+    grid = labelled_snapshot_grid(record.inputs, record.smashed, record.reconstruction, record.labels, classes)
     return base64.b64encode(png_bytes(grid)).decode()
 
 
-def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: bool) -> str:
+def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: bool,
+                 classes: tuple[str, ...] | None = None) -> str:
     """The privacy-leakage section: the last measurement, the measures over rounds and the server's
     reconstructions of the shown images (``attack``: the attacked client's ImageRecord, or None)."""
     if summary.get("leak_round") is None:
@@ -58,7 +117,7 @@ def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: boo
     parts = "".join(_figure_html(fig, first_figure and i == 0) for i, fig in enumerate(figures))
     image = ""
     if attack is not None:
-        png = base64.b64encode(png_bytes(attack_grid(attack))).decode()
+        png = base64.b64encode(png_bytes(attack_grid(attack, classes))).decode()
         own = ", the client's own InfoPro reconstruction" if attack.reconstruction is not None else ""
         image = (f"<figure><img alt='what the server reconstructs, round {attack.round}' "
                  f"src='data:image/png;base64,{png}'><figcaption>client {attack.client}, round {attack.round}: "
@@ -70,9 +129,11 @@ def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: boo
             f"server sees more.</p><table>{values}</table>{parts}{image}")
 
 
-def run_report(run: dict, history: pd.DataFrame, snapshots: list, attack=None) -> str:
+def run_report(run: dict, history: pd.DataFrame, snapshots: list, attack=None,
+               classes: tuple[str, ...] | None = None) -> str:
     """The whole report as one HTML string. ``snapshots``: ImageRecords of one round; ``attack``: the
-    attacked client's ImageRecord of the last leakage measurement (None: none, or not shown)."""
+    attacked client's ImageRecord of the last leakage measurement (None: none, or not shown); ``classes``:
+    the data set's class names, to label the pictures' images by."""
     title = f"SplitLab run #{run['id']}: {run['name']}"
     h = with_simulated_latency(history, run["config"])
     label = f"#{run['id']} {run['name']}"
@@ -82,7 +143,7 @@ def run_report(run: dict, history: pd.DataFrame, snapshots: list, attack=None) -
                    loss_terms(h), communication(h)]
     parts = [_figure_html(fig, i == 0) for i, fig in enumerate(figures)]
     images = "".join(
-        f"<figure><img alt='client {r.client}, round {r.round}' src='data:image/png;base64,{_png(r)}'>"
+        f"<figure><img alt='client {r.client}, round {r.round}' src='data:image/png;base64,{_png(r, classes)}'>"
         f"<figcaption>client {r.client}, round {r.round}, reconstruction MSE {_fmt(r.mse)}</figcaption></figure>"
         for r in snapshots)
     why = identical_clients_note(run["config"], snapshots[0].round) if len(snapshots) > 1 else None
@@ -96,6 +157,6 @@ figure{{display:inline-block;margin:0 1em 1em 0}}pre{{background:#f6f6f6;padding
 <h2>Summary</h2>{summary_table(run.get('summary') or {})}
 {'<h2>Curves</h2>' + ''.join(parts) if parts else ''}
 {'<h2>InfoPro snapshots</h2>' + note + images if images else ''}
-{leakage_html(run.get('summary') or {}, h, attack, first_figure=not parts)}
+{leakage_html(run.get('summary') or {}, h, attack, first_figure=not parts, classes=classes)}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(run['config'], indent=1))}</pre>
 <p>Made with SplitLab.</p></body></html>"""

@@ -20,7 +20,7 @@ from pages.figures import (
     with_simulated_latency,
 )
 from pages.images import attack_grid, attacked_record, identical_clients_note, labelled_snapshot_grid
-from pages.report import run_report
+from pages.report import run_report, summary_rows
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
 
@@ -43,18 +43,43 @@ status = run["status"]
 codes = common.technique_codes(run["config"])
 name = combination_name(setting_key(codes, schedule=run["config"].get("schedule", "parallel")))
 st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · {name} (techniques "
-           f"{codes}) · {run['config']['num_clients']} clients · "
+           f"{codes}) · {common.plural(int(run['config']['num_clients']), 'client')} · "
            f"{run['config']['data']['dataset']} · link: `?run={run['id']}`")
 if run["error"]:
-    st.error(run["error"])
+    st.error(f"Run #{run['id']} failed: {common.error_text(run['error'])}")
 history = with_simulated_latency(common.history(run_id), run["config"])
 summary = run.get("summary") or {}
-m = st.columns(4)
+classes = common.run_classes(run["config"])
+
+
+def time_figures() -> None:
+    """The time the Runs page shows (start to end, everything included) and the training rounds' time alone,
+    each named, with what lies between them."""
+    runs = common.runs_frame()
+    row = runs.loc[runs["id"] == run_id]
+    elapsed = float(row.iloc[0]["elapsed_s"]) if not row.empty and run["status"] != "queued" else None
+    training = summary.get("wall_s")
+    if training is None and not history.empty and "wall_s" in history:
+        training = float(history["wall_s"].iloc[-1])
+    t = st.columns(2)
+    t[0].metric("time, start to end", common.fmt_seconds(elapsed),
+                help="as on the Runs page: from the run's start to its end, everything included")
+    t[1].metric("training rounds alone", common.fmt_seconds(training),
+                help="the rounds' own time, summed: evaluation, leakage measurement, snapshots and checkpoints "
+                     "excluded")
+    leak_s = float(history["leak_s"].sum()) if "leak_s" in history and history["leak_s"].notna().any() else 0.0
+    if elapsed is not None and training is not None:
+        leak = f"leakage measurement ({common.fmt_seconds(leak_s)}), " if leak_s else ""
+        st.caption(f"The other {common.fmt_seconds(max(elapsed - training, 0))} went to evaluation, {leak}snapshots, "
+                   "checkpoints, loading the data, and any time spent queued again after a worker stopped.")
+
+
+m = st.columns(3)
 m[0].metric("final test accuracy", common.fmt_float(summary.get("final_test_acc")))
 m[1].metric("best (live subset)", common.fmt_float(summary.get("best_test_acc")))
 reached = summary.get("rounds_to_target")
 m[2].metric(f"rounds to {run['config']['target_acc']:.0%}", "–" if reached is None else f"{reached:,}")
-m[3].metric("wall time", common.fmt_seconds(summary.get("wall_s")))
+time_figures()
 
 if history.empty:
     st.info("No evaluation step recorded yet.")
@@ -80,7 +105,7 @@ if leak_round is not None:
     l1.plotly_chart(leakage_over_rounds(history), key="leak_quality")
     l2.plotly_chart(leakage_over_rounds(history, ("leak_dcor", "leak_mi")), key="leak_dependence")
     if attack is not None:
-        st.image(attack_grid(attack), width="content")
+        st.image(attack_grid(attack, classes), width="content")
 
 rounds = common.image_rounds(run_id)
 snapshots = common.images(run_id, rounds[-1]) if rounds else []
@@ -92,19 +117,19 @@ if snapshots:
     for rec in snapshots:
         mse = "" if rec.mse is None else f" · reconstruction MSE {rec.mse:.4f}"
         st.markdown(f"**Client {rec.client}**{mse}")
-        st.image(labelled_snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction, rec.labels), width="content")
+        st.image(labelled_snapshot_grid(rec.inputs, rec.smashed, rec.reconstruction, rec.labels, classes),
+                 width="content")
 
 with st.expander("Configuration"):
     st.json(run["config"])
 if summary:
     with st.expander("Summary"):
-        st.dataframe(pd.DataFrame([{"figure": k, "value": "–" if v is None else f"{v:.6g}" if isinstance(v, float)
-                                    else str(v)} for k, v in summary.items()]), hide_index=True)
+        st.dataframe(pd.DataFrame(summary_rows(summary), columns=["figure", "value"]), hide_index=True)
 
 d1, d2, d3 = st.columns(3)
 d1.download_button("metrics (CSV)", common.history(run_id).to_csv(index=False), f"splitlab-run-{run_id}.csv",
                    "text/csv", key="csv")
 d2.download_button("config, history, summary (JSON)", json.dumps(common.export(run_id), indent=1),
                    f"splitlab-run-{run_id}.json", "application/json", key="json")
-d3.download_button("standalone report (HTML)", run_report(run, common.history(run_id), snapshots, attack),
+d3.download_button("standalone report (HTML)", run_report(run, common.history(run_id), snapshots, attack, classes),
                    f"splitlab-run-{run_id}.html", "text/html", key="html")

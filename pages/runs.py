@@ -29,7 +29,10 @@ COLUMNS = {  # sized to fit beside the sidebar on a 1400-px-wide screen
     "techniques": st.column_config.TextColumn("techniques", width=95),
     "dataset": st.column_config.TextColumn("data", width=95),
     "accuracy": st.column_config.TextColumn("final acc", width=70),
-    "time": st.column_config.TextColumn("time", width=125, help="elapsed, and the estimated time left"),
+    "time": st.column_config.TextColumn("time", width=125, help=(
+        "from the run's start to its end (or to now), everything included: training, evaluation, leakage "
+        "measurement, snapshots, checkpoints; and the estimated time left. The result page shows this figure "
+        "too, beside the training rounds' time alone.")),
 }
 
 
@@ -79,7 +82,8 @@ def runs_table(frame: pd.DataFrame) -> None:
         return
     if picked != selected:
         select(picked)
-        st.rerun()  # the actions below the table belong to the whole page, not this fragment
+        st.session_state.pop(NOTICE, None)
+        st.rerun()
 
 
 def select(run_id: int | None) -> None:
@@ -100,27 +104,84 @@ def follow_link() -> None:
     select(common.linked_run_id())
 
 
-def act(label: str, run_id: int, write) -> None:
+NOTICE = "runs_notice"  # session state: (run id, level, text) of the last action's outcome
+
+
+def notify(run_id: int, level: str, text: str) -> None:
+    """Keep an action's outcome on screen (below the table) until the next action or selection."""
+    st.session_state[NOTICE] = (run_id, level, text)
+
+
+def cancel(run_id: int) -> None:
+    """Cancel the run as it is now: a run that ended meanwhile says how it ended instead. (The Cancel
+    button's callback: the page's next run shows the outcome and the run's new state.)"""
     with common.db().write() as s:
-        write(s, run_id)
+        try:
+            before = queries.get_run(s, run_id).status.value
+            now = queries.request_cancel(s, run_id).value
+        except queries.RunNotFound:
+            now = None
+    if now is None:
+        notify(run_id, "warning", f"Run #{run_id} was deleted before it could be cancelled.")
+    elif now == "running":
+        notify(run_id, "success", f"Cancel requested: run #{run_id} stops after its current round.")
+    elif now == "cancelled" and before == "queued":
+        notify(run_id, "success", f"Run #{run_id} cancelled before it started.")
+    elif now == "cancelled":
+        notify(run_id, "warning", f"Run #{run_id} was already cancelled.")
+    else:
+        notify(run_id, "warning", f"Run #{run_id} {now} before it could be cancelled.")
     common.clear_caches()
-    st.toast(f"{label} #{run_id}")
 
 
-def actions(run: dict) -> None:
-    """Open, share, and (unless read-only) cancel, re-run, delete: each button names its run."""
-    run_id = run["id"]
-    st.subheader(f"#{run_id} {run['name'] or 'run'}")
-    frame = common.runs_frame()
-    row = frame.loc[frame["id"] == run_id]
-    state = row.iloc[0]["state"] if not row.empty else run["status"]
-    st.caption(f"{state} · round {run['last_round']} / {run['rounds']} · techniques "
-               f"{common.technique_codes(run['config'])} · {run['config']['num_clients']} clients")
-    if not row.empty and row.iloc[0]["worker_lost"]:
+def delete(run_id: int) -> None:
+    """Delete the run unless it became active meanwhile (then say so: cancel it first)."""
+    with common.db().write() as s:
+        try:
+            run = queries.get_run(s, run_id)
+        except queries.RunNotFound:
+            run = None
+        if run is not None and not run.status.is_terminal and not run.cancel_requested:
+            notify(run_id, "warning", f"Run #{run_id} is {run.status.value} now: cancel it before deleting it.")
+            return
+        if run is not None:
+            queries.delete_run(s, run_id)
+    notify(run_id, "success" if run is not None else "warning",
+           f"Run #{run_id} deleted." if run is not None else f"Run #{run_id} was already deleted.")
+    select(None)
+
+
+def queue_again(run_id: int) -> int | None:
+    """Queue a new run with this run's config, as stored now; None if the run was deleted meanwhile."""
+    with common.db().write() as s:
+        try:
+            config = queries.get_run(s, run_id).config
+        except queries.RunNotFound:
+            notify(run_id, "warning", f"Run #{run_id} was deleted before it could be re-run.")
+            return None
+        return queries.create_run(s, validate_config(config))
+
+
+def show_notice() -> None:
+    notice = st.session_state.get(NOTICE)
+    if notice is not None:
+        _, level, text = notice
+        (st.success if level == "success" else st.warning)(text)
+
+
+def actions(row: pd.Series) -> None:
+    """The selected run as the table shows it now, and what can be done with it: open, share and
+    (unless read-only) cancel, re-run, delete. Each button names its run; each action reads the run
+    again when clicked and says what happened if it changed meanwhile."""
+    run_id = int(row["id"])
+    st.subheader(f"#{run_id} {row['name'] or 'run'}")
+    st.caption(f"{row['state']} · round {int(row['round'])} / {int(row['rounds'])} · techniques "
+               f"{row['techniques']} · {common.plural(int(row['clients']), 'client')}")
+    if row["worker_lost"]:
         st.warning(f"The worker training #{run_id} stopped reporting. The next worker to look takes the run over "
-                   f"and resumes it from its checkpoint at round {row.iloc[0]['resume_round']}.")
-    if run["error"]:
-        st.error(run["error"])
+                   f"and resumes it from its checkpoint at round {int(row['resume_round'])}.")
+    if row["status"] == "failed" and row["error"]:
+        st.error(f"Run #{run_id} failed: {common.error_text(row['error'])}")
     c = st.columns(5)
     if c[0].button(f"Live view #{run_id}", key=f"open_{run_id}"):
         st.switch_page("pages/live.py", query_params={"run": str(run_id)})
@@ -128,46 +189,52 @@ def actions(run: dict) -> None:
         st.switch_page("pages/run.py", query_params={"run": str(run_id)})
     if common.readonly():
         return
-    active = run["status"] in ("queued", "running")
-    if c[2].button(f"Cancel #{run_id}", disabled=not active or run["cancel_requested"], key=f"cancel_{run_id}"):
-        act("Cancel requested for", run_id, queries.request_cancel)
-        st.rerun()
+    active = row["status"] in ("queued", "running")
+    # A callback, not the button's value: Streamlit drops a click on a button that this run draws disabled, so
+    # a click on Cancel just before the refresh that disables it (the run finished) would do nothing visible.
+    # A callback runs with the button as the clicked screen showed it, and cancel() says what happened.
+    c[2].button(f"Cancel #{run_id}", disabled=not active or bool(row["cancel_requested"]), key=f"cancel_{run_id}",
+                on_click=cancel, args=(run_id,))
     if c[3].button(f"Re-run #{run_id}", key=f"rerun_{run_id}", help="queue a new run with the same config"):
-        with common.db().write() as s:
-            new_id = queries.create_run(s, validate_config(run["config"]))
+        new_id = queue_again(run_id)
         common.clear_caches()
+        if new_id is None:
+            st.rerun()
         st.switch_page("pages/live.py", query_params={"run": str(new_id)})
-    with c[4].popover(f"Delete #{run_id}", disabled=active and not run["cancel_requested"]):
+    with c[4].popover(f"Delete #{run_id}", disabled=active and not row["cancel_requested"]):
         st.write(f"Delete run #{run_id} with all its metrics and images? This cannot be undone.")
         if st.button(f"Yes, delete #{run_id}", type="primary", key=f"confirm_delete_{run_id}"):
-            act("Deleted", run_id, queries.delete_run)
-            select(None)
+            delete(run_id)
+            common.clear_caches()
             st.rerun()
 
 
 @st.fragment(run_every=2)
-def live_table() -> None:
+def live_runs() -> None:
+    """The table and the selected run's panel, refreshed together every 2 s from one read: the panel
+    never shows a state the table has left (a run that finished says finished, with Delete enabled)."""
     frame = common.runs_frame()
     if frame.empty:
         st.info("No runs yet." + ("" if common.readonly() else " Queue one on the New run page."))
+        show_notice()
         return
     counts = frame["status"].value_counts()
     lost = int(frame["worker_lost"].sum())
     parts = [f"{counts[s]} {s}" for s in common.STATUSES if s in counts]
     st.caption(" · ".join(parts) + (f" ({lost} with a lost worker)" if lost else ""))
     runs_table(frame)
+    show_notice()
+    selected = st.session_state.get(SELECTED)
+    row = frame.loc[frame["id"] == selected]
+    if selected is None:
+        st.caption("Select a row to open its live view or result page." if common.readonly() else
+                   "Select a row to open it, share it, cancel it, re-run it or delete it.")
+    elif row.empty:
+        st.info(f"Run #{selected} no longer exists.")
+    else:
+        actions(row.iloc[0])
 
 
 st.header("Runs")
 follow_link()
-live_table()
-selected = st.session_state.get(SELECTED)
-if selected is None:
-    st.caption("Select a row to open its live view or result page." if common.readonly() else
-               "Select a row to open it, share it, cancel it, re-run it or delete it.")
-else:
-    info = common.run_info(selected)
-    if info is None:
-        st.info(f"Run #{selected} no longer exists.")
-    else:
-        actions(info)
+live_runs()

@@ -221,7 +221,7 @@ class Worker:
     def _record_failure(self, run: RunInfo, err: Exception) -> RunStatus | None:
         try:
             with self.db.write() as session:
-                mark_failed(session, run.id, self.worker_id, f"{type(err).__name__}: {err}")
+                mark_failed(session, run.id, self.worker_id, failure_text(err))
         except RunLost as lost:
             log.warning("%s; its failure is not recorded", lost)
             return None
@@ -298,3 +298,11 @@ class _Recorder(Callbacks):
 
     def should_stop(self, trainer: Trainer) -> bool:
         return self.beat.stop_requested or self.worker_stopping()
+
+
+def failure_text(err: BaseException) -> str:
+    """What a failed run's page and ``engine status`` say: a refusal the user can act on (bad input or
+    missing files: ValueError, OSError, DatasetNotFound) in its own words; anything else (a bug, the
+    GPU) with its class, which tells a developer where to look (the worker's log has the traceback)."""
+    text = str(err)
+    return text if isinstance(err, (ValueError, OSError)) and text else f"{type(err).__name__}: {text}"

@@ -83,7 +83,8 @@ def test_report_shows_no_none_or_nan():
     text = re.sub(r"<script.*?</script>", "", report, flags=re.DOTALL)  # what a reader sees, not plotly.js
     text = re.sub(r"<pre>.*?</pre>", "", text, flags=re.DOTALL)  # the config is JSON (null, false)
     assert not re.search(r"\bNone\b", text) and not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
-    assert "<th>rounds_to_target</th><td>–</td>" in report and "<th>wall_s</th><td>–</td>" in report
+    assert "<th>rounds to the target accuracy</th><td>–</td>" in report
+    assert "<th>training time (the rounds alone: evaluation and leakage measurement excluded)</th><td>–</td>" in report
 
 
 def test_report_snapshots_have_headers_and_the_averaging_note():

@@ -100,7 +100,8 @@ def test_a_failing_run_is_marked_failed_and_the_worker_goes_on(db, tmp_path, mon
     with db.read() as session:
         failed, finished = get_run(session, missing), get_run(session, good)
     assert failed.status == RunStatus.FAILED and finished.status == RunStatus.FINISHED
-    assert failed.error.startswith("DatasetNotFound: ") and "cifar10" in failed.error and "\n" not in failed.error
+    # the user's own words, no exception class: what the Live page and `engine status` show
+    assert failed.error.startswith("Data set 'cifar10' (CIFAR-10) is not on this host") and "\n" not in failed.error
 
 
 def test_an_error_during_training_keeps_the_metrics_so_far(db, monkeypatch):
