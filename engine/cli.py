@@ -218,13 +218,13 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from engine.bench import bench_privacy, run_bench
+    from engine.studies.bench import bench_privacy, run_bench
 
     if args.privacy:
         bench_privacy(repeats=min(args.repeats, 3), as_json=args.json)
         return 0
     if args.transport:
-        from engine.bench import bench_transport
+        from engine.studies.bench import bench_transport
 
         bench_transport(clients=args.clients if args.clients != "20,100" else "4,16", repeats=max(args.repeats, 10),
                         as_json=args.json)
@@ -272,7 +272,7 @@ def _float_list(flag: str, text: str, example: str) -> list[float]:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from engine.reproduce import StudyMismatch, reproduce, study_dir
+    from engine.studies.reproduce import StudyMismatch, reproduce, study_dir
 
     if args.profile is None:
         args.profile = "splitfed_authors" if args.study == "splitfed" else "demo"
@@ -285,7 +285,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
     if args.study == "latency" and args.measured:
-        from engine.latency_measured import write_measured_study
+        from engine.studies.latency_measured import write_measured_study
 
         rates = _float_list("--rates", args.rates, "10,100")
         try:
@@ -299,7 +299,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.measured:
         raise UsageError("--measured belongs to the latency study: reproduce latency --measured")
     if args.study == "latency":
-        from engine.latency_study import write_latency_study
+        from engine.studies.latency_study import write_latency_study
 
         table3 = study_dir(args.out_dir, "table3", args.dataset, args.rounds, profile=args.profile)
         try:

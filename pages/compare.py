@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.paper import table3_rows
 from engine.presets import without_mixup
+from engine.studies.paper import table3_rows
 from pages import common
 from pages.figures import (
     LEAK_FORMATS,

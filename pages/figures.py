@@ -19,8 +19,8 @@ from plotly.subplots import make_subplots
 
 from engine.config import SPLITFED_SCHEDULES
 from engine.latency import BEST_CASE_LABEL, WORST_CASE_LABEL, latency_curve_for_run
-from engine.paper import TABLE3_TECHNIQUES
 from engine.presets import PRESETS
+from engine.studies.paper import TABLE3_TECHNIQUES
 
 TEMPLATE = "plotly_white"
 PALETTE = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F",
@@ -276,7 +276,7 @@ def latency_overlaps(rows: list[dict], rel_tol: float = 0.01, avg_interval: int 
     """Which curves of ``rows`` lie on one another, where, and why: one sentence per pair, for a note
     under the figure. Identical curves are named together; two curves "coincide" where they are
     within ``rel_tol`` at three or more n >= 2 of a panel (a mere crossing is not reported)."""
-    from engine.latency_study import ranges
+    from engine.studies.latency_study import ranges
 
     table: dict[str, dict[tuple[str, int], float]] = {}
     for r in rows:

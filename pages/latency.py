@@ -7,8 +7,8 @@ import streamlit as st
 
 from engine.config import RunConfig
 from engine.latency import LatencyParams, latency_curves
-from engine.latency_measured import predictions
-from engine.latency_study import fig8_claims, lenet_sizes
+from engine.studies.latency_measured import predictions
+from engine.studies.latency_study import fig8_claims, lenet_sizes
 from pages import common
 from pages.figures import BYTE_KINDS, LATENCY_PARTS, bytes_exchanged, latency_figure, latency_overlaps, measured_latency
 

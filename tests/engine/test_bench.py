@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from engine.bench import run_bench
 from engine.cli import main
+from engine.studies.bench import run_bench
 
 
 def test_bench_times_both_execution_paths_against_the_centralized_step(capsys):

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import pytest
 
-import engine.reproduce as rep
+import engine.studies.reproduce as rep
 from engine.cli import main
-from engine.latency_study import (FIG9_ROWS, fig8_claims, fig8_rows, fig9_runs, lenet_sizes, ranges, simulated_curves,
-                                  write_latency_study)
 from engine.models import split_lenet5
+from engine.studies.latency_study import (
+    FIG9_ROWS,
+    fig8_claims,
+    fig8_rows,
+    fig9_runs,
+    lenet_sizes,
+    ranges,
+    simulated_curves,
+    write_latency_study,
+)
 
 
 def test_sizes_come_from_the_model_at_the_cut():
@@ -40,7 +48,7 @@ def table3_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     study = rep.study_dir(out, "table3", "digits", 3)
     (study / "runs").mkdir(parents=True)
-    arms = {int(a.key[3:]): a for a in rep.table3_arms()}
+    arms = {a.paper_row: a for a in rep.table3_arms() if a.paper_row}
     for row in FIG9_ROWS:
         rep.run_in_process(rep.study_config(arms[row], 3, "digits", 3, 0, "demo"),
                            study / "runs" / f"row{row}_n3_s0.json")

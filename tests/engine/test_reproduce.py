@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-import engine.reproduce as rep
+import engine.studies.reproduce as rep
 from engine.cli import main
 from engine.presets import without_mixup
 from engine.trainer import Callbacks, Trainer

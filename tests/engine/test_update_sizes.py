@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-import engine.reproduce as rep
+import engine.studies.reproduce as rep
 from engine.config import ConfigError, validate_config
 from engine.presets import deep_merge, get_preset
 from engine.round import run_round

@@ -38,7 +38,7 @@ METRICS = {"final_test_acc": "accuracy", "leak_psnr": "PSNR dB", "leak_ssim": "S
 def privacy_arms():
     """Every base arm at every cut; the key says both (``row3_cut2``)."""
     from engine.config import deep_merge
-    from engine.reproduce import Arm
+    from engine.studies.common import Arm
 
     return [Arm(f"{key}_cut{cut}", f"{label}, cut {cut}", deep_merge(techniques_to_config(codes), {"cut_layer": cut}),
                 int(key[3:]) if key.startswith("row") else None, leakage=True)
@@ -141,7 +141,7 @@ def findings(results: dict[str, dict], n: int, seeds: list[int]) -> str:
 
 def write_privacy_report(out: Path, ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
     """``table.md``/``table.csv``, ``findings.md`` and the plots, for the largest n with results."""
-    from engine.reproduce import _write_csv
+    from engine.studies.common import write_csv
 
     trained = {r["config"]["num_clients"] for r in results.values()}
     n = max((n for n in ns if n in trained), default=max(ns))
@@ -155,7 +155,7 @@ def write_privacy_report(out: Path, ns: list[int], seeds: list[int], results: di
             "more), and the distance correlation and KSG mutual information between the client's images and their "
             "smashed data (higher = more dependence). See `findings.md` for the comparisons per seed.")
     (out / "table.md").write_text(f"{text}\n\n{note}\n")
-    _write_csv(out / "table.csv", rows, ["arm"])
+    write_csv(out / "table.csv", rows, ["arm"])
     (out / "findings.md").write_text(findings(results, n, seeds))
     _plots(out, n, seeds, results)
 

@@ -21,7 +21,8 @@ import numpy as np
 from engine.data import load_dataset
 from engine.latency import BEST_CASE_LABEL, WORST_CASE_LABEL, LatencyParams, latency_curve_for_run, latency_curves
 from engine.models import InfoProDecoder, num_state_elements, prod, smashed_shape, split_lenet5
-from engine.reproduce import load_results, run_key, table3_arms
+from engine.studies.common import load_results, run_key
+from engine.studies.reproduce import table3_arms
 
 RATIOS = ((10, 1), (1, 1), (1, 10))
 FIG9_ROWS = {1: "Vanilla SL", 4: "SplitFed", 7: "LocSplitFed + ②", 8: "LocFedMix-SL"}

@@ -13,7 +13,6 @@ and exports. Results: ``table.md`` and ``table.csv`` (mean and standard deviatio
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
@@ -22,7 +21,6 @@ import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -31,29 +29,15 @@ from pydantic import ValidationError
 
 from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
 from engine.data import load_dataset
-from engine.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
-from engine.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
+from engine.studies.common import Arm, load_results, run_key, run_name, write_csv
+from engine.studies.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
+from engine.studies.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
 from engine.trainer import Callbacks, Trainer
 
 
 class StudyMismatch(ValueError):
     """A finished run in the study folder was trained with a different config."""
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One line of a study: a technique combination (with any extra overrides)."""
-
-    key: str
-    label: str
-    overrides: dict[str, Any]
-    paper_row: int | None = None
-    leakage: bool = False  # measure privacy leakage (engine.privacy) during the run
-    # A control arm: trained only when named in --arms, shown in the tables when its runs exist.
-    control: bool = False
-    # SplitLr with eta_s = eta * factor at every n (alpha = log(factor) / log(n)): a larger server step alone
-    server_lr_factor: float | None = None
 
 
 def table3_arms() -> list[Arm]:
@@ -102,15 +86,6 @@ def study_dir(out_dir: str | os.PathLike, study: str, dataset: str, rounds: int,
     profile_tag = {"demo": "", "splitfed_authors": "-authors-settings"}.get(profile, f"-{profile}")
     suffix = profile_tag + ("" if reduction == "sum" else f"-{reduction}")
     return Path(out_dir) / f"{study}-{dataset}-T{rounds}{suffix}"
-
-
-def run_name(arm: Arm, n: int, seed: int) -> str:
-    return f"{arm.key} n={n} seed={seed}"
-
-
-def run_key(arm: Arm, n: int, seed: int) -> str:
-    """The run's file name (without .json) in ``runs/``."""
-    return f"{arm.key}_n{n}_s{seed}"
 
 
 def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile: str,
@@ -223,12 +198,6 @@ def run_queued(configs: dict[Path, RunConfig], db_url: str) -> None:
 
 
 # ---- tables and plots ----------------------------------------------------------------------
-def load_results(out: Path) -> dict[str, dict]:
-    """Finished runs by their key (file name)."""
-    results = {p.stem: json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))}
-    return {k: r for k, r in results.items() if r["summary"].get("final_test_acc") is not None}
-
-
 def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -455,27 +424,20 @@ def paper_mixup_effect_table() -> str:
                                                             for (w, o), diffs in paper_mixup_effects().items()})
 
 
-def _write_csv(path: Path, rows: list[dict], empty_header: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else empty_header)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def write_tables(out: Path, arms: list[Arm], ns: list[int], rows: list[dict], study: str,
                  reduction: str = "sum", effects: list[dict] | None = None,
                  updates: list[dict] | None = None) -> None:
-    _write_csv(out / "table.csv", rows, ["arm"])
+    write_csv(out / "table.csv", rows, ["arm"])
     text = markdown_table(arms, ns, rows, study, reduction)
     if updates:
-        _write_csv(out / "imbalance.csv", updates, ["arm"])
+        write_csv(out / "imbalance.csv", updates, ["arm"])
         text += ("\nThe server-client update imbalance (`track_updates`): the L2 norm of the change a round makes "
                  "to the server's upper model and to a client's lower model (mean over the clients, before ⑤ "
                  "averaging), each the mean over the run; *ratio* is server over client, *ratio of relative "
                  "updates* divides each change by the norm of the model's parameters first. `imbalance.png` "
                  "shows the ratio over the rounds.\n\n" + imbalance_table(updates) + "\n")
     if effects:
-        _write_csv(out / "mixup_effect.csv", effects, ["pair"])
+        write_csv(out / "mixup_effect.csv", effects, ["pair"])
         text += ("\nWhat adding ③ changes, everything else and the seed held fixed: final accuracy of the row with "
                  "mixup minus the row without it, in points (mean over seeds; each seed's value in brackets). "
                  "`mixup_effect.csv` also has the same difference on the last five live evaluations.\n\n"
@@ -640,7 +602,7 @@ def write_splitfed_report(out: Path, arms: list[Arm], ns: list[int], seeds: list
     import numpy as np
 
     rows = splitfed_rows(arms, ns, seeds, results)
-    _write_csv(out / "table.csv", rows, ["version"])
+    write_csv(out / "table.csv", rows, ["version"])
     lines = ["| version | n | seeds | batches per client a round | SplitLab: final (full test set) | last five live "
              "| best live (round) | the authors' figure: final | last five | wall s per run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -763,7 +725,7 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
         write_imbalance_plot(out, arms, ns, seeds, results)
     if rounds >= MILESTONES[-1]:  # the paper's length: the gains read off the same runs on the way
         gains = gains_by_round(arms, ns, seeds, results, MILESTONES)
-        _write_csv(out / "gain_by_round.csv", gains, ["pair"])
+        write_csv(out / "gain_by_round.csv", gains, ["pair"])
         with open(out / "table.md", "a") as f:
             f.write("\nThe same differences read off the same runs at 2,000, 5,000 and 10,000 rounds (live curves: "
                     "the evaluation at that round on the fixed 1,000-image subset, and the mean of the five "

@@ -20,10 +20,10 @@ from pathlib import Path
 from engine.config import RunConfig, deep_merge, validate_config
 from engine.data import load_dataset
 from engine.latency import LatencyParams, latency, method_for_techniques
-from engine.latency_study import PAPER_INPUT_SHAPES
 from engine.models import num_state_elements, prod
 from engine.presets import get_preset, get_profile
 from engine.state import initial_models
+from engine.studies.latency_study import PAPER_INPUT_SHAPES
 
 METHODS = {"vanilla_sl": "Vanilla SL", "splitfed": "SplitFed", "locsplitfed": "LocSplitFed",
            "locfedmix_sl": "LocFedMix-SL"}
