@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages import common
+from pages import common, projector
 from pages.figures import communication, learning_curves, loss_terms, with_simulated_latency
 from storage import queries
 
@@ -24,6 +24,8 @@ common.run_through_app_py()  # first thing: a deep link on a fresh server reruns
 REFRESH_S = 2       # progress, and the check for a new evaluation
 MIN_REDRAW_S = 6    # charts at most this often per viewer: a run that evaluates every 2 s costs a third
 DRAWN_AT = "live_charts_drawn_at"
+PROJECTOR_CURVES_PX = 540  # the curves' height on a 1280 x 720 projector, for one run's progress line above
+PROGRESS_PX = 56           # each further run's progress line
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,25 @@ def default_selection(frame) -> list[int]:
         return [linked]
     running = frame.loc[frame["status"] == "running", "id"].astype(int).tolist()
     return running or frame["id"].astype(int).head(1).tolist()
+
+
+def failures(frame, run_ids: list[int]) -> None:
+    """Why each failed run failed (its stored error), first and in red: where Queue lands, a run that
+    failed at once (its data set is not here) must not look like one still waiting for its first point."""
+    failed = frame.loc[frame["id"].isin(run_ids) & (frame["status"] == "failed")]
+    for _, r in failed.iterrows():
+        reason = common.error_text(r["error"]) or "its worker recorded no reason"
+        st.error(f"**Run #{int(r['id'])} {r['name'] or 'run'} failed:** {reason}")
+
+
+def waiting_note(frame, run_ids: list[int]) -> str | None:
+    """What to expect when the chosen runs have no evaluation yet (None: nothing will come, e.g. they failed)."""
+    status = frame.loc[frame["id"].isin(run_ids), "status"]
+    if status.isin(["queued", "running"]).any():
+        return "No evaluation step recorded yet: the first point appears after the first evaluation."
+    if status.isin(["cancelled", "finished"]).any():
+        return "These runs ended without recording an evaluation step."
+    return None
 
 
 def progress_lines(frame, run_ids: list[int]) -> None:
@@ -79,10 +100,22 @@ def live_figures(signature: tuple[tuple[int, int], ...], x: str, t_comp: float, 
                        loss_terms(first), communication(first), first_label, first.iloc[-1].to_dict())
 
 
-def draw(figs: LiveFigures) -> None:
+def large(fig: go.Figure, height: int) -> go.Figure:
+    """A copy of a cached figure (shared by every viewer: never changed in place) for a projector: taller,
+    thicker lines, text at 16 px or more."""
+    big = go.Figure(fig).update_layout(height=height, font={"size": 16}, title={"font": {"size": 20}},
+                                       legend={"font": {"size": 16}})
+    big.update_xaxes(tickfont={"size": 16}, title={"font": {"size": 18}})
+    big.update_yaxes(tickfont={"size": 16}, title={"font": {"size": 18}})
+    return big.update_traces(line={"width": 3}, marker={"size": 7}, selector={"mode": "lines+markers"})
+
+
+def draw(figs: LiveFigures, big: bool = False, shown: int = 1) -> None:
+    """The curves; on a projector, accuracy and loss fill the screen below the ``shown`` runs' progress lines."""
     c1, c2 = st.columns(2)
-    c1.plotly_chart(figs.accuracy, key="acc")
-    c2.plotly_chart(figs.loss, key="loss")
+    height = max(PROJECTOR_CURVES_PX - PROGRESS_PX * (shown - 1), 360)
+    c1.plotly_chart(large(figs.accuracy, height) if big else figs.accuracy, key="acc")
+    c2.plotly_chart(large(figs.loss, height) if big else figs.loss, key="loss")
     c3, c4 = st.columns(2)
     c3.plotly_chart(figs.terms, key="terms")
     c4.plotly_chart(figs.communication, key="comm")
@@ -96,23 +129,39 @@ def draw(figs: LiveFigures) -> None:
 
 
 @st.fragment(run_every=REFRESH_S)
-def watch(run_ids: list[int], drawn: tuple[tuple[int, int], ...]) -> None:
-    """Progress every 2 s; the whole page (and so the charts) only when a new evaluation arrived,
-    and at most every ``MIN_REDRAW_S`` seconds."""
-    progress_lines(common.runs_frame(), run_ids)
+def watch(run_ids: list[int], drawn: tuple[tuple[int, int], ...], charted: bool) -> None:
+    """Failures and progress every 2 s; the whole page (and so the charts) only when a new evaluation
+    arrived, and at most every ``MIN_REDRAW_S`` seconds. ``charted``: the page below shows charts."""
+    frame = common.runs_frame()
+    failures(frame, run_ids)
+    progress_lines(frame, run_ids)
+    note = None if charted else waiting_note(frame, run_ids)
+    if note:
+        st.info(note)
     due = time.monotonic() - st.session_state.get(DRAWN_AT, 0.0) >= MIN_REDRAW_S
     if due and common.eval_signature(tuple(run_ids)) != drawn:
         st.rerun()
 
 
-st.header("Live")
+projector.from_link("live_projector")
+big = st.session_state.live_projector
+if big:  # the settings behind one button, the curves large
+    projector.style()
+    top = st.container(horizontal=True, vertical_alignment="center")
+    settings = top.popover("runs and x axis", icon=":material/tune:")
+else:
+    top = st.container(horizontal=True, vertical_alignment="bottom")
+    top.header("Live", width="stretch")
+    settings = st.container()
+projector.toggle(top, "live_projector")
 runs = common.runs_frame()
 if runs.empty:
     st.info("No runs yet." + ("" if common.readonly() else " Queue one on the New run page."))
     st.stop()
-chosen = common.pick_runs("runs", runs, default_selection(runs), key="live_runs")
-c1, c2, c3 = st.columns([2, 1, 1])
-axis = c1.radio("x axis", ["round", "simulated latency (Table 4 model)"], horizontal=True)
+with settings:
+    chosen = common.pick_runs("runs", runs, default_selection(runs), key="live_runs")
+    c1, c2, c3 = st.columns([2, 1, 1]) if not big else (st.container(), st.container(), st.container())
+    axis = c1.radio("x axis", ["round", "simulated latency (Table 4 model)"], horizontal=True)
 simulated = axis.startswith("simulated")
 t_comp = c2.number_input("client compute per step (s)", 0.0, 100.0, 0.05, disabled=not simulated)
 mbit = c3.number_input("shared uplink (Mbit/s)", 0.1, 100_000.0, 100.0, disabled=not simulated)
@@ -120,10 +169,8 @@ if not chosen:
     st.info("Choose one or more runs above.")
     st.stop()
 signature = common.eval_signature(tuple(chosen))
-watch(chosen, signature)
 figures = live_figures(signature, "latency_s" if simulated else "round", float(t_comp), float(mbit))
-if figures is None:
-    st.info("No evaluation step recorded yet: the first point appears after the first evaluation.")
-else:
-    draw(figures)
+watch(chosen, signature, figures is not None)
+if figures is not None:
+    draw(figures, big, len(chosen))
     st.session_state[DRAWN_AT] = time.monotonic()

@@ -3,7 +3,9 @@
 The round is traced in memory (:mod:`engine.trace`: the code that trains, with a recorder attached),
 on fresh models or as the next round of a stored run's checkpoint. Nothing is written to the
 database, so the page works on a read-only host. A traced round is cached by its settings: Next and
-Back only draw. A link keeps the settings and the step (``?algo=locfedmix_sl&n=3&data=digits&step=4``).
+Back only draw. A link keeps the settings and the step (``?algo=locfedmix_sl&n=3&data=digits&step=4``);
+a value the page cannot show says what was asked for and what is shown instead. Projector mode
+(``?projector=1``, :mod:`pages.projector`) fits a step's diagram on a 1280 x 720 screen.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from engine.config import ConfigError, RunConfig
 from engine.data import DatasetNotFound, load_dataset
 from engine.presets import PRESETS
 from engine.trace import RoundResult, trace_round
-from pages import common
+from pages import common, projector
 from pages import walkthrough_figures as wf
 from pages.figures import combination_name
 from storage import queries
@@ -28,6 +31,11 @@ CUSTOM = "custom"    # the algorithm choice that takes technique codes
 MAX_RUN_CLIENTS = 10  # a stored run is offered only when its clients fit the diagram
 DEFAULT = {"algo": "locfedmix_sl", "codes": "1,2,3", "n": 3, "data": "fashion-mnist"}
 KEYS_HELP = "Keyboard: → next step, ← back, Home: the first step (or Tab to a button and press Enter)."
+PROJECTOR_CSS = """<style>
+.wt-diagram svg { max-height: calc(100vh - 190px); }
+[data-testid="stMain"] [data-testid="stMarkdown"] p { font-size: 1.2rem; }
+[data-testid="stMain"] [data-testid="stCaptionContainer"] p { font-size: 1rem; }
+</style>"""
 
 
 def parse_int(raw: str | None, default: int) -> int:
@@ -35,6 +43,20 @@ def parse_int(raw: str | None, default: int) -> int:
         return int(str(raw))
     except ValueError:
         return default
+
+
+def shown_text(raw: str) -> str:
+    """A link's value as a message quotes it: short, and with no markdown in it."""
+    return common.escape_markdown(raw if len(raw) <= 40 else raw[:40] + "…")
+
+
+def dataset_name(name: str) -> str:
+    return wf.DATASET_NAMES.get(name, name)
+
+
+def dataset_choice(name: str) -> str:
+    """A data set as the list offers it, saying whether it is here."""
+    return dataset_name(name) + ("" if data_here(name) else " (not here)")
 
 
 def algorithm_label(choice: str) -> str:
@@ -57,7 +79,8 @@ def checkpoint_runs() -> dict[int, str]:
 
 
 def from_link(runs: dict[int, str]) -> None:
-    """The settings a link names, for every control that has no value yet in this session."""
+    """The settings a link names, for every control that has no value yet in this session. A value the
+    page cannot show is replaced, saying what was asked for and what is shown instead."""
     q, ss = st.query_params, st.session_state
     algo = q.get("algo", DEFAULT["algo"])
     if "wt_algo" not in ss:
@@ -66,10 +89,13 @@ def from_link(runs: dict[int, str]) -> None:
         ss.wt_codes = DEFAULT["codes"] if algo in PRESETS else algo
     if "wt_vs" not in ss:
         ss.wt_vs = q.get("vs") if q.get("vs") in PRESETS else ""
+        if q.get("vs") and not ss.wt_vs:
+            st.info(f"side by side with = {shown_text(q['vs'])} in the link is not one of the presets: "
+                    "showing one algorithm.")
     if "wt_n" not in ss:
-        ss.wt_n = min(max(parse_int(q.get("n"), DEFAULT["n"]), wf.MIN_CLIENTS), wf.MAX_CLIENTS)
+        ss.wt_n = clients_from_link(q.get("n"))
     if "wt_data" not in ss:
-        ss.wt_data = q.get("data") if q.get("data") in wf.DATASETS else DEFAULT["data"]
+        ss.wt_data = dataset_from_link(q.get("data"))
     if "wt_run" not in ss:
         run = parse_int(q.get("run"), 0)
         ss.wt_run = run if run in runs else 0
@@ -79,15 +105,65 @@ def from_link(runs: dict[int, str]) -> None:
         st.info(f"Run #{ss.wt_run} no longer keeps a checkpoint: fresh models instead.")
         ss.wt_run = 0
     if "wt_step" not in ss:
-        ss.wt_step = max(parse_int(q.get("step"), 1) - 1, 0)
+        ss.wt_step = step_from_link(q.get("step"))
 
 
-def controls(runs: dict[int, str]) -> None:
-    """The algorithm(s), n, the data set, autoplay; a stored run to start from when one keeps a checkpoint."""
+def clients_from_link(raw: str | None) -> int:
+    """``?n=``: the number of clients, within what the walkthrough shows."""
+    asked = DEFAULT["n"] if raw is None else parse_int(raw, None)
+    if asked is not None and wf.MIN_CLIENTS <= asked <= wf.MAX_CLIENTS:
+        return asked
+    shown = DEFAULT["n"] if asked is None else min(max(asked, wf.MIN_CLIENTS), wf.MAX_CLIENTS)
+    if asked is None:
+        why = "is not a whole number"
+    elif asked > wf.MAX_CLIENTS:
+        why = f"is more than the walkthrough shows (at most {wf.MAX_CLIENTS})"
+    else:
+        why = f"is fewer than the walkthrough shows (at least {wf.MIN_CLIENTS})"
+    st.info(f"clients n = {shown_text(raw)} in the link {why}: showing n = {shown}.")
+    return shown
+
+
+def dataset_from_link(raw: str | None) -> str:
+    """``?data=``: one of the walkthrough's data sets (the default one when the link names another)."""
+    if raw is None or raw in wf.DATASETS:
+        return raw or DEFAULT["data"]
+    shown = DEFAULT["data"] if data_here(DEFAULT["data"]) else "digits"
+    asked = wf.DATASET_NAMES.get(raw, shown_text(raw))
+    offered = " and ".join(dataset_name(d) for d in wf.DATASETS)
+    st.info(f"data set {asked} (in the link) is not one the walkthrough shows (it shows {offered}): "
+            f"showing {dataset_name(shown)}.")
+    return shown
+
+
+def step_from_link(raw: str | None) -> int:
+    """``?step=``, counted from 1, as a position counted from 0 (a step past the round's last one is said
+    and replaced when the round is drawn, which knows how many steps it has)."""
+    step = 1 if raw is None else parse_int(raw, None)
+    if step is None or step < 1:
+        why = "is not a whole number" if step is None else "is not a step (they count from 1)"
+        st.info(f"step = {shown_text(raw)} in the link {why}: showing step 1.")
+        return 0
+    st.session_state.wt_step_linked = step
+    return step - 1
+
+
+def controls(runs: dict[int, str], shown_data: str | None) -> DeltaGenerator | None:
+    """The algorithm(s), n, the data set, autoplay, projector mode; a stored run to start from when one keeps a
+    checkpoint. Projector mode keeps the settings behind one button named by what is shown (returned: the
+    intro goes there too); otherwise they take two rows, wide enough that no label is cut at 1280 px."""
     ss = st.session_state
     from_run = bool(ss.wt_run)
     options = [*PRESETS, CUSTOM]
-    c1, c2, c3, c4, c5 = st.columns([3, 3, 2, 2, 1.6])
+    menu = None
+    if ss.wt_projector:
+        top = st.container(horizontal=True, vertical_alignment="center")
+        menu = top.popover(settings_label(shown_data), icon=":material/tune:")
+        c1 = c2 = c3 = c4 = menu
+        c5 = c6 = top
+    else:
+        c1, c2 = st.columns(2)
+        c3, c4, c5, c6 = st.columns([2.2, 2.2, 1.3, 1.3], vertical_alignment="bottom")
     c1.selectbox("algorithm", options, key="wt_algo", format_func=algorithm_label, disabled=from_run,
                  help="A preset, or any combination of ① to ⑤ and SGLR by its technique codes.")
     if ss.wt_algo == CUSTOM:
@@ -97,11 +173,13 @@ def controls(runs: dict[int, str]) -> None:
     c2.selectbox("side by side with", ["", *PRESETS], key="wt_vs", format_func=algorithm_label, disabled=from_run,
                  help="A second algorithm on the same batch (same seed, data and clients), stepping together.")
     c3.slider("clients n", wf.MIN_CLIENTS, wf.MAX_CLIENTS, key="wt_n", disabled=from_run)
-    c4.selectbox("data set", wf.DATASETS, key="wt_data", disabled=from_run)
+    c4.selectbox("data set", wf.DATASETS, key="wt_data", format_func=dataset_choice, disabled=from_run,
+                 help="A data set that is not on this machine is shown as digits (bundled, no download).")
     c5.toggle("autoplay", key="wt_autoplay", on_change=restart_clock,
               help=f"Step forward every {AUTOPLAY_S} s until the last step.")
+    projector.toggle(c6, "wt_projector")
     if runs:
-        st.selectbox("start from", [0, *runs], key="wt_run",
+        (menu or st).selectbox("start from", [0, *runs], key="wt_run",
                      format_func=lambda r: runs[r] if r else "fresh models: the first round of a new run",
                      help="The next round of a stored run's checkpoint, so the pictures show trained models. "
                           "Offered: runs that keep a checkpoint (running, interrupted or cancelled; a finished run "
@@ -113,6 +191,17 @@ def controls(runs: dict[int, str]) -> None:
             st.query_params[name] = value
         elif name in st.query_params:
             del st.query_params[name]
+    return menu
+
+
+def settings_label(shown_data: str | None) -> str:
+    """What is shown, in one line: the projector's settings button."""
+    ss = st.session_state
+    if ss.wt_run:
+        return f"Run #{ss.wt_run}: its next round"
+    names = [PRESETS[ss.wt_algo].title if ss.wt_algo in PRESETS else f"techniques {ss.wt_codes}"]
+    names += [PRESETS[ss.wt_vs].title] if ss.wt_vs else []
+    return f"{' and '.join(names)} · n = {ss.wt_n} · {dataset_name(shown_data)}"
 
 
 def restart_clock() -> None:
@@ -139,18 +228,26 @@ def stored_round(run_id: int, checkpoint_round: int) -> RoundResult | None:
     return None if checkpoint is None else trace_round(None, checkpoint=checkpoint.data)
 
 
-def dataset_or_digits(dataset: str) -> str:
-    """``dataset`` when its files are here; otherwise digits (bundled), saying so."""
+def data_here(dataset: str) -> bool:
     try:
         class_names(dataset)
-        return dataset
+        return True
     except DatasetNotFound:
-        st.warning(f"{dataset} is not on this machine (see README, Data): showing digits, which needs no download.")
-        return "digits"
+        return False
 
 
-def results(runs: dict[int, str]) -> list[RoundResult]:
-    """The traced round(s) the settings name: one, or two side by side on the same batch."""
+def dataset_or_digits(dataset: str) -> str:
+    """``dataset`` when its files are here; otherwise digits (bundled), saying so."""
+    if data_here(dataset):
+        return dataset
+    st.warning(f"{dataset_name(dataset)} is not on this machine (see README, Data): showing digits, which needs "
+               "no download.")
+    return "digits"
+
+
+def results(runs: dict[int, str], dataset: str | None) -> list[RoundResult]:
+    """The traced round(s) the settings name: one, or two side by side on the same batch (on ``dataset``;
+    a stored run's round is on its own data set)."""
     ss = st.session_state
     if ss.wt_run:
         frame = common.runs_frame()
@@ -164,7 +261,6 @@ def results(runs: dict[int, str]) -> list[RoundResult]:
             st.error(f"Run #{ss.wt_run} no longer keeps a checkpoint (it finished or was deleted).")
             st.stop()
         return [res]
-    dataset = dataset_or_digits(ss.wt_data)
     algorithms = [ss.wt_codes if ss.wt_algo == CUSTOM else ss.wt_algo] + ([ss.wt_vs] if ss.wt_vs else [])
     out = []
     for algorithm in algorithms:
@@ -195,14 +291,15 @@ def autoplay(total: int) -> None:
 
 
 def navigation(at: int, total: int, title: str) -> None:
-    c1, c2, c3, c4 = st.columns([1.5, 1.5, 1.5, 5], vertical_alignment="center")
-    c1.button("First", key="wt_first", icon=":material/first_page:", on_click=go_to, args=(0,), disabled=at == 0,
-              shortcut="Home", help=KEYS_HELP, width="stretch")
-    c2.button("Back", key="wt_back", icon=":material/arrow_back:", on_click=go_to, args=(at - 1,),
-              disabled=at == 0, shortcut="Left", help=KEYS_HELP, width="stretch")
-    c3.button("Next", key="wt_next", icon=":material/arrow_forward:", on_click=go_to, args=(at + 1,),
-              disabled=at >= total - 1, shortcut="Right", help=KEYS_HELP, type="primary", width="stretch")
-    c4.progress((at + 1) / total, text=f"Step {at + 1} of {total}: {wf.short_title(title)}")
+    """First, Back, Next (each as wide as its label: none is cut) and the progress through the round."""
+    row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
+    row.button("First", key="wt_first", icon=":material/first_page:", on_click=go_to, args=(0,), disabled=at == 0,
+               shortcut="Home", help=KEYS_HELP)
+    row.button("Back", key="wt_back", icon=":material/arrow_back:", on_click=go_to, args=(at - 1,),
+               disabled=at == 0, shortcut="Left", help=KEYS_HELP)
+    row.button("Next", key="wt_next", icon=":material/arrow_forward:", on_click=go_to, args=(at + 1,),
+               disabled=at >= total - 1, shortcut="Right", help=KEYS_HELP, type="primary")
+    row.progress((at + 1) / total, text=f"Step {at + 1} of {total}: {wf.short_title(title)}")
 
 
 def walkthrough(rounds: list[RoundResult], classes: tuple[str, ...] | None) -> None:
@@ -211,37 +308,63 @@ def walkthrough(rounds: list[RoundResult], classes: tuple[str, ...] | None) -> N
     walks = [wf.walk(r) for r in rounds]
     keys = wf.timeline(walks)
     autoplay(len(keys))
+    linked = ss.pop("wt_step_linked", None)
+    if linked is not None and linked > len(keys):
+        st.info(f"step = {linked} in the link is past this round's last step: showing step {len(keys)}.")
     ss.wt_step = min(max(int(ss.wt_step), 0), len(keys) - 1)
     at = ss.wt_step
     first = next(s for w in walks for s in w if s.key == keys[at])
-    navigation(at, len(keys), wf.step_title(first, next(r for r, w in zip(rounds, walks) if first in w)))
+    title = wf.step_title(first, next(r for r, w in zip(rounds, walks) if first in w))
+    navigation(at, len(keys), title)
     st.query_params["step"] = str(at + 1)
     columns = st.columns(len(rounds)) if len(rounds) > 1 else [st.container()]
+    big = bool(ss.wt_projector)
     for c, (res, steps, column) in enumerate(zip(rounds, walks, columns)):
         with column:
-            if len(rounds) > 1:
+            if len(rounds) > 1 and not big:
                 st.subheader(wf.algorithm_name(res.config), divider="gray")
-            show_step(res, wf.step_at(steps, keys[at]), steps, keys[at], classes, f"c{c}", compact=len(rounds) > 1)
+            show_step(res, wf.step_at(steps, keys[at]), steps, keys[at], classes, f"c{c}", compact=len(rounds) > 1,
+                      big=big, shared_title=title)
 
 
 def show_step(res: RoundResult, step: wf.Step | None, steps: list[wf.Step], key, classes, slot: str,
-              compact: bool) -> None:
-    layout = wf.NARROW if compact else wf.WIDE
-    if step is None:
-        st.markdown("#### :gray[No step here]")
-        diagram(wf.diagram_svg(None, res, layout))
-        st.caption(wf.absent_line(key, res))
-        return
-    if step.event is None:
-        st.markdown(f"#### :gray[{wf.step_title(step, res)} · not in this round]")
+              compact: bool, big: bool = False, shared_title: str = "") -> None:
+    """One column's step: its title, the diagram, what it is for, its numbers and pictures. ``big``
+    (projector mode): larger text, and one algorithm's words beside its diagram rather than under it; side
+    by side, a column names its algorithm and, where it differs from the progress bar's, its step."""
+    layout = {(False, False): wf.WIDE, (True, False): wf.NARROW, (False, True): wf.PROJECTOR_WIDE,
+              (True, True): wf.PROJECTOR_NARROW}[compact, big]
+    title = "No step here" if step is None else wf.step_title(step, res)
+    ran = step is not None and step.event is not None
+    heading = title if ran else f":gray[{title}{'' if step is None else ' · not in this round'}]"
+    if big and compact:  # side by side on a projector: one short line names the column (and its step)
+        own = "" if title == shared_title else f" · {title}"
+        off = "" if ran else f" · :gray[{'no step here' if step is None else 'not in this round'}]"
+        heading = f"##### {wf.algorithm_name(res.config)}{own if ran else ''}{off}"
+    else:
+        heading = f"#### {heading}"
+    st.markdown(heading)
+    beside = big and not compact  # one algorithm on a projector: its words beside its diagram
+    left, right = st.columns([3, 2]) if beside else (st.container(), st.container())
+    with left:
         diagram(wf.diagram_svg(step, res, layout))
-        st.caption(f":material/block: {wf.off_line(step.phase, res)}")
-        return
-    st.markdown(f"#### {wf.step_title(step, res)}")
-    diagram(wf.diagram_svg(step, res, layout))
-    st.markdown(wf.purpose(step, res))
-    numbers(step, res, slot)
-    pictures(step, res, steps, classes, slot, compact)
+    with right:
+        if step is None:
+            st.caption(wf.absent_line(key, res))
+            return
+        if step.event is None:
+            st.caption(f":material/block: {wf.off_line(step.phase, res)}")
+            return
+        st.markdown(wf.purpose(step, res))
+        numbers(step, res, slot)
+        if beside:
+            shape_lines(step)
+    pictures(step, res, steps, classes, slot, compact, wf.PROJECTOR_CHART_FONT_PX if big else wf.CHART_FONT_PX)
+    if not beside:
+        shape_lines(step)
+
+
+def shape_lines(step: wf.Step) -> None:
     for line in wf.shapes(step):
         st.caption(line)
 
@@ -285,7 +408,8 @@ def round_delta(res: RoundResult, kind: str) -> int:
     return res.ledger_after[kind] - res.ledger_before[kind]
 
 
-def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slot: str, compact: bool) -> None:
+def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slot: str, compact: bool,
+             font_px: int = wf.CHART_FONT_PX) -> None:
     v = step.event.values
     same = {s.phase: s.event.values for s in steps if s.group == step.group and s.event is not None}
     samples = 4 if compact else wf.BATCH_SIZE
@@ -300,16 +424,16 @@ def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slo
                  caption="Each pair mixes sample 1 of client a with sample 1 of client b (lam = λ), shown in one "
                          "channel; the mixed label is soft: λ of a's class and 1 − λ of b's.")
     elif step.phase == "grads_down":
-        st.plotly_chart(wf.grads_figure(v), key=f"{slot}_grads", config={"displayModeBar": False})
+        st.plotly_chart(wf.grads_figure(v, font_px), key=f"{slot}_grads", config={"displayModeBar": False})
     elif step.phase == "local":
         picture = wf.local_picture(v, 2 if compact else 3)
         if picture is not None:
             st.image(picture, width="content", caption="Each client's inputs beside its InfoPro decoder's "
                                                          "reconstruction from the smashed data.")
     elif step.phase == "client_update":
-        st.plotly_chart(wf.moved_figure(v), key=f"{slot}_moved", config={"displayModeBar": False})
+        st.plotly_chart(wf.moved_figure(v, font_px), key=f"{slot}_moved", config={"displayModeBar": False})
     elif step.phase == "averaging":
-        st.plotly_chart(wf.averaging_figure(v), key=f"{slot}_avg", config={"displayModeBar": False})
+        st.plotly_chart(wf.averaging_figure(v, font_px), key=f"{slot}_avg", config={"displayModeBar": False})
 
 
 def intro(rounds: list[RoundResult]) -> None:
@@ -317,24 +441,31 @@ def intro(rounds: list[RoundResult]) -> None:
     start = f"round {res.round} of a stored run" if st.session_state.wt_run else "the first round of fresh models"
     names = " and ".join(wf.algorithm_name(r.config) for r in rounds)
     st.caption(f"{names}: {start}, n = {res.config.num_clients} clients, b = {res.config.batch_size}, "
-               f"{res.config.data.dataset}. {KEYS_HELP}")
+               f"{dataset_name(res.config.data.dataset)}. {KEYS_HELP}")
     for note in filter(None, (wf.schedule_note(r) for r in rounds)):
         st.caption(f":material/info: {note}")
     for warning in res.config.warnings():
         st.caption(f":material/info: {warning}")
 
 
-st.header("Round walkthrough")
-st.caption("What happens inside one round of split learning, step by step: the engine's own tensors, recorded "
-           "by the code that trains, with the bytes the ledger counts. Nothing is stored.")
+projector.from_link("wt_projector")
+if st.session_state.wt_projector:
+    projector.style()
+    st.html(PROJECTOR_CSS)
+else:
+    st.header("Round walkthrough")
+    st.caption("What happens inside one round of split learning, step by step: the engine's own tensors, recorded "
+               "by the code that trains, with the bytes the ledger counts. Nothing is stored.")
 stored = checkpoint_runs()
 from_link(stored)
-controls(stored)
-traced = results(stored)
+shown_data = None if st.session_state.wt_run else dataset_or_digits(st.session_state.wt_data)
+menu = controls(stored, shown_data)
+traced = results(stored, shown_data)
 try:
     names = class_names(traced[0].config.data.dataset)
 except DatasetNotFound:
     names = None
-intro(traced)
+with menu or st.container():
+    intro(traced)
 run_every = AUTOPLAY_S if st.session_state.get("wt_autoplay") else None
 st.fragment(run_every=run_every)(walkthrough)(traced, names)

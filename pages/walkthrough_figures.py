@@ -29,6 +29,8 @@ from pages.images import FONT_PX, GAP_PX, _font, channel_to_rgb, to_rgb
 BATCH_SIZE = 8  # small, so every image of a client's batch fits on one row
 MIN_CLIENTS, MAX_CLIENTS = 2, 8
 DATASETS = ("fashion-mnist", "digits")
+DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "digits": "digits", "cifar10": "CIFAR-10",
+                 "synthetic": "synthetic"}  # as the page says them (the engine's data sets)
 END = math.inf  # the schedule position of end-of-round steps (averaging): after every client's step
 ROUND_PHASES = tuple(p for p in PHASES if p != "averaging") + ("handoff",)
 RANK = {p: i for i, p in enumerate((*ROUND_PHASES, "averaging"))}
@@ -222,7 +224,7 @@ def purpose(step: Step, res: RoundResult) -> str:
             f"{fmt_bytes(v['bytes'])} in all (the ledger's count). This upload, every round, is the price of "
             "never sending the data."),
         "mixup": lambda: (
-            f"The server mixes each client's smashed data with {cfg.mixup.num_partners} partner(s)': "
+            f"The server mixes each client's smashed data with {_count(cfg.mixup.num_partners, 'partner')}: "
             "s~ = λ·s_i + (1 − λ)·s_j, and the labels the same way. Training on these mixes (the loss L~) shows "
             "the upper model combinations no single client holds; nothing more is sent."),
         "server": lambda: _server_words(v, cfg, served(res, step.group) if one_at_a_time(res) else None),
@@ -235,7 +237,7 @@ def purpose(step: Step, res: RoundResult) -> str:
             f"Each client takes one optimiser step on its lower model, from {_client_signal(cfg)}. The bars show "
             "how far each lower model moved (the L2 distance of its parameters)."),
         "averaging": lambda: (
-            f"Every T_c = {cfg.averaging.interval} round(s) the lower models are averaged (FedAvg, weighted by data "
+            f"Every {_every(cfg.averaging.interval)} the lower models are averaged (FedAvg, weighted by data "
             f"size){' with the auxiliary networks' if cfg.local_loss.average_aux else ''}: each client uploads its "
             f"model and downloads the average, {fmt_bytes(v['bytes'])} in all. The clients' distance to their "
             f"average falls from {v['spread_before']:.4f} to {v['spread_after']:.1e}."
@@ -272,9 +274,19 @@ def _server_words(v: dict, cfg: RunConfig, client: int | None) -> str:
             f"It takes one step on {model} with learning rate {lr}.{fresh}")
 
 
+def _count(count: int, word: str) -> str:
+    """"1 message", "3 messages"."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _every(interval: int) -> str:
+    """"round (T_c = 1)", "5 rounds (T_c = 5)"."""
+    return f"{'round' if interval == 1 else f'{interval} rounds'} (T_c = {interval})"
+
+
 def _grads_words(v: dict, k: int) -> str:
     text = (f"The gradient of each client's loss with respect to its smashed data goes back down: "
-            f"{v['messages']} message(s), {fmt_bytes(v['bytes'])}. Each client backpropagates it through its "
+            f"{_count(v['messages'], 'message')}, {fmt_bytes(v['bytes'])}. Each client backpropagates it through its "
             "lower model.")
     if v.get("active"):
         text += (f" SplitAvg: {len(v['active'])} of the {k} clients get the average of their gradients, sent once "
@@ -309,9 +321,6 @@ def shapes(step: Step) -> list[str]:
 
 # ---- the diagram ---------------------------------------------------------------------------------
 
-TOP = 40          # room for the headline
-PITCH = 50        # one client row
-BOX_H = 36
 GREY, FAINT, DIM_TEXT, TEXT = "#BDBDBD", "#E3E3E3", "#9E9E9E", "#222222"
 PHASE_COLORS = {"batch": PALETTE[5], "forward": PALETTE[0], "upload": BYTE_COLORS["bytes_smashed_up"],
                 "mixup": PALETTE[3], "server": PALETTE[3], "grads_down": BYTE_COLORS["bytes_grads_down"],
@@ -321,8 +330,10 @@ PHASE_COLORS = {"batch": PALETTE[5], "forward": PALETTE[0], "upload": BYTE_COLOR
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the boxes go. WIDE for one algorithm; NARROW (no data boxes) for a column of a side-by-side view,
-    so that its text stays as large on screen."""
+    """Where the boxes go, and how large the text is (in the SVG's own units). WIDE for one algorithm;
+    NARROW (no data boxes) for a column of a side-by-side view, so that its text stays as large on screen.
+    The PROJECTOR layouts have larger text (at least ``min_font``), taller client boxes and a smaller
+    headline band, so that eight clients side by side fit a 1280 x 720 screen with no text under 14 px."""
 
     width: int
     data_w: int      # 0: no data boxes
@@ -330,24 +341,45 @@ class Layout:
     client_w: int
     server_x: int
     server_w: int
+    top: int = 40    # room for the headline
+    pitch: int = 50  # one client row
+    box_h: int = 36  # a client's box
+    font: float = 1.0  # text sizes are the normal ones times this ...
+    min_font: int = 0  # ... and at least this
 
     @property
     def link_x(self) -> tuple[int, int]:
         return self.client_x + self.client_w, self.server_x
 
+    def px(self, size: float) -> int:
+        """A text size of the normal layouts, in this layout."""
+        return round(max(size * self.font, self.min_font))
+
+    def row_y(self, i: int) -> float:
+        return self.top + i * self.pitch + self.pitch / 2
+
+    def height(self, n: int) -> int:
+        return max(self.top + n * self.pitch + 12, 180)
+
 
 WIDE = Layout(width=760, data_w=52, client_x=78, client_w=180, server_x=540, server_w=210)
 NARROW = Layout(width=540, data_w=0, client_x=6, client_w=156, server_x=350, server_w=184)
-
-
-def _row_y(i: int) -> float:
-    return TOP + i * PITCH + PITCH / 2
+PROJECTOR_WIDE = Layout(width=680, data_w=52, client_x=76, client_w=200, server_x=456, server_w=214,
+                        top=36, pitch=50, box_h=44, font=1.15, min_font=14)
+PROJECTOR_NARROW = Layout(width=580, data_w=0, client_x=4, client_w=196, server_x=362, server_w=214,
+                          top=36, pitch=50, box_h=44, font=1.15, min_font=14)
+CHAR_EM = 0.6  # a generous width of one character of sans-serif text, in ems (bold included)
 
 
 def _text(x: float, y: float, text: str, size: int = 13, color: str = TEXT, anchor: str = "middle",
           weight: str = "normal") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" fill="{color}" text-anchor="{anchor}" '
             f'font-weight="{weight}" dominant-baseline="middle">{escape(text)}</text>')
+
+
+def _fitting(text: str, size: int, room: float, smallest: int) -> int:
+    """``size``, or smaller (down to ``smallest``) when ``text`` would run wider than ``room``."""
+    return max(min(size, math.floor(room / (CHAR_EM * max(len(text), 1)))), smallest)
 
 
 def _box(x: float, y: float, w: float, h: float, stroke: str, fill: str, dashed: bool = False, width: float = 1.5) -> str:
@@ -378,11 +410,12 @@ def _arrow(x1: float, y1: float, x2: float, y2: float, color: str, width: float 
     return line + heads
 
 
-def _label(x: float, y: float, text: str, color: str) -> str:
+def _label(x: float, y: float, text: str, color: str, layout: Layout) -> str:
     """A label on a white pill, so it reads over the lines beneath."""
-    w = 7.2 * len(text) + 12
-    return (f'<rect x="{x - w / 2:.1f}" y="{y - 10:.1f}" width="{w:.1f}" height="20" rx="10" fill="white" '
-            f'stroke="{color}" stroke-width="1"/>' + _text(x, y + 0.5, text, 12, color, weight="bold"))
+    size = layout.px(12)
+    w, h = CHAR_EM * size * len(text) + 12, size + 8
+    return (f'<rect x="{x - w / 2:.1f}" y="{y - h / 2:.1f}" width="{w:.1f}" height="{h}" rx="{h / 2}" fill="white" '
+            f'stroke="{color}" stroke-width="1"/>' + _text(x, y + 0.5, text, size, color, weight="bold"))
 
 
 @dataclass
@@ -405,10 +438,11 @@ def diagram_svg(step: Step | None, res: RoundResult, layout: Layout = WIDE) -> s
     and boxes of this step are drawn in its colour with their byte counts; the rest stays faint. A step
     that did not run (or ``None``: no such step) is drawn all grey."""
     n = res.config.num_clients
-    height = max(TOP + n * PITCH + 12, 180)
+    height = layout.height(n)
     look = _look(step, res) if step is not None and step.event is not None else None
-    parts = [_text(layout.width / 2, 20, look.headline if look else _off_headline(step), 15,
-                   look.color if look else DIM_TEXT, weight="bold")]
+    headline = look.headline if look else _off_headline(step)
+    size = _fitting(headline, layout.px(15), layout.width - 8, layout.px(12))
+    parts = [_text(layout.width / 2, layout.top / 2, headline, size, look.color if look else DIM_TEXT, weight="bold")]
     parts += _server(n, look, layout)
     for i in range(n):
         parts += _client_row(i, step, res, look, layout)
@@ -430,32 +464,33 @@ def _off_headline(step: Step | None) -> str:
 
 
 def _server(n: int, look: _Look | None, layout: Layout) -> list[str]:
-    y0, h = TOP + 4, n * PITCH - 8
+    y0, h = layout.top + 4, n * layout.pitch - 8
     on = look is not None and bool(look.server)
     stroke, fill = (look.color, "#FFF5F5") if on else (GREY, "#FAFAFA")
     lines = ["server", "upper model", *(look.server if on else [])]
-    top = y0 + h / 2 - (len(lines) - 1) * 9
+    line_h = layout.px(12) * 1.5
+    top = y0 + h / 2 - (len(lines) - 1) * line_h / 2
     x = layout.server_x + layout.server_w / 2
     return [_box(layout.server_x, y0, layout.server_w, h, stroke, fill, width=3 if on else 1.5)] + [
-        _text(x, top + j * 18, line, 14 if j == 0 else 12,
+        _text(x, top + j * line_h, line, layout.px(14 if j == 0 else 12),
               TEXT if (on or j < 2) and look is not None else DIM_TEXT, weight="bold" if j == 0 else "normal")
         for j, line in enumerate(lines)]
 
 
 def _client_row(i: int, step: Step | None, res: RoundResult, look: _Look | None, layout: Layout) -> list[str]:
-    y = _row_y(i)
+    y = layout.row_y(i)
     served_now = look is not None and (not one_at_a_time(res) or served(res, step.group) == i
                                        or step.phase == "averaging")
     on = look is not None and (i in look.clients or i in look.data)
     color = look.color if on else GREY
     second = look.clients.get(i, "") if on else ("" if served_now or look is None else _waiting(i, step, res))
-    x = layout.client_x
+    x, first, small = layout.client_x, layout.px(13), layout.px(11)
     parts = _data_box(i, y, look, layout) + [
-        _box(x, y - BOX_H / 2, layout.client_w, BOX_H, color, "#F4F8FF" if on else "white",
+        _box(x, y - layout.box_h / 2, layout.client_w, layout.box_h, color, "#F4F8FF" if on else "white",
              dashed=look is not None and not served_now, width=3 if on else 1.5),
-        _text(x + 10, y - (7 if second else 0), f"client {i}", 13, TEXT if served_now or on else DIM_TEXT, "start",
-              "bold"),
-        _text(x + 10, y + 9, second, 11, TEXT if on else DIM_TEXT, "start") if second else ""]
+        _text(x + 10, y - (small * 0.65 if second else 0), f"client {i}", first,
+              TEXT if served_now or on else DIM_TEXT, "start", "bold"),
+        _text(x + 10, y + first * 0.7, second, small, TEXT if on else DIM_TEXT, "start") if second else ""]
     return parts + _links(i, y, look, layout)
 
 
@@ -465,9 +500,9 @@ def _data_box(i: int, y: float, look: _Look | None, layout: Layout) -> list[str]
         return []
     lit = look is not None and i in look.data
     left = layout.client_x - layout.data_w - 18
-    return [_box(left, y - BOX_H / 2 + 4, layout.data_w, BOX_H - 8, look.color if lit else GREY, "white",
-                 width=2.5 if lit else 1),
-            _text(left + layout.data_w / 2, y, "data", 11, TEXT if lit else DIM_TEXT),
+    return [_box(left, y - layout.box_h / 2 + 4, layout.data_w, layout.box_h - 8, look.color if lit else GREY,
+                 "white", width=2.5 if lit else 1),
+            _text(left + layout.data_w / 2, y, "data", layout.px(11), TEXT if lit else DIM_TEXT),
             _arrow(left + layout.data_w, y, layout.client_x, y, look.color if lit else FAINT, 2.5 if lit else 1.2)]
 
 
@@ -479,25 +514,25 @@ def _waiting(i: int, step: Step, res: RoundResult) -> str:
 
 def _links(i: int, y: float, look: _Look | None, layout: Layout) -> list[str]:
     """The client's links to the server: smashed data up (above), gradients down (below), models (middle)."""
-    (x1, x2), parts = layout.link_x, []
+    (x1, x2), parts, d = layout.link_x, [], layout.pitch * 0.18
     up, down, model = (look.up.get(i), look.down.get(i), look.models.get(i)) if look else (None, None, None)
-    parts.append(_arrow(x1, y - 9, x2, y - 9, look.color if up else FAINT, 3 if up else 1.2))
-    parts.append(_arrow(x2, y + 9, x1, y + 9, look.color if down else FAINT, 3 if down else 1.2))
+    parts.append(_arrow(x1, y - d, x2, y - d, look.color if up else FAINT, 3 if up else 1.2))
+    parts.append(_arrow(x2, y + d, x1, y + d, look.color if down else FAINT, 3 if down else 1.2))
     if model:
         parts.append(_arrow(x1, y, x2, y, look.color, 3, dashed=True, both=True))
-    for text, dy in ((up, -9), (down, 9), (model, 0)):
+    for text, dy in ((up, -d), (down, d), (model, 0)):
         if text:
-            parts.append(_label((x1 + x2) / 2, y + dy, text, look.color))
+            parts.append(_label((x1 + x2) / 2, y + dy, text, look.color, layout))
     return parts
 
 
 def _handoff_arrow(src: int, dst: int, text: str, color: str, layout: Layout) -> list[str]:
     x = layout.client_x + layout.client_w
-    y1, y2 = _row_y(src) + 6, _row_y(dst) - 6 if dst > src else _row_y(dst) + 6
+    y1, y2 = layout.row_y(src) + 6, layout.row_y(dst) - 6 if dst > src else layout.row_y(dst) + 6
     bend = x + 50 + 8 * abs(dst - src)
     path = (f'<path d="M {x:.1f} {y1:.1f} C {bend:.1f} {y1:.1f}, {bend:.1f} {y2:.1f}, {x + 10:.1f} {y2:.1f}" '
             f'fill="none" stroke="{color}" stroke-width="3"/>')
-    return [path, _head(x, y2, -1, 0, color, 12), _label(bend + 50, (y1 + y2) / 2, text, color)]
+    return [path, _head(x, y2, -1, 0, color, 12), _label(bend + 50, (y1 + y2) / 2, text, color, layout)]
 
 
 def _look(step: Step, res: RoundResult) -> _Look:
@@ -552,7 +587,7 @@ def _look_server(look, v, clients, each, res):
 def _look_grads(look, v, clients, each, res):
     per = v["bytes"] // max(v["messages"], 1)
     active = set(v.get("active") or [])
-    look.headline = f"cut-layer gradients down: {v['messages']} message(s), {fmt_bytes(v['bytes'])}"
+    look.headline = f"cut-layer gradients down: {_count(v['messages'], 'message')}, {fmt_bytes(v['bytes'])}"
     look.down = {c: ("averaged, broadcast" if j in active else fmt_bytes(per)) for j, c in enumerate(clients)}
     look.server = ["sends dL/ds to each client"]
     look.clients = {c: f"|g| = {norm:.2e}" for c, norm in zip(clients, v["norms"])}
@@ -721,35 +756,46 @@ def local_picture(v: dict, samples: int = 3) -> np.ndarray | None:
 
 # ---- numbers per client as bars ------------------------------------------------------------------
 
+CHART_FONT_PX = 12      # the bar charts' tick labels; their titles are 2 px larger
+PROJECTOR_CHART_FONT_PX = 15
+
+
 def client_bars(clients: list[int], series: dict[str, list[float]], title: str, yaxis: str,
-                colors: tuple[str, ...] = PALETTE, height: int = 260) -> go.Figure:
+                colors: tuple[str, ...] = PALETTE, height: int = 260, font_px: int = CHART_FONT_PX) -> go.Figure:
     """Grouped bars, one group per client (a small chart: norms, distances, how far a model moved)."""
     fig = go.Figure()
     for j, (name, values) in enumerate(series.items()):
         fig.add_trace(go.Bar(x=[f"client {c}" for c in clients], y=list(values), name=name,
                              marker={"color": colors[j % len(colors)]}, hovertemplate="%{y:.3e}<extra>%{x}</extra>"))
-    fig.update_layout(template=TEMPLATE, height=height, barmode="group", title={"text": title, "x": 0.01, "font": {"size": 14}},
-                      margin={"t": 40, "b": 10, "l": 60, "r": 10}, yaxis={"title": yaxis, "exponentformat": "e"},
-                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+    big = font_px > CHART_FONT_PX
+    fig.update_layout(template=TEMPLATE, height=height + (60 if big else 0), barmode="group",
+                      font={"size": font_px}, title={"text": title, "x": 0.01, "font": {"size": font_px + 2}},
+                      margin={"t": 40 + 2 * (font_px - CHART_FONT_PX), "b": 10, "l": 60 + 3 * (font_px - CHART_FONT_PX),
+                              "r": 10},
+                      xaxis={"tickfont": {"size": font_px}},
+                      yaxis={"title": {"text": yaxis, "font": {"size": font_px}}, "exponentformat": "e",
+                             "tickfont": {"size": font_px}},
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right",
+                              "font": {"size": font_px}},
                       showlegend=len(series) > 1)
     return fig
 
 
-def grads_figure(v: dict) -> go.Figure:
+def grads_figure(v: dict, font_px: int = CHART_FONT_PX) -> go.Figure:
     series = {"own gradient": v["own_norms"]}
     if v.get("active"):
         series["sent (SplitAvg)"] = v["norms"]
     return client_bars(v["clients"], series, "Cut-layer gradient norm per client", "‖dL/ds‖",
-                       (BYTE_COLORS["bytes_grads_down"], PALETTE[4]))
+                       (BYTE_COLORS["bytes_grads_down"], PALETTE[4]), font_px=font_px)
 
 
-def moved_figure(v: dict) -> go.Figure:
+def moved_figure(v: dict, font_px: int = CHART_FONT_PX) -> go.Figure:
     return client_bars(v["clients"], {"moved": v["moved"]}, "How far each lower model moved", "L2 distance",
-                       (PALETTE[4],))
+                       (PALETTE[4],), font_px=font_px)
 
 
-def averaging_figure(v: dict) -> go.Figure:
+def averaging_figure(v: dict, font_px: int = CHART_FONT_PX) -> go.Figure:
     n = len(v["distances_before"])
     return client_bars(list(range(n)), {"before": v["distances_before"], "after (mean)": [v["spread_after"]] * n},
                        "Distance of each lower model to their average", "L2 distance",
-                       (BYTE_COLORS["bytes_model_up"], PALETTE[7]))
+                       (BYTE_COLORS["bytes_model_up"], PALETTE[7]), font_px=font_px)

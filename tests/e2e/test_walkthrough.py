@@ -1,12 +1,14 @@
 """The Round walkthrough in a real browser: LocFedMix-SL opened by a link at its mixup step, stepped with
 the keyboard to its averaging step (screenshots of both: ``artifacts/screenshots/walkthrough-*.png``),
-and two algorithms side by side on a read-only host. Nothing is trained into the database.
+two algorithms side by side on a read-only host, and a link asking for what the page cannot show (it
+says what it shows instead). Nothing is trained into the database. Projector mode: ``test_projector.py``.
 """
 
 from __future__ import annotations
 
 import re
 
+from engine.data import DatasetNotFound, load_dataset
 from tests.e2e.support import settle, shoot
 
 VIEW = {"width": 1400, "height": 1700}  # Streamlit scrolls inside its main block: tall enough for a whole step
@@ -57,7 +59,8 @@ def test_locfedmix_walkthrough_from_mixup_to_averaging_by_keyboard(start_app, br
     text = wait_for_step(page, "9. ⑤ Averaging the lower models")
     assert "Step 9 of 9" in text and "step=9" in page.url
     assert re.search(r"lower models averaged: [\d,]+ B up and down", diagram_text(page))
-    assert page.locator(".js-plotly-plot").count() == 1  # distances to the average
+    page.locator(".js-plotly-plot .xtick").first.wait_for(timeout=20_000)  # distances to the average, drawn
+    assert page.locator(".js-plotly-plot").count() == 1
     shoot_still(page, "walkthrough-averaging")
 
     page.keyboard.press("ArrowLeft")
@@ -83,3 +86,23 @@ def test_side_by_side_on_a_read_only_host(start_app, browser):
     page.get_by_text("autoplay").click()  # a step every few seconds, in the fragment, until the last
     page.get_by_text("Step 7 of 9").wait_for(timeout=30_000)
     assert "step=7" in page.url
+
+
+def test_a_link_asking_for_what_the_page_cannot_show_says_what_it_shows_instead(start_app, browser):
+    try:
+        load_dataset("fashion-mnist")
+        shown = "Fashion-MNIST"  # the page's default data set, when it is here
+    except DatasetNotFound:
+        shown = "digits"
+    app = start_app(readonly=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(f"{app.url}/walkthrough?algo=locfedmix_sl&data=cifar10&n=1000&step=99")
+    text = wait_for_step(page, "9. ⑤ Averaging the lower models")
+    assert "clients n = 1000 in the link is more than the walkthrough shows (at most 8): showing n = 8." in text
+    assert (f"data set CIFAR-10 (in the link) is not one the walkthrough shows (it shows Fashion-MNIST and digits): "
+            f"showing {shown}.") in text
+    assert "step = 99 in the link is past this round's last step: showing step 9." in text
+    assert "n = 8 clients" in text and "Step 9 of 9" in text
+    assert re.search(r"[?&]n=8(&|$)", page.url) and "step=9" in page.url and "cifar10" not in page.url
+    assert "client 7" in diagram_text(page) and "client 8" not in diagram_text(page)
+    shoot_still(page, "walkthrough-link-out-of-range")

@@ -4,6 +4,7 @@ sequence, a stored run's checkpoint, links and read-only mode. Digits, n = 3, b 
 
 from __future__ import annotations
 
+import html
 import re
 import time
 
@@ -12,6 +13,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.config import validate_config
+from engine import data as engine_data
+from engine.data import DatasetNotFound, load_dataset
 from engine.presets import PRESETS
 from engine.round import run_round
 from engine.trace import RoundResult, trace_round
@@ -296,3 +299,136 @@ def test_the_app_lists_the_walkthrough_in_both_navigations(db_url, monkeypatch, 
     at.switch_page("pages/walkthrough.py").run()
     assert not at.exception, at.exception
     assert at.header[0].value == "Round walkthrough"
+
+
+# ---- links that ask for what the page cannot show (issue 26, item 7) -----------------------------
+
+def infos(at: AppTest) -> str:
+    return "\n".join(i.value for i in at.info).replace("\\", "")  # the quoted link value is markdown-escaped
+
+
+def here(dataset: str) -> bool:
+    try:
+        load_dataset(dataset)
+        return True
+    except DatasetNotFound:
+        return False
+
+
+@pytest.mark.parametrize(("raw", "why", "shown"), [
+    ("1000", "is more than the walkthrough shows (at most 8)", 8),
+    ("1", "is fewer than the walkthrough shows (at least 2)", 2),
+    ("1e3", "is not a whole number", 3),
+])
+def test_clients_in_a_link_out_of_range_say_what_is_shown_instead(db_url, raw, why, shown):
+    at = walkthrough(n=raw)
+    assert not at.exception, at.exception
+    assert f"clients n = {raw} in the link {why}: showing n = {shown}." in infos(at)
+    assert next(s for s in at.slider if s.label == "clients n").value == shown
+    assert param(at, "n") == str(shown)
+    svg = diagrams(at)[0]
+    assert f">client {shown - 1}<" in svg and f">client {shown}<" not in svg
+
+
+@pytest.mark.parametrize(("raw", "asked"), [("cifar10", "CIFAR-10"), ("imagenet", "imagenet")])
+def test_a_data_set_the_walkthrough_does_not_show_is_named_with_the_one_shown(db_url, raw, asked):
+    shown = "fashion-mnist" if here("fashion-mnist") else "digits"
+    at = walkthrough(data=raw)
+    assert not at.exception, at.exception
+    assert (f"data set {asked} (in the link) is not one the walkthrough shows (it shows Fashion-MNIST and "
+            f"digits): showing {wf.DATASET_NAMES[shown]}.") in infos(at)
+    assert next(s for s in at.selectbox if s.label == "data set").value == shown
+    assert param(at, "data") == shown
+    assert f", {wf.DATASET_NAMES[shown]}." in captions(at)  # the intro names the data set traced on
+
+
+def test_a_data_set_that_is_not_here_is_marked_in_the_list_and_replaced_by_digits(db_url, monkeypatch):
+    real = engine_data.load_dataset
+
+    def without_fashion_mnist(name, *args, **kwargs):  # this host may hold it: the page must not find it
+        if name == "fashion-mnist":
+            raise DatasetNotFound("no Fashion-MNIST here (test)", "fashion-mnist")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(engine_data, "load_dataset", without_fashion_mnist)
+    st.cache_resource.clear()  # the page's class names, cached by data set
+    try:
+        at = walkthrough(data="fashion-mnist")
+    finally:
+        monkeypatch.undo()
+        st.cache_resource.clear()
+    assert not at.exception, at.exception
+    box = next(s for s in at.selectbox if s.label == "data set")
+    assert box.format_func("fashion-mnist") == "Fashion-MNIST (not here)" and box.format_func("digits") == "digits"
+    assert "Fashion-MNIST is not on this machine (see README, Data): showing digits" in \
+        " ".join(w.value for w in at.warning)
+    assert ", digits." in captions(at)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("99", "step = 99 in the link is past this round's last step: showing step 9."),
+    ("0", "step = 0 in the link is not a step (they count from 1): showing step 1."),
+    ("four", "step = four in the link is not a whole number: showing step 1."),
+])
+def test_a_step_outside_the_round_says_which_step_is_shown(db_url, raw, message):
+    at = walkthrough(step=raw)
+    assert not at.exception, at.exception
+    assert message in infos(at)
+    assert param(at, "step") == message.rstrip(".").rsplit(" ", 1)[1]
+
+
+def test_a_side_by_side_algorithm_that_is_no_preset_says_so(db_url):
+    at = walkthrough(vs="locfedmix")
+    assert "side by side with = locfedmix in the link is not one of the presets: showing one algorithm." in infos(at)
+    assert len(diagrams(at)) == 1 and "vs" not in at.query_params
+
+
+def test_a_link_in_range_says_nothing(db_url):
+    at = walkthrough(n="08", step="9", vs="splitfed", projector="0")
+    assert not at.exception, at.exception
+    assert not at.info and not at.warning
+    assert next(s for s in at.slider if s.label == "clients n").value == 8 and param(at, "step") == "9"
+
+
+# ---- projector mode (issue 26, item 6) -----------------------------------------------------------
+
+def test_projector_mode_from_the_link_and_back_by_its_toggle(db_url):
+    at = walkthrough(vs="parallel_sl", projector="1")
+    assert not at.exception, at.exception
+    toggle = next(t for t in at.toggle if t.label == "projector")
+    assert toggle.value and param(at, "projector") == "1"
+    assert not at.header and not at.subheader  # the chrome goes: no page title, the columns named in one line
+    assert [m.value for m in at.markdown if m.value.startswith("##### ")] == [
+        "##### LocFedMix-SL", "##### Parallel SL"]
+    assert 'viewBox="0 0 580 ' in diagrams(at)[0]  # the projector's layout
+    toggle.set_value(False).run()
+    assert not at.exception, at.exception
+    assert "projector" not in at.query_params
+    assert at.header[0].value == "Round walkthrough" and 'viewBox="0 0 540 ' in diagrams(at)[0]
+
+
+def test_a_projector_value_that_is_neither_on_nor_off_says_so(db_url):
+    at = walkthrough(projector="big")
+    assert "projector = 'big' in the link is neither on nor off" in infos(at)
+    assert not next(t for t in at.toggle if t.label == "projector").value
+
+
+def font_sizes(svg: str) -> list[float]:
+    return [float(x) for x in re.findall(r'font-size="([\d.]+)"', svg)]
+
+
+@pytest.mark.parametrize("algo", ["locfedmix_sl", "vanilla_sl", "splitfed_v1", "sglr"])
+def test_projector_diagrams_have_no_text_under_14_units_and_fit_their_width(algo):
+    """On screen a projector diagram is drawn at least 1:1 (the browser test measures it); here, every text
+    of every step is at least 14 units and, at a generous 0.6 em a character, inside the diagram."""
+    res = trace_round(wf.walkthrough_config(algo, wf.MAX_CLIENTS, "digits"))
+    for layout in (wf.PROJECTOR_WIDE, wf.PROJECTOR_NARROW):
+        for step in wf.walk(res):
+            svg = wf.diagram_svg(step, res, layout)
+            assert min(font_sizes(svg)) >= 14, (step.phase, svg)
+            for x, size, anchor, text in re.findall(
+                    r'<text x="([\d.]+)" y="[\d.]+" font-size="(\d+)" fill="[^"]+" text-anchor="(\w+)"[^>]*>([^<]*)<',
+                    svg):
+                width = wf.CHAR_EM * int(size) * len(html.unescape(text))
+                left = float(x) - (width / 2 if anchor == "middle" else 0)
+                assert 0 <= left and left + width <= layout.width + 1, (step.phase, text)
