@@ -57,9 +57,11 @@ def live_workers() -> list[queries.WorkerInfo]:
         return [w for w in queries.live_workers(s, LIVE_WORKER_S) if not process_gone(w.worker_id)]
 
 
-@st.fragment(run_every=2)
+# Every 3 s, not 2: with 2 a freshly started server's first page often stayed blank in Chromium
+# ("Bad delta path index": the sidebar fragment's rerun overtaking the page's first full run).
+@st.fragment(run_every=3)
 def worker_status() -> None:
-    """What each worker is doing, and what happened to this server's own worker, refreshed every 2 s
+    """What each worker is doing, and what happened to this server's own worker, refreshed every 3 s
     (without a page reload: a worker started again after ``kill -9`` shows up here)."""
     sup = dashboard_supervisor()
     state = sup.state() if sup else None

@@ -1,26 +1,36 @@
-"""New run: choose a preset or any combination of the techniques, check it, queue it."""
+"""New run: choose a preset or any combination of the techniques, check it, queue it.
+
+What is judged is what is on screen: every number is typed into a text field and read exactly
+(:mod:`pages.form_fields`), and a text that is no number of the field's kind is refused, naming the
+field and the text. Queue is enabled only when the engine's preflight
+(:func:`engine.preflight.run_problems`, the check ``engine submit`` and ``engine run`` make too)
+finds nothing wrong with the config on this host: ranges, the limits that depend on the data, and
+the data set being here.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import streamlit as st
 
 from engine.config import (
-    DATASETS,
     MAX_CLIENTS,
     SCHEDULES,
     SPLITFED_SCHEDULES,
+    ConfigProblem,
     RunConfig,
-    config_problems,
     deep_merge,
     field_help,
     validate_config,
 )
+from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
 from pages import common
 from pages.figures import beta_density
+from pages.form_fields import WHOLE, dataset_select, get_button, here, parse_whole, real_field, shown, whole_field
 from storage import queries
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -37,7 +47,7 @@ FORM_LABELS = {
     "name": "name", "num_clients": "clients n", "rounds": "rounds T", "batch_size": "batch size b", "seed": "seed",
     "optim.name": "optimiser", "optim.lr": "learning rate η", "eval_every": "evaluate every (rounds)",
     "image_every": "images every (rounds, 0: never)", "data.dataset": "data set", "data.partition": "partition",
-    "data.dirichlet_beta": "Dirichlet β", "data.samples_per_client": "items per client",
+    "data.dirichlet_beta": "Dirichlet β", "data.samples_per_client": "items per client (0: default)",
     "mixup.num_partners": "n_s, mixup partners per client", "mixup.alpha": "λ ~ Beta(α, β): α",
     "mixup.beta": "λ ~ Beta(α, β): β", "averaging.interval": "T_c, average every (rounds)",
     "split_lr.alpha": "SplitLr α", "split_avg.fraction": "SplitAvg φ", "cut_layer": "cut after LeNet-5 block",
@@ -69,7 +79,42 @@ def preset_defaults(preset: str) -> RunConfig:
     return validate_config(deep_merge(PROFILES["demo"], PRESETS[preset].overrides()))
 
 
-def technique_controls(base: RunConfig) -> dict[str, Any]:
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """"1 client", "3 clients", "1 batch", "2 batches"."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
+class NumberFields:
+    """The number fields of one form: each read exactly as typed, or a problem naming it.
+
+    A field whose step is switched off (disabled) and holds unreadable text is not used, so it is not
+    held against the run: its default stands in for it and nothing is said.
+    """
+
+    def __init__(self, labels: dict[str, str]):
+        self.labels = labels
+        self.problems: list[ConfigProblem] = []
+
+    def whole(self, container, path: str, default: int, *, disabled: bool = False, label: str | None = None,
+              **kwargs) -> int | None:
+        field = whole_field(container, label or self.labels[path], path, default, disabled=disabled, **kwargs)
+        return self._read(field, default, disabled)
+
+    def real(self, container, path: str, default: float, *, disabled: bool = False, label: str | None = None,
+             **kwargs) -> float | None:
+        field = real_field(container, label or self.labels[path], path, default, disabled=disabled, **kwargs)
+        return self._read(field, default, disabled)
+
+    def _read(self, field, default, disabled: bool):
+        if field.problem is None:
+            return field.value
+        if disabled:
+            return default
+        self.problems.append(field.problem)
+        return None
+
+
+def technique_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     """① (its schedule) ... ⑤, SplitLr and SplitAvg; returns the config overrides they choose."""
     st.markdown("**Techniques**")
     c1, c2 = st.columns(2)
@@ -88,8 +133,7 @@ def technique_controls(base: RunConfig) -> dict[str, Any]:
     split_avg = c2.checkbox("SGLR SplitAvg", base.split_avg.enabled, help=HELP["split_avg.enabled"])
     phi = c2.slider("SplitAvg φ (fraction of active clients)", 0.05, 1.0, float(base.split_avg.fraction), 0.05,
                     disabled=not split_avg)
-    local_steps = c2.number_input(FORM_LABELS["local_steps"], value=base.local_steps, step=1,
-                                  help=HELP["local_steps"], disabled=not splitfed)
+    local_steps = fields.whole(c2, "local_steps", base.local_steps, help=HELP["local_steps"], disabled=not splitfed)
     reset = c2.checkbox(FORM_LABELS["reset_optimizers"], base.reset_optimizers, help=HELP["reset_optimizers"],
                         disabled=not splitfed)
     return {
@@ -105,46 +149,50 @@ def technique_controls(base: RunConfig) -> dict[str, Any]:
     }
 
 
-def data_controls(base: RunConfig) -> dict[str, Any]:
+def data_controls(base: RunConfig, fields: NumberFields, present: dict[str, bool]) -> dict[str, Any]:
+    """The data set (each saying whether it is here, a "Get ..." button for one that is not), its
+    partition, Dirichlet β and the items per client."""
     st.markdown("**Data**")
     c1, c2, c3 = st.columns(3)
-    dataset = c1.selectbox("data set", DATASETS, DATASETS.index(base.data.dataset), help=HELP["data.dataset"])
+    dataset = dataset_select(c1, base.data.dataset, present, key="dataset", help=HELP["data.dataset"])
     partition = c2.selectbox("partition", ["paper", "iid", "dirichlet"], help=HELP["data.partition"])
-    beta = c3.number_input("Dirichlet β", value=float(base.data.dirichlet_beta), help=HELP["data.dirichlet_beta"],
-                           disabled=partition != "dirichlet")
-    per_client = c3.number_input("items per client (0: default)", value=0, help=HELP["data.samples_per_client"])
+    beta = fields.real(c3, "data.dirichlet_beta", float(base.data.dirichlet_beta), help=HELP["data.dirichlet_beta"],
+                       disabled=partition != "dirichlet")
+    per_client = fields.whole(c3, "data.samples_per_client", 0, allow_empty=True,
+                              help=HELP["data.samples_per_client"] + "; 0 or empty: the partition's default")
+    if not present.get(dataset):
+        get_button(dataset, key=f"get_{dataset}")
     return {"data": {"dataset": dataset, "partition": partition, "dirichlet_beta": beta,
-                     "samples_per_client": None if per_client == 0 else per_client}}
+                     "samples_per_client": per_client or None}}
 
 
-def scale_controls(base: RunConfig) -> dict[str, Any]:
+def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     st.markdown("**Scale and optimiser**")
     c1, c2, c3, c4 = st.columns(4)
-    # No min/max on the widgets: a browser field clamps or silently keeps the old value, so the
-    # form would queue a number other than the one shown. The engine's validation judges instead.
-    n = c1.number_input("clients n", value=base.num_clients, step=1, help=HELP["num_clients"])
-    rounds = c2.number_input("rounds T", value=base.rounds, step=1, help=HELP["rounds"])
-    batch = c3.number_input("batch size b", value=base.batch_size, step=1, help=HELP["batch_size"])
-    seed = c4.number_input("seed", value=base.seed, step=1, help=HELP["seed"])
+    # Text fields read exactly, with no min/max: a browser's number field rounds, clamps or silently
+    # keeps the old value, so the form would queue a number other than the one shown. The engine judges.
+    n = fields.whole(c1, "num_clients", base.num_clients, help=HELP["num_clients"])
+    rounds = fields.whole(c2, "rounds", base.rounds, help=HELP["rounds"])
+    batch = fields.whole(c3, "batch_size", base.batch_size, help=HELP["batch_size"])
+    seed = fields.whole(c4, "seed", base.seed, help=HELP["seed"])
     optimizer = c1.selectbox("optimiser", ["adam", "momentum", "sgd"], ["adam", "momentum", "sgd"].index(base.optim.name),
                              help=HELP["optim.name"])
-    lr = c2.number_input("learning rate η", value=float(base.optim.lr), format="%.4g", step=0.0005,
-                         help=HELP["optim.lr"])
-    eval_every = c3.number_input("evaluate every (rounds)", value=base.eval_every, step=1, help=HELP["eval_every"])
-    image_every = c4.number_input("images every (rounds, 0: never)", value=base.image_every, step=1,
-                                  help=HELP["image_every"])
-    privacy_every = c1.number_input(FORM_LABELS["privacy.every"], value=base.privacy.every, step=1,
-                                    help=HELP["privacy.every"] + ". Each measurement trains the server's attack: "
-                                    "a few seconds on a CPU.")
+    lr = fields.real(c2, "optim.lr", float(base.optim.lr), help=HELP["optim.lr"])
+    eval_every = fields.whole(c3, "eval_every", base.eval_every, help=HELP["eval_every"])
+    image_every = fields.whole(c4, "image_every", base.image_every, help=HELP["image_every"])
+    privacy_every = fields.whole(c1, "privacy.every", base.privacy.every,
+                                 help=HELP["privacy.every"] + ". Each measurement trains the server's attack: "
+                                 "a few seconds on a CPU.")
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
             "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
             "privacy": {"every": privacy_every}}
 
 
-def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str, Any]:
+def technique_knobs(base: RunConfig, n: int | None, choice: dict[str, Any], fields: NumberFields) -> dict[str, Any]:
     """n_s (bounded by n-1), the λ distribution with its density, mixup vs CutMix, T_c, the regulariser."""
     st.markdown("**Technique settings**")
     c1, c2, c3 = st.columns(3)
+    n = base.num_clients if n is None else n  # n unreadable: its own message says so, and nothing is queued
     mixup_on = choice["mixup"]["enabled"]
     default_ns = min(base.mixup.num_partners or 0, max(n - 1, 0)) if base.mixup.num_partners is not None else n // 2
     top = min(max(n - 1, 1), MAX_CLIENTS - 1)  # n may be out of range here: its own message says so
@@ -153,12 +201,12 @@ def technique_knobs(base: RunConfig, n: int, choice: dict[str, Any]) -> dict[str
     variant = c1.radio("mixing", ["mixup", "cutmix"], horizontal=True, disabled=not mixup_on, help=HELP["mixup.variant"])
     reduction = c1.radio("over partners", ["mean", "sum"], ["mean", "sum"].index(base.mixup.reduction),
                          horizontal=True, disabled=not mixup_on, help=HELP["mixup.reduction"])
-    alpha = c2.number_input("λ ~ Beta(α, β): α", value=float(base.mixup.alpha), step=0.05, disabled=not mixup_on)
-    beta = c2.number_input("λ ~ Beta(α, β): β", value=float(base.mixup.beta), step=0.05, disabled=not mixup_on)
-    if alpha > 0 and beta > 0:
+    alpha = fields.real(c2, "mixup.alpha", float(base.mixup.alpha), disabled=not mixup_on, help=HELP["mixup.alpha"])
+    beta = fields.real(c2, "mixup.beta", float(base.mixup.beta), disabled=not mixup_on, help=HELP["mixup.beta"])
+    if alpha is not None and beta is not None and 0 < alpha <= 100 and 0 < beta <= 100:
         c2.plotly_chart(beta_density(alpha, beta), key="beta_density", config={"displayModeBar": False})
-    interval = c3.number_input("T_c, average every (rounds)", value=base.averaging.interval, step=1,
-                               disabled=not choice["averaging"]["enabled"], help=HELP["averaging.interval"])
+    interval = fields.whole(c3, "averaging.interval", base.averaging.interval,
+                            disabled=not choice["averaging"]["enabled"], help=HELP["averaging.interval"])
     kind = c3.selectbox("local loss", ["infopro", "classifier", "norm"],
                         ["infopro", "classifier", "norm"].index(base.local_loss.kind),
                         disabled=not choice["local_loss"]["enabled"], help=HELP["local_loss.kind"])
@@ -175,96 +223,170 @@ def queue(config: RunConfig) -> int:
     return run_id
 
 
-def new_run_form() -> None:
-    preset = st.selectbox("start from a preset", list(PRESETS), list(PRESETS).index("locfedmix_sl"),
-                          format_func=lambda p: f"{PRESETS[p].title} ({PRESETS[p].techniques})")
-    base = preset_defaults(preset)
-    st.caption(f"{PRESETS[preset].description} · follows: {PRESETS[preset].source}")
-    slots = {}
-    with st.container(border=True, key=f"form_{preset}"):
-        name = st.text_input("name", PRESETS[preset].title)
-        choice = technique_controls(base)
-        slots["techniques"] = st.empty()
-        data = data_controls(base)
-        slots["data"] = st.empty()
-        scale = scale_controls(base)
-        slots["scale"] = st.empty()
-        knobs = technique_knobs(base, scale["num_clients"], choice)
-        slots["knobs"] = st.empty()
-    raw: dict[str, Any] = {}
-    # the preset's settings beyond its techniques first: the form's controls, set from them, decide
-    for part in (PRESETS[preset].extra, {"name": name}, choice, data, scale, knobs):
-        raw = deep_merge(raw, part)
-    problems = config_problems(raw)
+def show_problems(problems: list[ConfigProblem], slots: dict[str, Any]) -> None:
+    """Each problem under its section, in the form's words; then how many values block Queue."""
     by_section: dict[str, list[str]] = {}
     for problem in problems:
         by_section.setdefault(section_of(problem.field), []).append(in_form_words(problem.text(FORM_LABELS)))
     for section, lines in by_section.items():
         slots[section].error("  \n".join(common.escape_markdown(line) for line in lines))
+    st.error(f"Not queued: {plural(len(problems), 'value')} to fix above.")
+
+
+def summary(cfg: RunConfig) -> str:
+    """The line under the form: what Queue would queue."""
+    leakage = f" · leakage measured every {plural(cfg.privacy.every, 'round')}" if cfg.privacy.every else ""
+    schedule = "" if cfg.schedule == "parallel" else f" · {SCHEDULE_LABELS[cfg.schedule].split(':')[0]}" + (
+        f", {plural(cfg.local_steps, 'batch', 'batches')} per client" if cfg.schedule in SPLITFED_SCHEDULES else "")
+    return (f"techniques {common.technique_codes(cfg.model_dump())}{schedule} · {cfg.data.dataset} · "
+            f"{plural(cfg.num_clients, 'client')} × {plural(cfg.rounds, 'round')} × b={cfg.batch_size}{leakage}")
+
+
+def new_run_form() -> None:
+    preset = st.selectbox("start from a preset", list(PRESETS), list(PRESETS).index("locfedmix_sl"),
+                          format_func=lambda p: f"{PRESETS[p].title} ({PRESETS[p].techniques})")
+    base = preset_defaults(preset)
+    st.caption(f"{PRESETS[preset].description} · follows: {PRESETS[preset].source}")
+    present = here()
+    fields = NumberFields(FORM_LABELS)
+    slots = {}
+    with st.container(border=True, key=f"form_{preset}"):
+        name = st.text_input("name", PRESETS[preset].title)
+        choice = technique_controls(base, fields)
+        slots["techniques"] = st.empty()
+        data = data_controls(base, fields, present)
+        slots["data"] = st.empty()
+        scale = scale_controls(base, fields)
+        slots["scale"] = st.empty()
+        knobs = technique_knobs(base, scale["num_clients"], choice, fields)
+        slots["knobs"] = st.empty()
+    raw: dict[str, Any] = {}
+    # the preset's settings beyond its techniques first: the form's controls, set from them, decide
+    for part in (PRESETS[preset].extra, {"name": name}, choice, data, scale, knobs):
+        raw = deep_merge(raw, part)
+    # a text that is no number is refused as typed; the engine judges the rest only once all are read
+    problems = fields.problems or run_problems(raw)
     if problems:
-        st.error(f"Not queued: {len(problems)} value{'s' if len(problems) > 1 else ''} to fix above.")
+        show_problems(problems, slots)
     else:
         cfg = validate_config(raw)
         for warning in cfg.warnings():
             st.warning(warning)
-        leakage = f" · leakage measured every {cfg.privacy.every} rounds" if cfg.privacy.every else ""
-        schedule = "" if cfg.schedule == "parallel" else f" · {SCHEDULE_LABELS[cfg.schedule].split(':')[0]}" + (
-            f", {cfg.local_steps} batches per client" if cfg.schedule in SPLITFED_SCHEDULES else "")
-        st.caption(f"techniques {common.technique_codes(cfg.model_dump())}{schedule} · "
-                   f"{cfg.num_clients} clients × {cfg.rounds} rounds × b={cfg.batch_size}{leakage}")
-    if st.button("Queue run", type="primary", disabled=bool(problems), key="submit"):
+        st.caption(summary(cfg))
+    if st.button("Queue run", type="primary", disabled=bool(problems), key="submit") and not problems:
         run_id = queue(validate_config(raw))
         st.switch_page("pages/live.py", query_params={"run": str(run_id)})
 
 
-SWEEP_LABELS = {**FORM_LABELS, "rounds": "rounds", "num_clients": "clients n"}
+SWEEP_LABELS = {**FORM_LABELS, "rounds": "rounds", "num_clients": "clients n", "eval_every": "evaluate every"}
+SWEEP_EXAMPLE = "e.g. 10,20,40"
 
 
 def parse_client_counts(text: str) -> tuple[list[int], str | None]:
-    """'5,10,20' -> [5, 10, 20]; or a message naming what is wrong (not a number, a repeat, none)."""
+    """'5,10,20' -> [5, 10, 20]; or a message naming what is wrong (not a whole number, a repeat,
+    none). Whole numbers out of range (0, -2) are read here and judged by the engine."""
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
-        return [], "**clients n**: give at least one value, e.g. 10,20,40"
-    bad = [v for v in values if not v.isdigit()]
+        return [], f"clients n: give at least one value, {SWEEP_EXAMPLE}"
+    bad = [v for v in values if parse_whole(v) is None]
+    if bad and WHOLE.fullmatch(bad[0]):
+        return [], f"clients n: {shown(bad[0])} has {len(bad[0]):,} digits: give each n as a number up to {MAX_CLIENTS}"
     if bad:
-        return [], f"**clients n**: {common.escape_markdown(bad[0])} is not a whole number; e.g. 10,20,40"
+        return [], f"clients n: {shown(bad[0])} is not a whole number; give whole numbers separated by commas, " \
+                   f"{SWEEP_EXAMPLE}"
     ns = [int(v) for v in values]
     repeated = sorted({n for n in ns if ns.count(n) > 1})
     if repeated:
-        return [], f"**clients n**: {', '.join(map(str, repeated))} appears more than once; give each n once"
+        return [], f"clients n: {', '.join(map(str, repeated))} appears more than once; give each n once"
     return sorted(ns), None
+
+
+def sweep_configs(rows: list[int], ns: list[int], settings: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(Table 3 row, config) for each row and n: the demo profile, the row's techniques, the sweep's settings."""
+    return [(row, deep_merge(deep_merge(PROFILES["demo"], techniques_to_config(TABLE3_ROWS[row].techniques)),
+                             {"name": f"T3 row {row} n={n}", "num_clients": n, **settings}))
+            for row in rows for n in ns]
+
+
+def sweep_problems(grid: list[tuple[int, dict[str, Any]]]) -> list[str]:
+    """The preflight's problems over the grid, each said once, with the rows it hits."""
+    hits: dict[str, set[int]] = {}
+    for row, raw in grid:
+        for problem in run_problems(raw):
+            hits.setdefault(in_form_words(problem.text(SWEEP_LABELS), SWEEP_LABELS), set()).add(row)
+    rows = {row for row, _ in grid}
+    return [f"{text} ({'every row' if hit == rows else rows_named(sorted(hit))})" for text, hit in hits.items()]
+
+
+def rows_named(rows: list[int]) -> str:
+    """"row 4", "rows 4, 8"."""
+    return ("row " if len(rows) == 1 else "rows ") + ", ".join(map(str, rows))
+
+
+def queue_sweep(signature: str, configs: list[dict[str, Any]]) -> None:
+    """Queue the grid (on_click: before the page is drawn again, so Queue sweep is drawn disabled).
+    A grid already queued from this page is not queued again (a double click)."""
+    queued = st.session_state.setdefault("sweep_queued", {})
+    if signature in queued or not configs:
+        return
+    queued[signature] = []
+    with common.db().write() as s:
+        queued[signature] = [queries.create_run(s, validate_config(c)) for c in configs]
+    common.clear_caches()
+
+
+def id_list(ids: list[int]) -> str:
+    """'#3–#8' for consecutive ids, else '#3, #5, #9'."""
+    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"#{ids[0]}–#{ids[-1]}"
+    return ", ".join(f"#{i}" for i in ids)
 
 
 def sweep_form() -> None:
     """A grid of technique combinations x n, queued at once (how the paper's Table 3 is built)."""
     rows = st.multiselect("technique combinations (Table 3 rows)", list(TABLE3_ROWS), list(TABLE3_ROWS),
                           format_func=lambda r: f"row {r}: {TABLE3_ROWS[r].title} ({TABLE3_ROWS[r].techniques})")
+    present = here()
+    fields = NumberFields(SWEEP_LABELS)
     c1, c2, c3, c4 = st.columns(4)
     ns_text = c1.text_input("clients n (comma-separated)", "5,10,20")
-    rounds = c2.number_input("rounds", value=200, step=1, key="sweep_rounds")
-    dataset = c3.selectbox("data set", DATASETS, DATASETS.index("fashion-mnist"), key="sweep_dataset")
-    seed = c4.number_input("seed", value=0, step=1, key="sweep_seed")
+    rounds = fields.whole(c2, "rounds", 200, key="sweep_rounds", help=HELP["rounds"])
+    dataset = dataset_select(c3, "fashion-mnist", present, key="sweep_dataset", help=HELP["data.dataset"])
+    seed = fields.whole(c4, "seed", 0, key="sweep_seed", help=HELP["seed"])
+    eval_every = fields.whole(c2, "eval_every", PROFILES["demo"]["eval_every"], key="sweep_eval_every",
+                              help=HELP["eval_every"])
+    privacy_every = fields.whole(c4, "privacy.every", 0, key="sweep_privacy_every",
+                                 help=HELP["privacy.every"] + ". Gives the Compare page its accuracy against "
+                                 "leakage; each measurement trains the server's attack: a few seconds on a CPU.")
+    if not present.get(dataset):
+        get_button(dataset, key=f"sweep_get_{dataset}")
     ns, n_problem = parse_client_counts(ns_text)
-    if n_problem:
-        st.error(n_problem)
-        st.button("Queue sweep", disabled=True, key="submit_sweep")
-        return
-    configs, problems = [], {}
-    for row in rows:
-        for n in ns:
-            raw = deep_merge(deep_merge(PROFILES["demo"], techniques_to_config(TABLE3_ROWS[row].techniques)), {
-                "name": f"T3 row {row} n={n}", "num_clients": n, "rounds": rounds, "seed": seed,
-                "data": {"dataset": dataset}})
-            for p in config_problems(raw):  # one line per problem, naming the rows it hits
-                problems.setdefault(p.text(SWEEP_LABELS), []).append(row)
-            configs.append(raw)
-    for text, hit in problems.items():
-        where = "every row" if len(set(hit)) == len(rows) else "rows " + ", ".join(map(str, sorted(set(hit))))
-        st.error(f"{common.escape_markdown(text)} ({where})")
-    st.caption(f"{len(configs)} runs: {len(rows)} combinations × {len(ns)} values of n")
-    if st.button("Queue sweep", disabled=bool(problems) or not configs, key="submit_sweep"):
-        ids = [queue(validate_config(c)) for c in configs]
-        st.success(f"queued runs {ids[0]}–{ids[-1]}; they appear on the Compare page as they finish")
+    texts = [n_problem] if n_problem else []
+    texts += [p.text(SWEEP_LABELS) for p in fields.problems]
+    grid: list[tuple[int, dict[str, Any]]] = []
+    if not texts:
+        grid = sweep_configs(rows, ns, {"rounds": rounds, "seed": seed, "eval_every": eval_every,
+                                        "data": {"dataset": dataset}, "privacy": {"every": privacy_every}})
+        texts = sweep_problems(grid)
+    configs = [raw for _, raw in grid]
+    for text in texts:
+        st.error(common.escape_markdown(text))
+    if not rows:
+        st.info("Choose at least one technique combination.")
+    if configs and not texts:
+        for warning in dict.fromkeys(w for c in configs for w in validate_config(c).warnings()):
+            st.warning(warning)
+        st.caption(f"{plural(len(configs), 'run')}: {plural(len(rows), 'combination')} × "
+                   f"{plural(len(ns), 'value')} of n ({', '.join(map(str, ns))}) · {dataset} · "
+                   f"{plural(rounds, 'round')} each")
+    signature = json.dumps(configs, sort_keys=True)
+    ids = st.session_state.get("sweep_queued", {}).get(signature)
+    off = bool(texts) or not configs or ids is not None
+    st.button("Queue sweep", disabled=off, key="submit_sweep", on_click=queue_sweep,
+              args=(signature, [] if off else configs))
+    if ids:
+        st.success(f"Queued {plural(len(ids), 'run')}: {id_list(ids)}. They appear on the Compare page as they "
+                   "finish; change a field to queue another grid.")
 
 
 st.header("New run")

@@ -78,3 +78,21 @@ def settle(page, timeout_ms: int = 30_000) -> None:
     """Wait until the script run is over (Streamlit shows a 'running' status widget meanwhile)."""
     page.wait_for_timeout(300)
     page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=timeout_ms)
+
+
+def type_into(page, label: str, text: str, scope=None) -> None:
+    """Type ``text`` into the field called ``label`` (inside ``scope``, e.g. one tab's panel, where two
+    tabs have a field of that name), press Enter and wait for the page to settle."""
+    box = (scope or page).get_by_label(label, exact=True)
+    box.fill(text)
+    box.press("Enter")
+    settle(page)
+
+
+def run_count(db_url: str) -> int:
+    """How many runs the app's database holds."""
+    from storage import queries
+    from storage.db import connect
+
+    with connect(db_url).read() as s:
+        return len(queries.list_runs(s))

@@ -201,10 +201,10 @@ def test_the_leakage_figures_keep_their_template_in_a_streamlit_process(lab, mon
 
 def test_new_run_has_the_leakage_field_and_queues_it(db_url):
     at = page("new_run")
-    field = next(w for w in at.number_input if w.label == "leakage every (rounds, 0: off)")
-    assert field.value == 0
-    next(w for w in at.number_input if w.label == "evaluate every (rounds)").set_value(10).run()
-    next(w for w in at.number_input if w.label == "leakage every (rounds, 0: off)").set_value(20).run()
+    field = next(w for w in at.text_input if w.label == "leakage every (rounds, 0: off)")
+    assert field.value == "0"
+    next(w for w in at.text_input if w.label == "evaluate every (rounds)").set_value("10").run()
+    next(w for w in at.text_input if w.label == "leakage every (rounds, 0: off)").set_value("20").run()
     assert not at.error
     next(b for b in at.button if b.label == "Queue run").click().run()
     with connect(db_url).read() as s:
@@ -218,8 +218,8 @@ def test_new_run_has_the_leakage_field_and_queues_it(db_url):
 ])
 def test_new_run_refuses_a_leakage_interval_in_the_form_s_words(db_url, value, message):
     at = page("new_run")
-    next(w for w in at.number_input if w.label == "evaluate every (rounds)").set_value(10).run()
-    next(w for w in at.number_input if w.label == "leakage every (rounds, 0: off)").set_value(value).run()
+    next(w for w in at.text_input if w.label == "evaluate every (rounds)").set_value("10").run()
+    next(w for w in at.text_input if w.label == "leakage every (rounds, 0: off)").set_value(str(value)).run()
     errors = " ".join(e.value for e in at.error).replace("\\", "")
     assert message in errors and f"got {value}" in errors and "eval_every" not in errors  # the form's words only
     assert next(b for b in at.button if b.label == "Queue run").disabled

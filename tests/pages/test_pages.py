@@ -54,7 +54,7 @@ def runs_in_db(url: str) -> list[queries.RunInfo]:
 def test_new_run_has_every_control(db_url):
     at = page("new_run")
     assert not at.exception
-    labels = {w.label for w in [*at.number_input, *at.slider, *at.selectbox, *at.checkbox, *at.toggle, *at.radio]}
+    labels = {w.label for w in [*at.text_input, *at.slider, *at.selectbox, *at.checkbox, *at.toggle, *at.radio]}
     for expected in ("clients n", "rounds T", "batch size b", "learning rate η", "seed", "n_s, mixup partners per client",
                      "λ ~ Beta(α, β): α", "λ ~ Beta(α, β): β", "T_c, average every (rounds)", "local loss",
                      "③ smashed-data mixup", "④' average the auxiliary networks too", "SGLR SplitAvg",
@@ -65,15 +65,15 @@ def test_new_run_has_every_control(db_url):
 
 def test_new_run_bounds_n_s_by_n_minus_one(db_url):
     at = page("new_run")
-    n_input = next(w for w in at.number_input if w.label == "clients n")
-    n_input.set_value(4).run()
+    n_input = next(w for w in at.text_input if w.label == "clients n")
+    n_input.set_value("4").run()
     slider = next(w for w in at.slider if w.label.startswith("n_s"))
     assert slider.max == 3
 
 
 def test_new_run_explains_invalid_input_and_blocks_submit(db_url):
     at = page("new_run")
-    next(w for w in at.number_input if w.label == "learning rate η").set_value(0.0).run()
+    next(w for w in at.text_input if w.label == "learning rate η").set_value("0").run()
     errors = " ".join(e.value for e in at.error)
     assert "learning rate η must be greater than 0 and at most 10, got 0" in errors.replace("\\", "")
     assert next(b for b in at.button if b.label == "Queue run").disabled
@@ -81,18 +81,18 @@ def test_new_run_explains_invalid_input_and_blocks_submit(db_url):
 
 
 @pytest.mark.parametrize(("label", "value", "message"), [
-    ("clients n", 100000, "clients n must be between 1 and 1000, got 100,000"),
-    ("clients n", -5, "clients n must be between 1 and 1000, got -5"),
-    ("rounds T", 10**9, "rounds T must be between 1 and 100,000, got 1,000,000,000"),
-    ("batch size b", 0, "batch size b must be between 1 and 4096, got 0"),
-    ("learning rate η", 1e9, "learning rate η must be greater than 0 and at most 10, got 1e+09"),
-    ("T_c, average every (rounds)", 0, "T_c, average every (rounds) must be between 1 and 100,000, got 0"),
-    ("evaluate every (rounds)", 0, "evaluate every (rounds) must be between 1 and 100,000, got 0"),
+    ("clients n", "100000", "clients n must be between 1 and 1000, got 100,000"),
+    ("clients n", "-5", "clients n must be between 1 and 1000, got -5"),
+    ("rounds T", "1000000000", "rounds T must be between 1 and 100,000, got 1,000,000,000"),
+    ("batch size b", "0", "batch size b must be between 1 and 4096, got 0"),
+    ("learning rate η", "1e9", "learning rate η must be greater than 0 and at most 10, got 1e+09"),
+    ("T_c, average every (rounds)", "0", "T_c, average every (rounds) must be between 1 and 100,000, got 0"),
+    ("evaluate every (rounds)", "0", "evaluate every (rounds) must be between 1 and 100,000, got 0"),
 ])
 def test_new_run_refuses_an_out_of_range_value_in_the_form_s_words(db_url, label, value, message):
     at = page("new_run")
-    next(w for w in at.number_input if w.label == label).set_value(value).run()
-    assert next(w for w in at.number_input if w.label == label).value == value  # kept as typed, never replaced
+    next(w for w in at.text_input if w.label == label).set_value(value).run()
+    assert next(w for w in at.text_input if w.label == label).value == value  # kept as typed, never replaced
     errors = " ".join(e.value for e in at.error).replace("\\", "")
     assert message in errors
     assert next(b for b in at.button if b.label == "Queue run").disabled
@@ -102,11 +102,11 @@ def test_new_run_refuses_an_out_of_range_value_in_the_form_s_words(db_url, label
 
 def test_sweep_refuses_repeated_n_and_says_a_shared_problem_once(db_url):
     at = page("new_run")
-    ns = next(w for w in at.text_input if w.label.startswith("clients n"))
+    ns = next(w for w in at.text_input if w.label == "clients n (comma-separated)")
     ns.set_value("5,5,10").run()
     assert any("5 appears more than once" in e.value for e in at.error)
     assert next(b for b in at.button if b.label == "Queue sweep").disabled
-    next(w for w in at.text_input if w.label.startswith("clients n")).set_value("0,10").run()
+    next(w for w in at.text_input if w.label == "clients n (comma-separated)").set_value("0,10").run()
     errors = [e.value.replace("\\", "") for e in at.error]
     assert errors == ["clients n must be between 1 and 1000, got 0 (every row)"]
     assert next(b for b in at.button if b.label == "Queue sweep").disabled
@@ -115,8 +115,8 @@ def test_sweep_refuses_repeated_n_and_says_a_shared_problem_once(db_url):
 
 def test_new_run_queues_a_run_with_the_chosen_config(db_url):
     at = page("new_run")
-    next(w for w in at.number_input if w.label == "clients n").set_value(6).run()
-    next(w for w in at.number_input if w.label == "rounds T").set_value(40).run()
+    next(w for w in at.text_input if w.label == "clients n").set_value("6").run()
+    next(w for w in at.text_input if w.label == "rounds T").set_value("40").run()
     next(w for w in at.slider if w.label.startswith("n_s")).set_value(2).run()
     next(b for b in at.button if b.label == "Queue run").click().run()
     runs = runs_in_db(db_url)
@@ -131,7 +131,7 @@ def test_new_run_keeps_a_splitfed_presets_schedule_and_settings(db_url, preset):
     at = page("new_run")
     next(w for w in at.selectbox if w.label == "start from a preset").set_value(preset).run()
     assert next(w for w in at.selectbox if w.label == "① schedule").value == preset
-    assert next(w for w in at.number_input if w.label == "batches per client per round").value == 20
+    assert next(w for w in at.text_input if w.label == "batches per client per round").value == "20"
     assert next(w for w in at.checkbox if w.label == "re-create the optimisers").value
     assert any("20 batches per client" in c.value for c in at.caption)
     next(b for b in at.button if b.label == "Queue run").click().run()
@@ -154,7 +154,7 @@ def test_new_run_says_what_a_splitfed_schedule_cannot_run(db_url):
     assert next(b for b in at.button if b.label == "Queue run").disabled
     next(w for w in at.selectbox if w.label == "① schedule").set_value("parallel").run()
     assert not at.error  # the parallel schedule: one batch per client, nothing re-created
-    assert next(w for w in at.number_input if w.label == "batches per client per round").disabled
+    assert next(w for w in at.text_input if w.label == "batches per client per round").disabled
     next(b for b in at.button if b.label == "Queue run").click().run()
     (run,) = runs_in_db(db_url)
     assert (run.config["schedule"], run.config["local_steps"], run.config["reset_optimizers"]) == ("parallel", 1, False)
@@ -163,7 +163,7 @@ def test_new_run_says_what_a_splitfed_schedule_cannot_run(db_url):
 def test_sweep_queues_the_grid(db_url):
     at = page("new_run")
     next(w for w in at.multiselect if w.label.startswith("technique combinations")).set_value([4, 8]).run()
-    next(w for w in at.text_input if w.label.startswith("clients n")).set_value("3,5").run()
+    next(w for w in at.text_input if w.label == "clients n (comma-separated)").set_value("3,5").run()
     next(b for b in at.button if b.label == "Queue sweep").click().run()
     runs = runs_in_db(db_url)
     assert sorted((r.config["num_clients"], r.name) for r in runs) == [

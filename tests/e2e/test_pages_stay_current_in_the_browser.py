@@ -252,7 +252,7 @@ def test_make_run_starts_the_worker_with_the_server_and_starts_a_new_one_after_k
         workers.append(int(re.search(r"new one \(pid (\d+)\)", notice.inner_text()).group(1)))
         sidebar.get_by_text(re.compile(rf"Worker \S+:{workers[1]}: idle")).wait_for(timeout=90_000)
         assert not_reloaded(page)
-        assert noticed_after < 8, noticed_after  # the supervisor looks every second; the sidebar every 2 s
+        assert noticed_after < 8, noticed_after  # the supervisor looks every second; the sidebar every 3 s
         shoot(page, "sidebar-worker-restarted")
         assert live_worker_ids(db_url) == [f"{first.rpartition(':')[0]}:{workers[1]}"]
 
