@@ -159,8 +159,11 @@ def learning_curves(histories: dict[str, pd.DataFrame], metric: str = "test_acc"
     label = METRIC_LABELS.get(metric, metric)
     if title is None:
         title = label.capitalize() + (" against simulated latency" if x == "latency_s" else "")
-    return _style(fig, title, xaxis_title="simulated latency (s)" if x == "latency_s" else "round",
-                  yaxis_title=label, uirevision="keep")
+    fig = _style(fig, title, xaxis_title="simulated latency (s)" if x == "latency_s" else "round",
+                 yaxis_title=label, uirevision="keep")
+    if metric.endswith("_acc"):  # an accuracy lies in [0, 1]: one early point must not draw the axis from -0.5
+        fig.update_yaxes(range=[0, 1.02])
+    return fig
 
 
 def loss_terms(history: pd.DataFrame, *, title: str = "Training-loss terms") -> go.Figure:

@@ -288,3 +288,10 @@ def test_the_leakage_grid_has_a_column_for_infopro_only_when_the_client_has_it()
     assert with_infopro.shape[0] == attack_only.shape[0] > 4 * 112  # four rows of tiles, each with its caption
     assert quality_caption(*scores, 1) == "PSNR 11.0 dB\nSSIM 0.20"
     assert quality_caption(scores[0], None, 0) == "PSNR 10.0 dB"  # a missing score is left out, never "None"
+
+
+def test_accuracy_axes_stay_within_zero_and_one_while_loss_axes_fit_the_data():
+    """One early evaluation must not draw an accuracy axis from -0.5 to 1 (seen on Live after the first point)."""
+    h = pd.DataFrame({"round": [10], "test_acc": [0.2], "test_loss": [2.3]})
+    assert tuple(figures.learning_curves({"a": h}, "test_acc").layout.yaxis.range) == (0, 1.02)
+    assert figures.learning_curves({"a": h}, "test_loss").layout.yaxis.range is None
