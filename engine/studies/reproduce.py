@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
-from engine.data import load_dataset
+from engine.data import train_size
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
 from engine.studies.common import Arm, load_results, run_key, run_name, write_csv
 from engine.studies.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
@@ -66,8 +66,7 @@ def splitfed_arms() -> list[Arm]:
 def one_local_epoch(dataset: str, n: int, batch_size: int) -> int:
     """Batches in one pass over the largest of n disjoint equal shards (the authors' DataLoader keeps
     the last, short batch; SplitLab's batches are all full and continue into the next shuffle)."""
-    size = len(load_dataset(dataset).train_y)
-    return math.ceil(math.ceil(size / n) / batch_size)
+    return math.ceil(math.ceil(train_size(dataset) / n) / batch_size)
 
 
 POLL_S = 2.0  # seconds between looks at the queued runs
