@@ -161,6 +161,10 @@ def _train_job(cfg_json: dict, out: str) -> str:
     return out
 
 
+def _runs(count: int) -> str:
+    return f"{count} run{'' if count == 1 else 's'}"
+
+
 def run_jobs(todo: dict[Path, RunConfig], jobs: int) -> None:
     """Train the runs in ``jobs`` processes at once, sharing the cores between them."""
     if jobs <= 1 or len(todo) <= 1:
@@ -698,10 +702,10 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
         (out / "runs").mkdir(parents=True, exist_ok=True)
     todo, done = plan(pick_arms(arms, only), dataset, ns, rounds, seeds, profile, out, reduction, eval_every)
     if not train:
-        print(f"{study} on {dataset}, {rounds} rounds: {done} runs done, {len(todo)} missing (not trained: "
+        print(f"{study} on {dataset}, {rounds} rounds: {_runs(done)} done, {len(todo)} missing (not trained: "
               "--no-train)", file=sys.stderr, flush=True)
     else:
-        print(f"{study} on {dataset}, {rounds} rounds: {len(todo)} runs to train, {done} already done"
+        print(f"{study} on {dataset}, {rounds} rounds: {_runs(len(todo))} to train, {done} already done"
               + (f", {jobs} at a time" if jobs > 1 and not db_url else ""), file=sys.stderr, flush=True)
         if db_url:
             run_queued(todo, db_url)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.support import CHROMIUM, CHROMIUM_ARGS, ROOT, SHOTS, App, free_port, playwright, wait_for_http
+from tests.e2e.support import CHROMIUM, CHROMIUM_ARGS, ROOT, App, keep_logs, launch_app, playwright, stop_app
 
 
 @pytest.fixture
@@ -22,7 +18,6 @@ def start_app(tmp_path) -> Iterator[Callable[..., App]]:
     started: list[App] = []
 
     def start(worker: bool = False, readonly: bool = False, db_name: str = "e2e.db") -> App:
-        port = free_port()
         db_url = f"sqlite:///{tmp_path / db_name}"
         env = {**os.environ, "SPLITLAB_DB": db_url, "SPLITLAB_WORKER_LOG": str(tmp_path / "worker.log")}
         for name in ("SPLITLAB_NO_WORKER", "SPLITLAB_READONLY"):
@@ -31,24 +26,15 @@ def start_app(tmp_path) -> Iterator[Callable[..., App]]:
             env["SPLITLAB_NO_WORKER"] = "1"
         if readonly:
             env["SPLITLAB_READONLY"] = "1"
-        log = open(tmp_path / f"server-{port}.log", "wb")  # noqa: SIM115 (closed with the server)
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                   "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        app = App(f"http://127.0.0.1:{port}", db_url, server, tmp_path)
+        app = launch_app(ROOT, env, db_url, tmp_path, tmp_path / "server.log")
         started.append(app)
-        wait_for_http(f"{app.url}/_stcore/health")
         return app
 
     yield start
     for app in started:
-        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
-            os.killpg(app.server.pid, signal.SIGKILL)
-        app.server.wait(timeout=20)
+        stop_app(app)
         subprocess.run(["pkill", "-KILL", "-f", f"worker --db {app.db_url}"], check=False)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for log in tmp_path.glob("*.log"):
-        shutil.copy(log, SHOTS / log.name)
+    keep_logs(tmp_path)
 
 
 @pytest.fixture

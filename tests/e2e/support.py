@@ -4,9 +4,13 @@ here). Screenshots go to ``artifacts/screenshots/``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -50,6 +54,33 @@ class App:
     db_url: str
     server: subprocess.Popen
     folder: Path
+
+
+def launch_app(cwd: Path, env: dict[str, str], db_url: str, folder: Path, log: Path) -> App:
+    """Start ``streamlit run app.py`` in ``cwd`` with exactly ``env`` on a free port, its output in
+    ``log``, in its own process group (so :func:`stop_app` stops whatever it started); returns once it answers."""
+    port = free_port()
+    out = open(log.with_name(f"{log.stem}-{port}{log.suffix}"), "wb")  # noqa: SIM115 (closed with the server)
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                              cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    app = App(f"http://127.0.0.1:{port}", db_url, server, folder)
+    wait_for_http(f"{app.url}/_stcore/health")
+    return app
+
+
+def stop_app(app: App) -> None:
+    """Kill the app's process group (a test may have stopped it already) and wait for the server."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(app.server.pid, signal.SIGKILL)
+    app.server.wait(timeout=20)
+
+
+def keep_logs(folder: Path) -> None:
+    """Copy the ``*.log`` files of ``folder`` next to the screenshots."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for log in folder.glob("*.log"):
+        shutil.copy(log, SHOTS / log.name)
 
 
 def shoot(page, name: str) -> None:

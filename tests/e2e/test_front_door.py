@@ -19,8 +19,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,16 +31,16 @@ from storage.db import close, connect
 from storage.worker import process_gone
 from tests.e2e.support import (
     ROOT,
-    SHOTS,
     App,
     choose,
-    free_port,
+    keep_logs,
+    launch_app,
     playwright,
     run_count,
     settle,
     shoot,
+    stop_app,
     type_into,
-    wait_for_http,
 )
 
 expect = playwright.expect  # waits for what the next script run draws, instead of reading the last one's
@@ -98,7 +96,6 @@ def start_clone(tmp_path) -> Iterator[Callable[..., App]]:
     data.mkdir()
 
     def start(worker: bool = True, env: dict[str, str] | None = None) -> App:
-        port = free_port()
         db_url = f"sqlite:///{tmp_path / 'front-door.db'}"
         run_env = {k: v for k, v in os.environ.items()
                    if k not in ("SPLITLAB_NO_WORKER", "SPLITLAB_READONLY", "SPLITLAB_DATA_MIRROR")}
@@ -106,25 +103,16 @@ def start_clone(tmp_path) -> Iterator[Callable[..., App]]:
                        **(env or {}))
         if not worker:
             run_env["SPLITLAB_NO_WORKER"] = "1"
-        log = open(tmp_path / f"front-door-server-{port}.log", "wb")  # noqa: SIM115 (closed with the server)
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                   "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                                  cwd=clone, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        app = App(f"http://127.0.0.1:{port}", db_url, server, data)
+        app = launch_app(clone, run_env, db_url, data, tmp_path / "front-door-server.log")
         started.append(app)
-        wait_for_http(f"{app.url}/_stcore/health")
         return app
 
     yield start
     for app in started:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(app.server.pid, signal.SIGKILL)
-        app.server.wait(timeout=20)
+        stop_app(app)
         stop_workers(app.db_url)
         close(app.db_url)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    for log in tmp_path.glob("*.log"):
-        shutil.copy(log, SHOTS / log.name)
+    keep_logs(tmp_path)
 
 
 def stop_workers(db_url: str) -> None:
@@ -242,10 +230,10 @@ class Mirror:
         mirror = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_HEAD(self):  # noqa: N802 (http.server's name)
+            def do_HEAD(self):
                 self.answer(body=False)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 self.answer(body=True)
 
             def answer(self, body: bool) -> None:
