@@ -125,8 +125,38 @@ class PrivacyConfig(_Section):
     every: int = Field(0, ge=0, le=MAX_ROUNDS, description=(
         "measure what the server can reconstruct from smashed data every N rounds and at the end "
         "(0: never); a multiple of eval_every"))
-    attack_steps: int = Field(200, ge=1, le=100_000, description=(
-        "training steps of the server's inversion decoder (batch 64, Adam); runs compare only at the same budget"))
+    attack_steps: int = Field(2000, ge=1, le=100_000, description=(
+        "cap on the training steps of the server's black-box decoder (batch 64, Adam): it stops earlier when "
+        "its loss on held-out images of its own stops improving; runs compare only at the same budget"))
+    budget: Literal["strong", "fast"] = Field("strong", description=(
+        "strong: the decoder trains until its held-out loss stops improving (at most attack_steps) and the "
+        "white-box attacks take 300 steps; fast: a weaker attacker (at most 300 decoder steps, 100 white-box "
+        "steps) whose figures a stronger server beats, for frequent measurements"))
+    clients: int = Field(2, ge=1, le=MAX_CLIENTS, description=(
+        "attack up to this many clients' lower models (identical ones, as after averaging, count once): "
+        "the mean and the worst client are reported"))
+    averaging_at_server: bool = Field(True, description=(
+        "the server runs ⑤'s averaging and so holds the lower models (white-box attacks apply); false: "
+        "averaging runs elsewhere (a separate aggregator), and only the black-box attack applies"))
+
+
+class DefenseConfig(_Section):
+    """What a client does to its smashed data before the server sees it (one technique file each)."""
+
+    noise: float = Field(0.0, ge=0, le=100, description=(
+        "sigma of Gaussian noise added to the smashed data before upload (0: none)"))
+    nopeek: float = Field(0.0, ge=0, le=100, description=(
+        "alpha of NoPeek's distance-correlation penalty between a client's inputs and its smashed data, "
+        "added to the client's loss (0: none)"))
+    bits: int = Field(0, ge=0, le=16, description=(
+        "quantise the smashed data to this many bits an element on the wire, with each client batch's range "
+        "(straight-through gradient; 32/bits times fewer smashed-data bytes; 0: full 32-bit floats)"))
+
+    def codes(self) -> list[str]:
+        """The defenses switched on, as short codes for a run's description: noise0.5, nopeek1, bits4.
+        (Set with ``--set defense.noise=0.5``; ``RunConfig.techniques()`` keeps to the paper's codes.)"""
+        return [f"{name}{value:g}" for name, value in
+                (("noise", self.noise), ("nopeek", self.nopeek), ("bits", self.bits)) if value]
 
 
 class OptimConfig(_Section):
@@ -181,6 +211,7 @@ class RunConfig(_Section):
     split_lr: SplitLrConfig = Field(default_factory=SplitLrConfig)
     split_avg: SplitAvgConfig = Field(default_factory=SplitAvgConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    defense: DefenseConfig = Field(default_factory=DefenseConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """Bytes actually exchanged, by kind. The round and the techniques report here; nothing else counts.
 
-Sizes are float32 tensors (4 bytes an element); a label travels as an int64 (8 bytes).
+Sizes are float32 tensors (4 bytes an element); a label travels as an int64 (8 bytes). Smashed data
+quantised for the wire (``defense.bits``) count the bytes of what is sent instead.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ class Ledger:
     model_up: int = 0     # lower (and auxiliary) models, client -> server (averaging, Vanilla SL hand-over)
     model_down: int = 0   # averaged models, server -> client
 
-    def smashed(self, num_samples: int, sample_elements: int) -> None:
-        self.smashed_up += num_samples * (sample_elements * FLOAT_BYTES + LABEL_BYTES)
+    def smashed(self, num_samples: int, sample_elements: int, payload_bytes: int | None = None) -> None:
+        """Smashed data and labels of ``num_samples`` samples; ``payload_bytes``: what the smashed data
+        took on the wire when not float32 (quantised codes and their ranges)."""
+        data = num_samples * sample_elements * FLOAT_BYTES if payload_bytes is None else payload_bytes
+        self.smashed_up += data + num_samples * LABEL_BYTES
 
     def grads(self, num_messages: int, batch_size: int, sample_elements: int) -> None:
         self.grads_down += num_messages * batch_size * sample_elements * FLOAT_BYTES

@@ -1,30 +1,47 @@
 """What an honest-but-curious server can learn about a client's images from its smashed data.
 
-Three measurements of one client's lower model, each deterministic for a seed:
+Every measurement is deterministic for a seed, and never touches the run's random generators or
+models (the lower model is put in eval mode while measured and given back in the mode it was in):
+training is the same with and without it. The attacker (He, Zhang and Lee, ACSAC 2019) owns
+auxiliary images of its own (the last :data:`AUX_IMAGES` images of the test split, which no client
+holds) and is scored on :data:`TARGET_IMAGES` of the client's training images, which it never saw:
 
-* **Inversion attack** (He, Zhang and Lee, ACSAC 2019, the black-box "inverse network"): the server
-  trains a decoder from smashed data back to images on auxiliary data of its own (the last
-  :data:`AUX_IMAGES` images of the test split, which no client holds), with a fixed budget
-  (:class:`AttackBudget`), then decodes the smashed data of client images it never trained on.
-  Reported as MSE, PSNR (dB) and SSIM of the reconstructions (torchmetrics' implementations).
+* **Black-box** ("inverse network"): a decoder from smashed data to images at the input's full
+  resolution (:class:`InversionDecoder`, learned upsampling only), trained with Adam on the
+  attacker's images until its loss on a held-out part of them stops improving (early stopping
+  with patience; ``privacy.attack_steps`` caps the steps; the best checkpoint is kept).
+* **White-box** (their "regularised maximum likelihood", rMLE): a server that holds the lower model
+  (it averages the lower models in ⑤) optimises the image itself, x = sigmoid(z), so that the lower
+  model maps it to the observed smashed data, plus a total-variation prior whose weight it picks on
+  its own images (:func:`choose_tv_weight`). It starts from the attacker's mean image.
+* **Hybrid**: the same optimisation started from the black-box reconstruction.
+
+The headline is the strongest attack that applies (highest PSNR). Reported per attack: the pooled
+MSE over the target images, PSNR = 10 log10(1 / MSE) (so the two always agree) and the standard
+SSIM (Wang et al. 2004; :func:`ssim`, scikit-image's ``structural_similarity`` with Gaussian
+weights). Beside the attack:
+
 * **Distance correlation** between raw inputs and smashed data on a fixed batch (Szekely et al.
-  2007; the leakage measure of NoPeek, Vepakomma et al. 2020), in its bias-corrected squared form
-  (Szekely and Rizzo 2014): about 0 for independent samples, 1 for a similarity transform.
+  2007; the leakage measure of NoPeek, Vepakomma et al. 2020): the square root of the bias-corrected
+  squared distance correlation (Szekely and Rizzo 2014), clipped at 0: about 0 for independent
+  samples, 1 for a similarity transform.
 * **Mutual information** I(x; s) by the Kraskov-Stoegbauer-Grassberger estimator (KSG, 2004,
   estimator 1) on the first :data:`MI_DIMS` principal components of each side. A deterministic
   lower model makes the true I(x; s) infinite for continuous x; the estimate measures how much of
   the inputs' main directions of variation the smashed data still resolve at the sample's scale,
   and is bounded by about log(N). Comparable between runs because N, k and the dimensions are fixed.
 
-Label leakage is not measured: in these protocols the server computes the loss, so it holds the
-labels. Measuring never touches the run's random generators or models: training is the same with
-and without it.
+A run attacks up to ``privacy.clients`` distinct lower models (identical ones, as after averaging,
+count once) and reports the mean over them and the worst client. Label leakage is not measured: in
+these protocols the server computes the loss, so it holds the labels.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,77 +57,158 @@ DCOR_SAMPLES = 512         # inputs in the distance-correlation batch
 MI_SAMPLES = 1000          # inputs in the mutual-information sample
 MI_DIMS = 4                # principal components kept of x and of s
 KSG_K = 3                  # neighbours in the KSG estimator
-LEAK_KEYS = ("leak_mse", "leak_psnr", "leak_ssim", "leak_dcor", "leak_mi")
+ATTACKS = ("blackbox", "whitebox", "hybrid")
+LEAK_KEYS = ("leak_mse", "leak_psnr", "leak_ssim", "leak_dcor", "leak_mi")  # the headline
+# per attack (None where it does not apply), the worst client, and the attacker's budget as used
+LEAK_EXTRA_KEYS = (*(f"leak_{m}_{a}" for a in ATTACKS for m in ("psnr", "ssim")), "leak_psnr_worst",
+                   "leak_ssim_worst", "leak_client_worst", "leak_clients", "leak_attack_steps", "leak_whitebox_steps")
 
 
 @dataclass(frozen=True)
 class AttackBudget:
-    """The attacker's fixed training budget, the same for every run so that runs compare (a run's
-    ``privacy.attack_steps`` sets the steps; 200 by default)."""
+    """What the attacker may spend, the same for every run so that runs compare.
 
-    steps: int = 200
+    ``privacy.attack_steps`` sets ``steps``, the cap on the decoder's training; ``privacy.budget =
+    fast`` gives :meth:`weaker`'s figures."""
+
+    steps: int = 2000              # cap on the black-box decoder's Adam steps
     batch_size: int = 64
-    lr: float = 4e-3
+    lr: float = 2e-3
+    check_every: int = 50          # steps between two looks at the held-out loss
+    patience: int = 4              # looks without a new best before the decoder stops
+    holdout: int = 500             # attacker's images held out from the decoder's training
+    inversion_steps: int = 300     # white-box and hybrid: Adam steps on the images
+    inversion_lr: float = 0.1
+    tv_weights: tuple[float, ...] = (0.0, 0.003, 0.01, 0.03)  # the prior weights tried
+    tv_images: int = 16            # held-out attacker images the prior's weight is chosen on
+
+    def weaker(self) -> AttackBudget:
+        """The fast budget: at most 300 decoder steps, 100 image steps, two prior weights tried on 8 images."""
+        return replace(self, steps=min(self.steps, 300), check_every=25, inversion_steps=100,
+                       tv_weights=(0.0, 0.01), tv_images=8)
 
 
 DEFAULT_BUDGET = AttackBudget()
 
 
-class InversionDecoder(nn.Module):
-    """The attacker's inverse network, smashed data -> image in [0, 1].
+def attack_budget(privacy_cfg) -> AttackBudget:
+    """The budget a run's ``privacy`` section asks for."""
+    budget = AttackBudget(steps=privacy_cfg.attack_steps)
+    return budget.weaker() if privacy_cfg.budget == "fast" else budget
 
-    Stronger than the clients' InfoPro decoder (one 12-channel convolution after bilinear
-    upsampling): three convolutions (32 channels) at the smashed data's own resolution and a
-    learned sub-pixel upsampling (ESPCN's pixel shuffle, x2), then bilinear resizing to the image
-    size where the cut's map is smaller than half of it. Vector smashed data (cuts after a fully
-    connected layer) first go through a two-layer perceptron to a 32x7x7 map.
+
+# ---- the black-box decoder ------------------------------------------------------------------
+def _upsampling(smashed: tuple[int, ...], out_hw: tuple[int, int]) -> int:
+    """How many x2 sub-pixel stages (0-2) rebuild ``out_hw``: the most that divide the image size and,
+    for a map, leave a base no smaller than the smashed map."""
+    for stages in (2, 1):
+        f = 2 ** stages
+        if out_hw[0] % f or out_hw[1] % f:
+            continue
+        if len(smashed) == 1 or (out_hw[0] // f >= smashed[1] and out_hw[1] // f >= smashed[2]):
+            return stages
+    return 0
+
+
+class InversionDecoder(nn.Module):
+    """The attacker's inverse network, smashed data -> image in [0, 1] at the input's exact size.
+
+    Learned upsampling only, no interpolation: the smashed map is brought to a base of 1/2 or 1/4
+    of the image size by a transposed convolution (a convolution where it is larger), vector smashed
+    data (cuts after a fully connected layer) by a two-layer perceptron; two 3x3 convolutions work
+    at the base, then each x2 stage is a convolution and a sub-pixel shuffle (ESPCN, Shi et al.
+    2016), the last one straight to the image's channels. ``width``: channels at the base (32 for a
+    base of 14x14 or more, 48 below).
     """
 
-    def __init__(self, smashed: tuple[int, ...], in_shape: tuple[int, int, int]):
+    def __init__(self, smashed: tuple[int, ...], in_shape: tuple[int, int, int], width: int | None = None):
         super().__init__()
-        self.out_hw = tuple(in_shape[1:])
+        out_hw = tuple(in_shape[1:])
+        stages = _upsampling(smashed, out_hw)
+        self.base = (out_hw[0] >> stages, out_hw[1] >> stages)
+        self.width = width = width or (32 if self.base[0] * self.base[1] >= 196 else 48)
         if len(smashed) == 1:
-            self.project = nn.Sequential(nn.Linear(smashed[0], 256), nn.ReLU(), nn.Linear(256, 32 * 7 * 7), nn.ReLU())
-            channels = 32
+            self.entry = nn.Sequential(nn.Linear(smashed[0], 256), nn.ReLU(),
+                                       nn.Linear(256, width * self.base[0] * self.base[1]), nn.ReLU())
         else:
-            self.project = None
-            channels = smashed[0]
-        self.decode = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 4 * in_shape[0], 3, padding=1), nn.PixelShuffle(2),
-        )
+            grow = (self.base[0] - smashed[1], self.base[1] - smashed[2])
+            if grow == (0, 0):
+                resize = nn.Conv2d(smashed[0], width, 3, padding=1)
+            elif min(grow) >= 0:
+                resize = nn.ConvTranspose2d(smashed[0], width, (grow[0] + 1, grow[1] + 1))
+            else:  # a map larger than the image (an identity-like lower model on a small image)
+                resize = nn.Conv2d(smashed[0], width, (1 - grow[0], 1 - grow[1]))
+            self.entry = nn.Sequential(resize, nn.ReLU())
+        layers: list[nn.Module] = [nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+        channels = width
+        for stage in range(stages):
+            if stage == stages - 1:  # the last stage gives the image
+                layers += [nn.Conv2d(channels, 4 * in_shape[0], 3, padding=1), nn.PixelShuffle(2)]
+            else:
+                layers += [nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.PixelShuffle(2), nn.ReLU(),
+                           nn.Conv2d(channels // 2, channels // 2, 3, padding=1), nn.ReLU()]
+                channels //= 2
+        if stages == 0:
+            layers.append(nn.Conv2d(channels, in_shape[0], 3, padding=1))
+        self.decode = nn.Sequential(*layers)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        if self.project is not None:
-            s = self.project(s).view(-1, 32, 7, 7)
-        h = self.decode(s)
-        if tuple(h.shape[-2:]) != self.out_hw:
-            h = F.interpolate(h, size=self.out_hw, mode="bilinear", align_corners=False)
-        return torch.sigmoid(h)
+        h = self.entry(s)
+        if h.dim() == 2:
+            h = h.view(-1, self.width, *self.base)
+        return torch.sigmoid(self.decode(h))
 
 
-# ---- the three measures ---------------------------------------------------------------------
+# ---- image quality ------------------------------------------------------------------------------
+SSIM_SIGMA, SSIM_TAPS = 1.5, 11  # Wang et al.'s Gaussian window (scikit-image: gaussian_weights=True)
+
+
+def ssim(recon: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM (Wang, Bovik, Sheikh and Simoncelli 2004) of [N, C, H, W] images: an 11-tap
+    Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03, population covariances, the mean of the
+    SSIM map over the positions where the window fits (and over channels). The same figure as
+    scikit-image's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1)`` (tested)."""
+    x, y = recon.double().cpu(), target.double().cpu()
+    n, c, h, w = x.shape
+    if h < SSIM_TAPS or w < SSIM_TAPS:
+        raise ValueError(f"SSIM needs images of at least {SSIM_TAPS}x{SSIM_TAPS} pixels, got {h}x{w}")
+    k = torch.arange(SSIM_TAPS, dtype=torch.float64) - SSIM_TAPS // 2
+    g = torch.exp(-k ** 2 / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
+
+    def blur(a: torch.Tensor) -> torch.Tensor:
+        a = F.conv2d(a.reshape(n * c, 1, h, w), g.view(1, 1, -1, 1))
+        return F.conv2d(a, g.view(1, 1, 1, -1))
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.reshape(n, c, -1).mean(dim=(1, 2)).float()
+
+
 def image_quality(recon: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM of reconstructions against targets, both [N, C, H, W] in [0, 1]."""
-    from engine.tv_compat import import_torchvision
-
-    import_torchvision()  # torchmetrics imports torchvision, which needs the CPU-torch shim here
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
+    """Per-image PSNR (dB, 10 log10(1 / MSE) of each image) and SSIM (:func:`ssim`) of
+    reconstructions against targets, both [N, C, H, W] in [0, 1]."""
     recon, target = recon.float().cpu(), target.float().cpu()
-    psnr = peak_signal_noise_ratio(recon, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(recon, target, data_range=1.0, reduction="none")
-    return psnr, ssim
+    mse = (recon - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse), ssim(recon, target)
 
 
-def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> float:
-    """Bias-corrected squared distance correlation of two paired samples (rows are samples, any shape each).
+def psnr_of(mse: float) -> float:
+    """PSNR (dB) of images in [0, 1] whose mean squared error is ``mse``."""
+    return -10 * math.log10(max(mse, 1e-10))
 
-    Szekely and Rizzo (2014): U-centred distance matrices make the estimate unbiased, so independent
-    samples give about 0 (the plain sample dCor of two independent 500-sample, 20-dimensional
-    Gaussians is about 0.37) while x with itself, or with a similarity transform of itself, gives 1.
-    It can dip slightly below 0 for independent data. Needs at least 4 samples.
+
+# ---- dependence measures ------------------------------------------------------------------------
+def distance_correlation_sq(x: torch.Tensor, z: torch.Tensor) -> float:
+    """The bias-corrected squared distance correlation of two paired samples (rows are samples).
+
+    Szekely and Rizzo (2014): U-centred distance matrices make dCor^2 unbiased, so independent
+    samples give about 0 (and it can dip slightly below 0) while x with itself, or with a similarity
+    transform of itself, gives 1. Needs at least 4 samples.
     """
     n = len(x)
     if n < 4:
@@ -126,6 +224,13 @@ def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> float:
     b = u_centred(z.flatten(1).double())
     xy, xx, zz = (a * b).sum(), (a * a).sum(), (b * b).sum()
     return float(xy / torch.sqrt(xx * zz)) if xx > 0 and zz > 0 else 0.0
+
+
+def distance_correlation(x: torch.Tensor, z: torch.Tensor) -> float:
+    """Distance correlation as usually quoted: the square root of the bias-corrected squared
+    distance correlation (:func:`distance_correlation_sq`), clipped at 0. 0 for independence
+    (up to sampling noise), 1 for a similarity transform."""
+    return math.sqrt(max(distance_correlation_sq(x, z), 0.0))
 
 
 def ksg_mutual_information(x: np.ndarray, z: np.ndarray, k: int = KSG_K) -> float:
@@ -173,85 +278,333 @@ def mutual_information(x: torch.Tensor, z: torch.Tensor, dims: int = MI_DIMS, k:
     return ksg_mutual_information(px, pz, k)
 
 
-# ---- the attack -----------------------------------------------------------------------------
+# ---- the attacks -----------------------------------------------------------------------------
+@contextmanager
+def evaluating(module: nn.Module):
+    """``module`` in eval mode for the block, then every submodule back in the mode it was in."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def native_convolutions():
+    """PyTorch's own convolutions instead of oneDNN's for the block: 1.6-2.5x faster for the gradient
+    of a few-channel convolution with respect to its input (the white-box attack's step), same maths."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 @torch.no_grad()
 def smash(lower: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """The lower model's output for every row of ``x`` (no gradient; the model is not changed)."""
-    return torch.cat([lower(x[i:i + batch]) for i in range(0, len(x), batch)])
+    """The lower model's output for every row of ``x``, in eval mode (no gradient; the model, its
+    mode and its buffers are left as they were)."""
+    with evaluating(lower):
+        return torch.cat([lower(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def train_inversion(smashed: torch.Tensor, images: torch.Tensor, in_shape: tuple[int, int, int],
-                    budget: AttackBudget = DEFAULT_BUDGET, seed: int = 0) -> InversionDecoder:
-    """The attacker's decoder, trained with Adam on (smashed, image) pairs it owns."""
+                    budget: AttackBudget = DEFAULT_BUDGET, seed: int = 0) -> tuple[InversionDecoder, int]:
+    """The attacker's decoder, trained with Adam on (smashed, image) pairs it owns, and the steps it took.
+
+    The last ``budget.holdout`` pairs (a fifth where there are fewer than five times as many) are held
+    out: every ``check_every`` steps their loss is measured, and training stops after ``patience``
+    looks without improvement or at ``budget.steps``; the decoder returned is the one with the lowest
+    held-out loss."""
+    held = min(budget.holdout, len(images) // 5)
+    train_s, train_x = smashed[:len(images) - held], images[:len(images) - held]
+    held_s, held_x = smashed[len(images) - held:], images[len(images) - held:]
     with torch.random.fork_rng(devices=[]):  # the run's global generator is left exactly as it was
         torch.manual_seed(seed)
         decoder = InversionDecoder(tuple(smashed.shape[1:]), in_shape).to(smashed.device)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(decoder.parameters(), lr=budget.lr)
-    for _ in range(budget.steps):
-        idx = torch.randint(len(images), (budget.batch_size,), generator=gen).to(smashed.device)
-        loss = F.mse_loss(decoder(smashed[idx]), images[idx])
+    best, best_state, since, step = math.inf, copy.deepcopy(decoder.state_dict()), 0, 0
+    while step < budget.steps:
+        step += 1
+        idx = torch.randint(len(train_x), (budget.batch_size,), generator=gen).to(smashed.device)
+        loss = F.mse_loss(decoder(train_s[idx]), train_x[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return decoder.eval()
+        if held and (step % budget.check_every == 0 or step == budget.steps):
+            with torch.no_grad():
+                held_loss = sum(float(F.mse_loss(decoder(held_s[i:i + 256]), held_x[i:i + 256], reduction="sum"))
+                                for i in range(0, held, 256))
+            if held_loss < best:
+                best, best_state, since = held_loss, copy.deepcopy(decoder.state_dict()), 0
+            else:
+                since += 1
+                if since >= budget.patience:
+                    break
+    if held:
+        decoder.load_state_dict(best_state)
+    return decoder.eval(), step
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation of each image [N, C, H, W]: the mean absolute difference of neighbours."""
+    return ((x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
+            + (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1))
+
+
+def invert_whitebox(lower: nn.Module, observed: torch.Tensor, start: torch.Tensor, tv_weight: torch.Tensor | float,
+                    budget: AttackBudget = DEFAULT_BUDGET, scale: float = 1.0) -> torch.Tensor:
+    """He et al.'s rMLE: the images x = sigmoid(z) in [0, 1] that minimise, each on its own,
+    mean((lower(x) - observed)^2) / scale + tv_weight * TV(x), by Adam from ``start``.
+
+    ``tv_weight`` is one weight or one per image; ``scale`` (the attacker's mean squared smashed
+    value) makes the weights mean the same at every cut. Images do not interact: each row's result
+    is the one it would get alone. Only the images are optimised: the lower model is untouched."""
+    weight = torch.as_tensor(tv_weight, dtype=start.dtype, device=start.device).expand(len(start))
+    z = torch.logit(start.detach().clamp(1e-3, 1 - 1e-3)).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=budget.inversion_lr)
+    with evaluating(lower), native_convolutions(), torch.enable_grad():
+        for _ in range(budget.inversion_steps):
+            x = torch.sigmoid(z)
+            fit = (lower(x) - observed).pow(2).flatten(1).mean(1) / scale
+            loss = (fit + weight * total_variation(x)).sum()
+            (z.grad,) = torch.autograd.grad(loss, z)
+            opt.step()
+    return torch.sigmoid(z).detach()
+
+
+def choose_tv_weight(lower: nn.Module, images: torch.Tensor, starts: dict[str, torch.Tensor],
+                     budget: AttackBudget, scale: float, received: nn.Module | None = None) -> dict[str, float]:
+    """For each start (white-box: the mean image; hybrid: the decoder's output), the prior weight of
+    ``budget.tv_weights`` whose reconstructions of the attacker's own ``images`` have the lowest MSE
+    (the best PSNR). One batched optimisation: every (start, weight, image) is its own row.
+    ``received``: what the server receives of ``lower``'s output (its defenses), default ``lower``."""
+    weights = torch.tensor(budget.tv_weights, dtype=images.dtype, device=images.device)
+    k, m = len(images), len(weights)
+    observed = smash(received or lower, images)
+    rows_start = torch.cat([start.repeat(m, 1, 1, 1) for start in starts.values()])
+    rows_weight = weights.repeat_interleave(k).repeat(len(starts))
+    recon = invert_whitebox(lower, observed.repeat(m * len(starts), *[1] * (observed.dim() - 1)),
+                            rows_start, rows_weight, budget, scale)
+    err = (recon - images.repeat(m * len(starts), 1, 1, 1)).pow(2).flatten(1).mean(1).view(len(starts), m, k)
+    best = err.mean(2).argmin(1)
+    return {name: float(weights[best[i]]) for i, name in enumerate(starts)}
+
+
+def white_box_attacks(lower: nn.Module, decoder: nn.Module, aux_x: torch.Tensor, s_aux: torch.Tensor,
+                      observed: torch.Tensor, blackbox: torch.Tensor, budget: AttackBudget,
+                      received: nn.Module | None = None) -> dict[str, tuple[torch.Tensor, float]]:
+    """The white-box attack (from the attacker's mean image) and the hybrid (from the black-box
+    reconstructions ``blackbox``) of the smashed data ``observed``, each with the prior weight chosen
+    on held-out attacker images (those the decoder never trained on). The attacker optimises through
+    the clean ``lower`` model (it knows the model, not the noise drawn), matching what it
+    ``received`` (noise, quantisation: the maximum-likelihood fit under Gaussian noise)."""
+    view = received or lower
+    scale = float(s_aux.pow(2).mean().clamp_min(1e-12))
+    held = min(budget.holdout, len(aux_x) // 5)
+    tv_x = aux_x[len(aux_x) - held:][:budget.tv_images] if held else aux_x[:budget.tv_images]
+    mean_image = aux_x.mean(0, keepdim=True)
+    with torch.no_grad():
+        starts = {"whitebox": mean_image.expand_as(tv_x), "hybrid": decoder(smash(view, tv_x))}
+    weights = choose_tv_weight(lower, tv_x, starts, budget, scale, received)
+    out = {}
+    for name, start in (("whitebox", mean_image.expand_as(blackbox)), ("hybrid", blackbox)):
+        out[name] = invert_whitebox(lower, observed, start, weights[name], budget, scale), weights[name]
+    return out
 
 
 @dataclass
-class LeakageReport:
-    """One measurement of one client's lower model: the metrics and the attacker's view of the shown images."""
+class AttackResult:
+    """One attack on one client: pooled MSE and mean SSIM over the target images, and its view of the shown ones."""
 
-    client: int
     mse: float
-    psnr: float
     ssim: float
-    dcor: float | None  # None: fewer than 4 client images
-    mi: float | None    # None: fewer than 2k client images
-    shown_reconstruction: np.ndarray | None = None   # attacker's reconstruction of the shown images [k, C, H, W]
+    shown: np.ndarray | None = None        # reconstruction of the shown images [k, C, H, W]
     shown_psnr: np.ndarray | None = None
     shown_ssim: np.ndarray | None = None
-    seconds: float = 0.0  # how long the measurement took (set by the trainer: reported as leak_s)
+    tv_weight: float | None = None         # white-box and hybrid: the prior's weight chosen
+
+    @property
+    def psnr(self) -> float:
+        return psnr_of(self.mse)
+
+
+def _score(recon: torch.Tensor, target: torch.Tensor, shown: torch.Tensor | None, tv_weight: float | None = None
+           ) -> AttackResult:
+    """An attack's figures: ``recon`` holds its reconstructions of ``target`` and then of ``shown``."""
+    k = len(target)
+    mse = float(F.mse_loss(recon[:k], target))
+    result = AttackResult(mse, float(ssim(recon[:k], target).mean()), tv_weight=tv_weight)
+    if shown is not None:
+        sp, ss = image_quality(recon[k:], shown)
+        result.shown, result.shown_psnr, result.shown_ssim = recon[k:].cpu().numpy(), sp.numpy(), ss.numpy()
+    return result
+
+
+@dataclass
+class ClientLeakage:
+    """One measurement of one client's lower model: each attack that applies, its strongest, dCor and MI."""
+
+    client: int
+    attacks: dict[str, AttackResult]
+    dcor: float | None  # None: fewer than 4 client images
+    mi: float | None    # None: fewer than 2k client images
+    attack_steps: int = 0      # black-box: the decoder's steps actually taken
+    whitebox_steps: int = 0    # white-box and hybrid: the image steps (0: not applied)
+
+    @property
+    def strongest(self) -> str:
+        return max(self.attacks, key=lambda name: self.attacks[name].psnr)
+
+    @property
+    def mse(self) -> float:
+        return self.attacks[self.strongest].mse
+
+    @property
+    def psnr(self) -> float:
+        return self.attacks[self.strongest].psnr
+
+    @property
+    def ssim(self) -> float:
+        return self.attacks[self.strongest].ssim
+
+    @property
+    def shown_reconstruction(self) -> np.ndarray | None:
+        return self.attacks[self.strongest].shown
+
+    @property
+    def shown_psnr(self) -> np.ndarray | None:
+        return self.attacks[self.strongest].shown_psnr
+
+    @property
+    def shown_ssim(self) -> np.ndarray | None:
+        return self.attacks[self.strongest].shown_ssim
 
     def metrics(self) -> dict[str, float | None]:
-        return {"leak_mse": self.mse, "leak_psnr": self.psnr, "leak_ssim": self.ssim,
-                "leak_dcor": self.dcor, "leak_mi": self.mi}
+        return LeakageReport([self]).metrics()
 
 
 def measure(lower: nn.Module, aux_x: torch.Tensor, target_x: torch.Tensor, shown_x: torch.Tensor | None = None,
-            budget: AttackBudget = DEFAULT_BUDGET, seed: int = 0, client: int = 0) -> LeakageReport:
-    """Attack ``lower`` (train on ``aux_x``, score on ``target_x``), and the dCor and MI on ``target_x``-like data.
+            budget: AttackBudget = DEFAULT_BUDGET, seed: int = 0, client: int = 0,
+            white_box: bool = False, received: nn.Module | None = None) -> ClientLeakage:
+    """Attack ``lower`` (the attacker owns ``aux_x``; scored on ``target_x``), and the dCor and MI on ``target_x``.
 
-    ``target_x`` holds client images the attacker never saw; the first :data:`DCOR_SAMPLES` of them
-    (or all) give the distance correlation and the first :data:`MI_SAMPLES` the MI estimate.
-    ``shown_x`` (optional): images whose reconstructions are kept for display.
+    ``target_x`` holds client images the attacker never saw: the first :data:`TARGET_IMAGES` are
+    attacked, the first :data:`DCOR_SAMPLES` (or all) give the distance correlation and the first
+    :data:`MI_SAMPLES` the MI estimate. ``white_box``: the server holds ``lower``, so the white-box
+    and hybrid attacks apply too. ``shown_x`` (optional): images whose reconstructions are kept.
+    ``received`` (optional): ``lower`` as the server sees it, through the run's defenses
+    (:class:`engine.techniques.ServerView`); every attack and dependence measure reads its output.
     """
     in_shape = tuple(aux_x.shape[1:])
-    decoder = train_inversion(smash(lower, aux_x), aux_x, in_shape, budget, seed)
+    view = received or lower
+    s_aux = smash(view, aux_x)
+    decoder, steps = train_inversion(s_aux, aux_x, in_shape, budget, seed)
+    target = target_x[:TARGET_IMAGES]
+    attacked = target if shown_x is None else torch.cat([target, shown_x])  # shown images ride along
+    s_target = smash(view, target_x)
+    observed = smash(view, attacked)
     with torch.no_grad():
-        s_target = smash(lower, target_x)
-        recon = decoder(s_target[:TARGET_IMAGES])
-        target = target_x[:TARGET_IMAGES]
-        psnr, ssim = image_quality(recon, target)
-        mse = float(F.mse_loss(recon, target))
+        blackbox = decoder(observed)
+    attacks = {"blackbox": _score(blackbox, target, shown_x)}
+    if white_box:
+        found = white_box_attacks(lower, decoder, aux_x, s_aux, observed, blackbox, budget, received)
+        attacks.update({name: _score(recon, target, shown_x, weight) for name, (recon, weight) in found.items()})
+    with torch.no_grad():
         # a client with a handful of images gets no dependence estimate (None) rather than a meaningless one
         n = len(target_x)
         dcor = distance_correlation(target_x[:DCOR_SAMPLES], s_target[:DCOR_SAMPLES]) if n >= 4 else None
         mi = mutual_information(target_x[:MI_SAMPLES], s_target[:MI_SAMPLES], seed=seed) if n > 2 * KSG_K else None
-        report = LeakageReport(client, mse, float(psnr.mean()), float(ssim.mean()), dcor, mi)
-        if shown_x is not None:
-            shown = decoder(smash(lower, shown_x))
-            report.shown_reconstruction = shown.cpu().numpy()
-            sp, ss = image_quality(shown, shown_x)
-            report.shown_psnr, report.shown_ssim = sp.numpy(), ss.numpy()
-    return report
+    return ClientLeakage(client, attacks, dcor, mi, steps, budget.inversion_steps if white_box else 0)
 
 
-def measure_client(state, client: int, num_shown: int = 4) -> LeakageReport:
+@dataclass
+class LeakageReport:
+    """One measurement of a run: one :class:`ClientLeakage` per distinct lower model attacked. The
+    headline is the attack strongest on average; the first client's reconstructions are shown."""
+
+    clients: list[ClientLeakage]
+    seconds: float = 0.0  # how long the measurement took (set by the trainer: reported as leak_s)
+
+    @property
+    def client(self) -> int:
+        return self.clients[0].client
+
+    @property
+    def shown_reconstruction(self) -> np.ndarray | None:
+        return self.clients[0].shown_reconstruction
+
+    @property
+    def shown_psnr(self) -> np.ndarray | None:
+        return self.clients[0].shown_psnr
+
+    @property
+    def shown_ssim(self) -> np.ndarray | None:
+        return self.clients[0].shown_ssim
+
+    def attack_mse(self, name: str) -> float:
+        """The attack's MSE, averaged over the attacked clients (each pooled over its target images)."""
+        return float(np.mean([c.attacks[name].mse for c in self.clients]))
+
+    @property
+    def strongest(self) -> str:
+        return min(self.clients[0].attacks, key=self.attack_mse)
+
+    def metrics(self) -> dict[str, float | int | None]:
+        """The history row's figures: :data:`LEAK_KEYS` (the strongest attack, mean over clients) and
+        :data:`LEAK_EXTRA_KEYS`."""
+        head = self.strongest
+        mse = self.attack_mse(head)
+        dcors = [c.dcor for c in self.clients if c.dcor is not None]
+        mis = [c.mi for c in self.clients if c.mi is not None]
+        out = {"leak_mse": mse, "leak_psnr": psnr_of(mse),
+               "leak_ssim": float(np.mean([c.attacks[head].ssim for c in self.clients])),
+               "leak_dcor": float(np.mean(dcors)) if dcors else None, "leak_mi": float(np.mean(mis)) if mis else None}
+        for name in ATTACKS:
+            applies = name in self.clients[0].attacks
+            out[f"leak_psnr_{name}"] = psnr_of(self.attack_mse(name)) if applies else None
+            out[f"leak_ssim_{name}"] = float(np.mean([c.attacks[name].ssim for c in self.clients])) if applies else None
+        worst = min(self.clients, key=lambda c: c.attacks[head].mse)
+        out.update(leak_psnr_worst=worst.attacks[head].psnr, leak_ssim_worst=worst.attacks[head].ssim,
+                   leak_client_worst=worst.client, leak_clients=len(self.clients),
+                   leak_attack_steps=max(c.attack_steps for c in self.clients),
+                   leak_whitebox_steps=max(c.whitebox_steps for c in self.clients))
+        return out
+
+
+# ---- inside a run ----------------------------------------------------------------------------
+def same_model(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two lower models hold the same parameters and buffers (as after averaging)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def distinct_clients(lowers: list[nn.Module], candidates: list[int], limit: int) -> list[int]:
+    """Up to ``limit`` of ``candidates`` (in order) whose lower models differ from every one taken before."""
+    chosen: list[int] = []
+    for c in candidates:
+        if len(chosen) == limit:
+            break
+        if not any(same_model(lowers[c], lowers[o]) for o in chosen):
+            chosen.append(c)
+    return chosen
+
+
+def server_holds_lower_models(cfg) -> bool:
+    """Whether the white-box attacks apply: ⑤ averages the lower models and the server runs the averaging."""
+    return cfg.averaging.enabled and cfg.privacy.averaging_at_server
+
+
+def measure_client(state, client: int, num_shown: int = 4) -> ClientLeakage:
     """Measure the leakage of one client's current lower model in a run (``state``: a TrainState).
 
     Attacker's data: the last :data:`AUX_IMAGES` test images, never the shown ones. Scored on the client's own training
     images (the first of its index list, fixed for the run); shown: the first ``num_shown`` test
-    images, the ones the InfoPro snapshots show. The decoder's seed depends on the run's seed only,
+    images, the ones the InfoPro snapshots show. The attacker's seed depends on the run's seed only,
     so every measurement of a run starts the attacker from the same point.
     """
     data, device = state.dataset, state.device
@@ -261,18 +614,30 @@ def measure_client(state, client: int, num_shown: int = 4) -> LeakageReport:
     target = data.train_x[own].to(device)
     shown = data.test_x[:num_shown].to(device)
     seed = state.cfg.seed * 7919 + SEED_PRIVACY
-    budget = AttackBudget(steps=state.cfg.privacy.attack_steps)
-    return measure(state.lowers[client], aux, target, shown, budget=budget, seed=seed, client=client)
+    from engine.techniques import ServerView  # what the server receives: through the run's defenses
+
+    lower = state.lowers[client]
+    received = ServerView(lower, state.cfg, seed=seed)
+    if not received.techniques:
+        received = None
+    return measure(lower, aux, target, shown, budget=attack_budget(state.cfg.privacy), seed=seed,
+                   client=client, white_box=server_holds_lower_models(state.cfg), received=received)
 
 
-def attach_to_snapshot(snapshot: dict, report: LeakageReport) -> dict:
+def measure_run(state, candidates: list[int]) -> LeakageReport:
+    """Attack up to ``privacy.clients`` distinct lower models among ``candidates`` (the first is always attacked)."""
+    clients = distinct_clients(state.lowers, candidates, state.cfg.privacy.clients)
+    return LeakageReport([measure_client(state, c) for c in clients])
+
+
+def attach_to_snapshot(snapshot: dict, report: LeakageReport | ClientLeakage) -> dict:
     """Add the attacker's view to a :func:`engine.evaluate.reconstruction_snapshot` of the same round:
-    its reconstruction of the shown images with their PSNR/SSIM, and the PSNR/SSIM of the client's own
-    InfoPro reconstruction of them, for the attacked client's entry."""
+    the first attacked client's strongest reconstruction of the shown images with their PSNR/SSIM,
+    and the PSNR/SSIM of the client's own InfoPro reconstruction of them, for that client's entry."""
     entry = snapshot["clients"].setdefault(report.client, {})
     entry["attack"] = report.shown_reconstruction
     entry["attack_psnr"], entry["attack_ssim"] = report.shown_psnr, report.shown_ssim
     if entry.get("reconstruction") is not None:
-        psnr, ssim = image_quality(torch.as_tensor(entry["reconstruction"]), torch.as_tensor(snapshot["inputs"]))
-        entry["psnr"], entry["ssim"] = psnr.numpy(), ssim.numpy()
+        psnr, ssim_ = image_quality(torch.as_tensor(entry["reconstruction"]), torch.as_tensor(snapshot["inputs"]))
+        entry["psnr"], entry["ssim"] = psnr.numpy(), ssim_.numpy()
     return snapshot

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from engine.batched import stacked_call
 from engine.state import TrainState, unique_modules
-from engine.techniques import StepBatch
+from engine.techniques import StepBatch, upload, wire_bytes
 
 
 @dataclass
@@ -86,24 +86,23 @@ def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
     k, b = y.shape
     state.trace("batch", clients=clients, x=x, y=y)
     if state.runs_batched(k):  # ① forward, every client at once
-        stacked = stacked_call([state.lowers[i] for i in clients], x)
-        smashed, server_in = list(stacked.unbind(0)), stacked.flatten(0, 1).detach()
+        stacked = own = stacked_call([state.lowers[i] for i in clients], x)
+        smashed = list(stacked.unbind(0))
     else:                      # ① forward, client by client
         stacked, smashed = None, [state.lowers[i](x[j]) for j, i in enumerate(clients)]
-        server_in = torch.cat(smashed).detach()
+        own = torch.stack(smashed)
+    sent = upload(state, state.techniques, clients, own)  # what the server receives (defenses)
+    server_in = sent.flatten(0, 1).detach()
     needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
     server_in.requires_grad_(needs_grad)
     up = state.ledger.bytes_up
-    state.ledger.smashed(k * b, server_in[0].numel())
+    state.ledger.smashed(k * b, server_in[0].numel(), wire_bytes(state.techniques, (b, *server_in.shape[1:]), k))
     if state.tracing:
-        state.trace("forward", clients=clients, smashed=server_in.view(k, b, *server_in.shape[1:]),
-                    shape=tuple(server_in.shape[1:]))
-        state.trace("upload", clients=clients, bytes=state.ledger.bytes_up - up,
-                    bytes_per_client=(state.ledger.bytes_up - up) // k)
+        trace_upload(state, clients, own, sent, state.ledger.bytes_up - up)
     weights = state.weights[clients] / state.weights[clients].sum()
     batch = StepBatch(clients, x, server_in, y.reshape(-1), weights, t, stacked)
     losses = server_step(state, batch)
-    client_step(state, batch, smashed, losses)
+    client_step(state, batch, smashed, losses, None if sent is own else list(sent.unbind(0)))
     if state.sequential:  # Vanilla SL: the lower model is handed to the next client
         up = state.ledger.bytes_up
         state.ledger.model_exchange(1, [state.lowers[0]])
@@ -112,6 +111,17 @@ def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
             state.trace("handoff", **{"from": clients[0], "to": nxt if nxt < state.num_clients else None,
                                       "bytes": state.ledger.bytes_up - up})
     return losses
+
+
+def trace_upload(state: TrainState, clients: list[int], own: torch.Tensor, sent: torch.Tensor, sent_bytes: int) -> None:
+    """The walkthrough's steps 2 and 3: the clients' smashed data, and what the server receives of them
+    after the defenses (the same tensor without one), with the bytes sent."""
+    k, shape = len(clients), tuple(own.shape[2:])
+    snr = state.tracer.take("snr_db")
+    state.trace("forward", clients=clients, smashed=own, shape=shape)
+    state.trace("upload", clients=clients, bytes=sent_bytes, bytes_per_client=sent_bytes // k, received=sent,
+                defenses=[tech.describe() for tech in state.techniques if tech.defense],
+                snr_db=snr[0] if snr else None)
 
 
 def server_step(state: TrainState, batch: StepBatch) -> RoundLosses:
@@ -136,11 +146,12 @@ def server_step(state: TrainState, batch: StepBatch) -> RoundLosses:
     return RoundLosses(loss=loss.item(), mixup=mixup)
 
 
-def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor], losses: RoundLosses) -> None:
+def client_step(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor], losses: RoundLosses,
+                sent: list[torch.Tensor] | None = None) -> None:
     """Cut-layer gradients down (②), local losses (④), one update of every client model."""
     if state.client_opt is None:
         return
-    losses.local = client_update(state, batch, smashed, cut_gradients(state, batch))
+    losses.local = client_update(state, batch, smashed, cut_gradients(state, batch), sent)
 
 
 def cut_gradients(state: TrainState, batch: StepBatch) -> list[torch.Tensor] | None:
@@ -167,18 +178,22 @@ def cut_gradients(state: TrainState, batch: StepBatch) -> list[torch.Tensor] | N
 
 
 def client_update(state: TrainState, batch: StepBatch, smashed: list[torch.Tensor],
-                  grads: list[torch.Tensor] | None) -> float:
-    """The clients' side: backpropagate the received cut-layer gradients (if any) and the local losses
-    (④) into the lower (and auxiliary) models, one optimiser step. Returns the mean local loss."""
+                  grads: list[torch.Tensor] | None, sent: list[torch.Tensor] | None = None) -> float:
+    """The clients' side: backpropagate the received cut-layer gradients (if any) through what each client
+    sent (``sent``, after its defenses; default its smashed data) and the local losses (④, NoPeek) of its
+    own smashed data into the lower (and auxiliary) models, one optimiser step. Returns the mean local loss."""
     k = batch.num_clients
-    tensors, grads = (smashed, grads) if grads is not None else ([], [])
+    tensors, grads = (sent or smashed, grads) if grads is not None else ([], [])
     local = local_losses(state, batch, smashed)
     if local is not None and state.tracing:
         entries = state.tracer.take("local")  # (loss, reconstruction or None) per client, from the technique
         recons = [e[1] for e in entries]
-        state.trace("local", clients=batch.clients, kind=state.cfg.local_loss.kind,
+        nopeek = state.tracer.take("nopeek")  # NoPeek's dCor per client
+        state.trace("local", clients=batch.clients,
+                    kind=state.cfg.local_loss.kind if state.cfg.local_loss.enabled else None,
                     losses=[e[0] for e in entries], inputs=batch.inputs[:, :4],
-                    reconstructions=torch.stack(recons) if recons and recons[0] is not None else None)
+                    reconstructions=torch.stack(recons) if recons and recons[0] is not None else None,
+                    nopeek_dcor=nopeek or None)
     mean_local = 0.0
     if local is not None:
         tensors, grads = [*tensors, local], [*grads, torch.ones_like(local)]

@@ -175,7 +175,13 @@ class TrainState:
             "data_rng": self.data_rng.bit_generator.state,
             "torch_gen": self.torch_gen.get_state(),
             "ledger": vars(self.ledger).copy(),
+            "techniques": self.technique_states(),
         }
+
+    def technique_states(self) -> dict[str, list]:
+        """Each technique's per-client state (the noise defense's random streams), by name."""
+        return {t.name: [t.client_state(i) for i in range(self.num_clients)]
+                for t in self.techniques if t.client_state(0) is not None}
 
     def load_state_dict(self, sd: dict) -> None:
         self.round = sd["round"]
@@ -193,3 +199,7 @@ class TrainState:
         self.data_rng.bit_generator.state = sd["data_rng"]
         self.torch_gen.set_state(sd["torch_gen"])
         self.ledger = Ledger(**sd["ledger"])
+        techniques = {t.name: t for t in self.techniques}
+        for name, states in sd.get("techniques", {}).items():
+            for i, value in enumerate(states):
+                techniques[name].load_client_state(i, value)

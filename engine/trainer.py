@@ -19,7 +19,7 @@ import torch
 from engine.config import RunConfig
 from engine.data import Dataset
 from engine.evaluate import Evaluator, reconstruction_snapshot
-from engine.privacy import LEAK_KEYS, LeakageReport, attach_to_snapshot, measure_client
+from engine.privacy import LEAK_EXTRA_KEYS, LEAK_KEYS, LeakageReport, attach_to_snapshot, measure_run
 from engine.round import RoundLosses, run_round
 from engine.runtime import flush_denormals, tune_allocator
 from engine.state import TrainState
@@ -166,11 +166,12 @@ class Trainer:
         return bool(every) and (t % every == 0 or t == self.cfg.rounds)
 
     def measure_leakage(self) -> LeakageReport:
-        """Attack the first shown client's lower model (:mod:`engine.privacy`); the seconds it took are
-        not training time (``wall_s``), they are reported as ``leak_s``."""
+        """Attack up to ``privacy.clients`` distinct lower models of the evaluated clients, the first
+        shown client's always (:mod:`engine.privacy`); the seconds it took are not training time
+        (``wall_s``), they are reported as ``leak_s``."""
         self._observe()
         start = time.perf_counter()
-        report = measure_client(self.state, self.evaluator.live_clients[0])
+        report = measure_run(self.state, self.evaluator.live_clients)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -182,6 +183,8 @@ class Trainer:
                   **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
         if authors_test_acc is not None:
             record["authors_test_acc"] = authors_test_acc
+        for tech in self.state.techniques:  # e.g. the noise defense's defense_snr_db
+            record.update(tech.metrics(self.state))
         if leakage is not None:
             record.update(leakage.metrics(), leak_client=leakage.client, leak_s=leakage.seconds)
         self._running = _Running()
@@ -209,7 +212,9 @@ class Trainer:
         }
         measured = [row for row in self.history if "leak_mse" in row]
         if measured:  # the last measurement: at the end, or the last before a stop
-            out.update({key: measured[-1][key] for key in (*LEAK_KEYS, "leak_client")}, leak_round=measured[-1]["round"])
+            last = measured[-1]
+            out.update({key: last.get(key) for key in (*LEAK_KEYS, *LEAK_EXTRA_KEYS, "leak_client")},
+                       leak_round=last["round"])
         if self.final:
             out.update({f"final_{k}": v for k, v in self.final.items() if k != "test_acc"})
         authors = [row["authors_test_acc"] for row in self.history if "authors_test_acc" in row]

@@ -149,9 +149,51 @@ def export(run_id: int) -> dict:
         return queries.export_result(s, run_id)
 
 
+# Settings that change neither what a run learns nor what its attacker sees: two runs that differ only in
+# these (and in their defenses) are twins, the undefended one showing what the defense hides.
+NOT_COMPARED = ("name", "defense", "device", "execution", "transport")
+NOT_COMPARED_DATA = ("data_dir", "download")
+
+
+def comparable_config(config: dict) -> dict | None:
+    """A stored config with every default filled in (a run stored before a setting existed has its default) and
+    :data:`NOT_COMPARED` left out; None for a config the engine no longer accepts."""
+    from engine.config import RunConfig
+
+    try:
+        full = RunConfig.model_validate(config).model_dump(mode="json")
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+    for key in NOT_COMPARED:
+        full.pop(key, None)
+    for key in NOT_COMPARED_DATA:
+        full["data"].pop(key, None)
+    return full
+
+
+def is_undefended(config: dict) -> bool:
+    """Whether every defense of a stored config is off (a run stored before defenses existed had none)."""
+    return not any((config.get("defense") or {}).values())
+
+
+@st.cache_data(ttl=READ_TTL_S, show_spinner=False)
+def undefended_twins(run_id: int) -> list[int]:
+    """The runs stored with the same settings as ``run_id`` but every defense off (their names, devices and
+    transports may differ): finished ones first, then the newest. Empty for a run with no defense on."""
+    with db().read() as s:
+        runs = queries.list_runs(s)
+    mine = next((r for r in runs if r.id == run_id), None)
+    if mine is None or is_undefended(mine.config):
+        return []
+    key = comparable_config(mine.config)
+    twins = [r for r in runs if r.id != run_id and is_undefended(r.config) and comparable_config(r.config) == key]
+    twins.sort(key=lambda r: (r.status != RunStatus.FINISHED, -r.id))
+    return [r.id for r in twins]
+
+
 def clear_caches() -> None:
     """After a write: the next read sees it."""
-    for fn in (runs_frame, run_info, history, image_rounds, export, eval_signature):
+    for fn in (runs_frame, run_info, history, image_rounds, export, eval_signature, undefended_twins):
         fn.clear()
 
 

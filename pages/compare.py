@@ -1,4 +1,6 @@
-"""Compare: a Table-3-style grid of finished runs (technique combinations x n), and accuracy vs n."""
+"""Compare: a Table-3-style grid of finished runs (technique combinations, each defense apart, x n), the
+privacy-utility trade-off (accuracy against leakage, each run marked by its defense and strength, with the
+Pareto front), and accuracy vs n."""
 
 from __future__ import annotations
 
@@ -16,8 +18,15 @@ from pages.figures import (
     accuracy_vs_leakage,
     accuracy_vs_n,
     combination_name,
+    defense_kind,
+    defense_label,
+    defense_strength,
+    more_leakage_is_higher,
+    pareto_front,
     setting_key,
+    split_defense,
     split_setting,
+    with_defense,
 )
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -29,20 +38,23 @@ def rounds_to(history: pd.DataFrame, target: float) -> float:
     return float(hit.iloc[0]) if len(hit) else float("nan")
 
 
-RESULT_COLUMNS = ["id", "name", "techniques", "n", "dataset", "accuracy", "rounds_to_target", *LEAK_LABELS]
+RESULT_COLUMNS = ["id", "name", "techniques", "combination", "defense", "strength", "n", "dataset", "accuracy",
+                  "rounds_to_target", *LEAK_LABELS]
 
 
 def finished_results(frame: pd.DataFrame, target: float) -> pd.DataFrame:
-    """One row per finished run: id, name, techniques (a setting key: the codes, a SplitFed schedule, and the
-    cut when it is not block 1), n, final accuracy, rounds to target, and the leakage measures of its summary
-    (NaN for a run that did not measure them)."""
+    """One row per finished run: id, name, techniques (a setting key: the codes, a SplitFed schedule, the cut
+    when it is not block 1 and the defenses when any is on), combination (the same key without the defenses),
+    defense (which: "none", "noise", ...) and strength ("σ=0.5", "none"), n, final accuracy, rounds to target,
+    and the leakage measures of its summary (NaN for a run that did not measure them)."""
     rows = []
     for _, r in frame.loc[frame["status"] == "finished"].iterrows():
         info = common.run_info(int(r["id"])) or {}
         summary = info.get("summary") or {}
         config = info.get("config") or {}
         key = setting_key(r["techniques"], int(config.get("cut_layer", 1)), config.get("schedule", "parallel"))
-        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": key,
+        rows.append({"id": int(r["id"]), "name": r["name"], "techniques": with_defense(key, defense_label(config)),
+                     "combination": key, "defense": defense_kind(config), "strength": defense_strength(config),
                      "n": int(r["clients"]),
                      "dataset": r["dataset"], "accuracy": r["final_acc"],
                      "rounds_to_target": rounds_to(common.history(int(r["id"])), target),
@@ -74,13 +86,32 @@ def leakage_section(results: pd.DataFrame, dataset: str) -> None:
     show(grid(results, metric), LEAK_FORMATS[metric], least)
     points = results.dropna(subset=[metric, "accuracy"])
     st.markdown("**Privacy-utility trade-off**: one point per finished run")
-    combinations = list(dict.fromkeys(results["techniques"]))  # coloured as in accuracy against n
-    st.plotly_chart(accuracy_vs_leakage(points, metric, combinations), key="acc_vs_leak")
+    trade_off_caption(points, metric)
+    combinations = list(dict.fromkeys(results["combination"]))  # one colour per combination, defended or not
+    st.plotly_chart(accuracy_vs_leakage(points.assign(techniques=points["combination"]), metric, combinations),
+                    key="acc_vs_leak")
     left_out = int(results[metric].isna().sum())
     if left_out:
         runs = "run" if left_out == 1 else "runs"
         st.caption(f"{left_out} finished {runs} on {dataset} left out: no leakage measurement (set **leakage every "
                    "(rounds, 0: off)** on the New run form to measure it).")
+
+
+def trade_off_caption(points: pd.DataFrame, metric: str) -> None:
+    """What the scatter's colours, markers, labels and dashed line mean, and which runs make the front."""
+    corner = "top left" if more_leakage_is_higher(metric) else "top right"
+    defended = (points["defense"] != "none").any()
+    marks = (" A marker's shape is its defense (circle: none; diamond: noise; square: NoPeek; triangle: "
+             "quantisation; star: several), its label the defense's strength." if defended else
+             " No run here has a defense." + ("" if common.readonly() else " New run's **Defenses** (or a defense "
+                                             "swept on the Sweep tab) adds some."))
+    text = (f"Colour: the technique combination.{marks} Best is the {corner}: more accuracy for less leakage.")
+    if len(points) > 1:
+        front = pareto_front(points, metric)
+        names = ", ".join(f"#{int(r['id'])} ({r['strength'] if r['strength'] != 'none' else 'no defense'})"
+                          for _, r in front.iterrows())
+        text += f" The dashed line is the Pareto front, the runs no other run beats on both: {names}."
+    st.caption(text)  # run ids and strengths are numbers: no markdown in them
 
 
 def default_dataset(finished: pd.DataFrame) -> str:
@@ -95,7 +126,8 @@ def grid(results: pd.DataFrame, value: str) -> pd.DataFrame:
     """Rows = technique combinations by name (Table 3 order first), columns = n, mean over repeated runs."""
     table = results.pivot_table(index="techniques", columns="n", values=value, aggfunc="mean", dropna=False)
     # the paper's cut first, Table 3's order within a cut
-    order = sorted(table.index, key=lambda c: (split_setting(c)[1], ROW_OF.get(split_setting(c)[0], 99), c))
+    order = sorted(table.index, key=lambda c: (split_setting(c)[1], ROW_OF.get(split_setting(c)[0], 99),
+                                                split_defense(c)[0], bool(split_defense(c)[1]), c))
     table = table.loc[order].astype(float)
     table.index = [combination_name(c) for c in table.index]
     table.columns = [f"n={n}" for n in table.columns]
@@ -110,7 +142,7 @@ def mixup_effect(results: pd.DataFrame) -> pd.DataFrame:
     for (key, n), acc in mean.items():
         codes, cut = split_setting(key)
         base = without_mixup(codes)
-        base = setting_key(base, cut) if base is not None else None
+        base = with_defense(setting_key(base, cut), split_defense(key)[1]) if base is not None else None
         if base is not None and (base, n) in mean.index:
             effect.setdefault(f"{combination_name(key)} vs {combination_name(base)}", {})[f"n={n}"] = \
                 100 * (acc - mean[(base, n)])

@@ -65,18 +65,35 @@ SCHEDULE_MARK = "#"  # a setting key "1,2,5#splitfed_v1": the combination under 
 SCHEDULE_NAMES = {"splitfed_v1": "SplitFed V1", "splitfed_v2": "SplitFed V2"}
 
 
-def setting_key(codes: str, cut_layer: int = 1, schedule: str = "parallel") -> str:
+DEFENSE_MARK = " | "  # a setting key "1,2,5 | noise σ=0.5": the combination with a defense on
+
+
+def setting_key(codes: str, cut_layer: int = 1, schedule: str = "parallel", defense: str = "") -> str:
     """The key that groups runs on the Compare page: the technique codes, a SplitFed schedule (SplitFed
-    V1 and V2 share row 4's codes), and the cut when it is not the paper's, so that runs cut after
-    different blocks or served on different schedules never share a cell."""
+    V1 and V2 share row 4's codes), the cut when it is not the paper's, and the defenses when any is on
+    (``defense``: :func:`defense_label`'s words), so that runs cut after different blocks, served on
+    different schedules or defended differently never share a cell."""
     if schedule in SPLITFED_SCHEDULES:
         codes = f"{codes}{SCHEDULE_MARK}{schedule}"
-    return codes if cut_layer == 1 else f"{codes}{CUT_MARK}{cut_layer}"
+    key = codes if cut_layer == 1 else f"{codes}{CUT_MARK}{cut_layer}"
+    return with_defense(key, defense)
+
+
+def with_defense(key: str, defense: str) -> str:
+    """A setting key with ``defense`` (:func:`defense_label`'s words; "" or "none": undefended) added."""
+    return f"{key}{DEFENSE_MARK}{defense}" if defense and defense != "none" else key
+
+
+def split_defense(key: str) -> tuple[str, str]:
+    """(the setting key without its defenses, the defenses' words or "") of a :func:`setting_key`."""
+    base, _, defense = key.partition(DEFENSE_MARK)
+    return base, defense
 
 
 def split_setting(key: str) -> tuple[str, int]:
-    """(technique codes, with their SplitFed schedule if any, and the cut layer) of a :func:`setting_key`."""
-    codes, _, cut = key.partition(CUT_MARK)
+    """(technique codes, with their SplitFed schedule if any, and the cut layer) of a :func:`setting_key`
+    (its defenses, if any, left out: :func:`split_defense` gives them)."""
+    codes, _, cut = split_defense(key)[0].partition(CUT_MARK)
     return codes, int(cut) if cut else 1
 
 
@@ -89,7 +106,11 @@ for _p in PRESETS.values():  # the first preset of a technique set names it (the
 def combination_name(codes: str) -> str:
     """A technique combination as people name it: 'LocFedMix-SL (row 8)', 'SplitFed (row 4)',
     'Parallel SL + mixup (row 2)'; a combination no preset names is built from technique names.
-    A :func:`setting_key` with another cut gets it named: 'SplitFed (row 4), cut after block 2'."""
+    A :func:`setting_key` with another cut gets it named: 'SplitFed (row 4), cut after block 2'; one with
+    defenses, them: 'SplitFed (row 4), noise σ=0.5'."""
+    base, defense = split_defense(codes)
+    if defense:
+        return f"{combination_name(base)}, {defense}"
     codes, cut = split_setting(codes)
     if cut != 1:
         return f"{combination_name(codes)}, cut after block {cut}"
@@ -420,29 +441,195 @@ def _leakage_range(values: pd.Series, metric: str) -> list[float] | None:
     return [lo, hi * 1.15 if hi > 0 else 1.0]
 
 
+# ---- defenses (engine/techniques): what a client does to its smashed data before the server sees it ----
+DEFENSE_KEYS = ("noise", "nopeek", "bits")  # the config's ``defense`` section, in the order they are named
+DEFENSE_NAMES = {"noise": "noise", "nopeek": "NoPeek", "bits": "quantisation"}
+NO_DEFENSE = "none"
+SEVERAL_DEFENSES = "several"
+DEFENSE_SYMBOLS = {NO_DEFENSE: "circle", "noise": "diamond", "NoPeek": "square", "quantisation": "triangle-up",
+                   SEVERAL_DEFENSES: "star"}  # one marker per defense on the trade-off scatter
+
+
+def defenses(config: dict | None) -> dict[str, float]:
+    """The defenses a stored config turns on, by key ({"noise": 0.5, "bits": 4}); empty for none, and for
+    runs stored before defenses existed (their configs have no ``defense`` section)."""
+    section = (config or {}).get("defense") or {}
+    return {key: section[key] for key in DEFENSE_KEYS if section.get(key)}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def defense_strengths(config: dict | None) -> list[str]:
+    """Each defense on, with its strength: 'σ=0.5', 'α=1', '4-bit'."""
+    return [f"{value:g}-bit" if key == "bits" else f"{'σ' if key == 'noise' else 'α'}={_number(value)}"
+            for key, value in defenses(config).items()]
+
+
+def defense_strength(config: dict | None) -> str:
+    """The scatter's label of a run: 'σ=0.5', 'α=1, 4-bit'; 'none' for an undefended run."""
+    return ", ".join(defense_strengths(config)) or NO_DEFENSE
+
+
+def defense_kind(config: dict | None) -> str:
+    """Which defense a run uses, for its marker: 'noise', 'NoPeek', 'quantisation', 'several', 'none'."""
+    on = list(defenses(config))
+    return NO_DEFENSE if not on else DEFENSE_NAMES[on[0]] if len(on) == 1 else SEVERAL_DEFENSES
+
+
+def defense_label(config: dict | None) -> str:
+    """The defenses in a few words, for a name: 'noise σ=0.5', 'NoPeek α=1 + 4-bit quantisation'; 'none'."""
+    parts = []
+    for key, value in defenses(config).items():
+        parts.append(f"{value:g}-bit quantisation" if key == "bits" else
+                     f"{DEFENSE_NAMES[key]} {'σ' if key == 'noise' else 'α'}={_number(value)}")
+    return " + ".join(parts) or NO_DEFENSE
+
+
+def defense_words(config: dict | None) -> str:
+    """The defenses in a sentence's words, for a run's description: 'Gaussian noise σ = 0.5 on the smashed
+    data, 4-bit quantisation of the smashed data'; 'no defense' for none."""
+    said = {"noise": lambda v: f"Gaussian noise σ = {_number(v)} on the smashed data",
+            "nopeek": lambda v: f"NoPeek α = {_number(v)} (a distance-correlation penalty on the client's loss)",
+            "bits": lambda v: f"{v:g}-bit quantisation of the smashed data"}
+    return ", ".join(said[key](value) for key, value in defenses(config).items()) or "no defense"
+
+
+def more_leakage_is_higher(metric: str) -> bool:
+    """Whether a higher value of the measure means the server sees more (all but the attack's MSE)."""
+    return LESS_LEAKAGE.get(metric) != "max"
+
+
+def pareto_front(points: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The runs of ``points`` that no other run beats on both counts: none has at least their accuracy for at
+    most their leakage, better in one of the two. Sorted from the least leakage to the most (for ``leak_mse``,
+    less leakage is a higher MSE)."""
+    sign = 1.0 if more_leakage_is_higher(metric) else -1.0
+    leak, acc = sign * points[metric].to_numpy(float), points["accuracy"].to_numpy(float)
+    keep = [not np.any((leak <= leak[i]) & (acc >= acc[i]) & ((leak < leak[i]) | (acc > acc[i])))
+            for i in range(len(points))]
+    front = points.loc[keep].assign(_leak=leak[keep]).sort_values(["_leak", "accuracy"])
+    return front.drop(columns="_leak")
+
+
+def _column(points: pd.DataFrame, name: str, default: str) -> pd.Series:
+    return points[name].fillna(default).astype(str) if name in points else pd.Series(default, index=points.index)
+
+
 def accuracy_vs_leakage(points: pd.DataFrame, metric: str, combinations: list[str] | None = None, *,
                         title: str | None = None) -> go.Figure:
-    """The privacy-utility trade-off: one point per run, final test accuracy against a leakage measure,
-    one colour per technique combination. ``points`` has columns id, name, techniques, accuracy, ``metric``;
-    ``combinations`` fixes the colours (the i-th gets the i-th palette colour, as in :func:`accuracy_vs_n`)."""
+    """The privacy-utility trade-off: one point per run, final test accuracy against a leakage measure, one
+    colour per technique combination, one marker per defense (``defense``: :func:`defense_kind`; a circle for
+    none) labelled with its strength (``strength``: :func:`defense_strength`, "none" undefended), and the Pareto
+    front (:func:`pareto_front`) as a dashed line. ``points`` has columns id, name, techniques (the combination
+    without its defense), accuracy, ``metric`` and, optionally, defense and strength; ``combinations`` fixes the
+    colours (the i-th gets the i-th palette colour, as in :func:`accuracy_vs_n`)."""
     fig = go.Figure()
+    points = points.assign(defense=_column(points, "defense", NO_DEFENSE),
+                           strength=_column(points, "strength", NO_DEFENSE))
     order = list(combinations or [])
     order += [c for c in dict.fromkeys(points["techniques"]) if c not in order]
-    for codes, g in points.groupby("techniques", sort=False):
-        i = order.index(codes)
-        color = PALETTE[i % len(PALETTE)]
+    defended = (points["defense"] != NO_DEFENSE).any()
+    if len(points) > 1:  # first, so the markers and their labels are drawn over it; last in the legend
+        front = pareto_front(points, metric)
         fig.add_trace(go.Scatter(
-            x=g[metric], y=g["accuracy"], mode="markers", name=combination_name(codes), line={"color": color},
-            marker={"color": color, "size": 11, "symbol": SYMBOLS[i % len(SYMBOLS)], "line": {"width": 2, "color": color}},
-            customdata=np.stack([g["id"].astype(int), g["name"].fillna("").astype(str)], axis=-1),
-            hovertemplate=f"run #%{{customdata[0]}} %{{customdata[1]}}<br>{LEAK_LABELS[metric]}: %{{x:.3g}}"
-                          "<br>final test accuracy: %{y:.4f}<extra>%{fullData.name}</extra>"))
+            x=front[metric], y=front["accuracy"], mode="lines", name="Pareto front (no run beats these on both)",
+            line={"color": "#555555", "dash": "dash", "width": 1.5,
+                  "shape": "hv" if more_leakage_is_higher(metric) else "vh"}, hoverinfo="skip", legendrank=2000))
+    for (codes, kind), g in points.groupby(["techniques", "defense"], sort=False):
+        color = PALETTE[order.index(codes) % len(PALETTE)]
+        name = combination_name(codes) + (f" · {'no defense' if kind == NO_DEFENSE else kind}" if defended else "")
+        fig.add_trace(go.Scatter(
+            x=g[metric], y=g["accuracy"], mode="markers+text" if defended else "markers", name=name,
+            text=g["strength"] if defended else None, textposition="top center", textfont={"color": color},
+            line={"color": color},
+            marker={"color": color, "size": 12, "symbol": DEFENSE_SYMBOLS.get(kind, "star") + "-open",
+                    "line": {"width": 2, "color": color}},
+            customdata=np.stack([g["id"].astype(int), g["name"].fillna("").astype(str), g["strength"]], axis=-1),
+            hovertemplate=f"run #%{{customdata[0]}} %{{customdata[1]}}<br>defense: %{{customdata[2]}}"
+                          f"<br>{LEAK_LABELS[metric]}: %{{x:.3g}}<br>final test accuracy: %{{y:.4f}}"
+                          "<extra>%{fullData.name}</extra>"))
     layout = {"yaxis_range": _fitted_unit_range(points["accuracy"])} if len(points) else {}
     if metric in BOUNDED_LEAKAGE:  # SSIM and distance correlation are at most 1: the axis never runs past it
         layout["xaxis_range"] = _leakage_range(points[metric] if len(points) else pd.Series(dtype=float), metric)
+    better = "left" if more_leakage_is_higher(metric) else "right"
     return _style(fig, title or f"Privacy-utility trade-off: accuracy against {LEAK_LABELS[metric]}",
-                  xaxis_title=f"{LEAK_LABELS[metric]} ({leakage_direction(metric)})",
-                  yaxis_title="final test accuracy", showlegend=True, **layout)
+                  xaxis_title=f"{LEAK_LABELS[metric]} ({leakage_direction(metric)}; {better} is better)",
+                  yaxis_title="final test accuracy (higher is better)", showlegend=True, **layout)
+
+
+# The attacks a leakage measurement may run (engine.privacy), by the suffix of their figures' keys
+# (``leak_psnr_whitebox``): a short name for a picture's header, and what the server does.
+ATTACKS = {
+    "blackbox": ("black-box", "a decoder the server trains on data of its own, from smashed data back to images"),
+    "whitebox": ("white-box", ("holding the lower model (as averaging gives it), the server optimises an image "
+                               "that the lower model maps to the smashed data it received")),
+    "hybrid": ("hybrid", "the white-box optimisation, started from the black-box decoder's output"),
+}
+
+
+def _finite(value) -> bool:
+    return value is not None and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def attack_figures(values: dict) -> dict[str, tuple[float, float | None]]:
+    """Attack -> (PSNR, SSIM) of the attacks a measurement ran (a history row or a summary with the keys
+    ``leak_psnr_<attack>``); empty for a run measured before attacks were reported one by one."""
+    out = {}
+    for attack in ATTACKS:
+        psnr, ssim = values.get(f"leak_psnr_{attack}"), values.get(f"leak_ssim_{attack}")
+        if _finite(psnr):
+            out[attack] = (float(psnr), float(ssim) if _finite(ssim) else None)
+    return out
+
+
+def strongest_attack(values: dict) -> str | None:
+    """The attack whose reconstructions are the headline: the one the measurement names (``leak_attack``),
+    else the one of :func:`attack_figures` with the highest PSNR; None when the attacks are not reported."""
+    named = values.get("leak_attack")
+    if isinstance(named, str) and named:
+        return named
+    figures = attack_figures(values)
+    return max(figures, key=lambda a: figures[a][0]) if figures else None
+
+
+def attack_name(attack: str | None) -> str:
+    """'white-box' for an attack key; an unknown name as it is; 'inverse network' when unknown (older runs)."""
+    if attack is None:
+        return "inverse network"
+    return ATTACKS[attack][0] if attack in ATTACKS else attack.replace("_", " ")
+
+
+ONE_ATTACK = ("it trains an inverse network from smashed data back to images on data of its own (no client holds "
+              "it), with the same fixed budget for every run, and decodes the client's smashed data with it")
+
+
+def attack_words(values: dict, subject: str = "it") -> str:
+    """What the server did, for a caption after 'the server attacks client 0 at round 4: ': every attack it
+    ran with its figures and which one the headline figures and pictures come from (a measurement made before
+    attacks were reported one by one: the one attack it ran). ``subject`` starts the sentence ("the server")."""
+    figures = attack_figures(values)
+    if not figures:
+        return subject + ONE_ATTACK.removeprefix("it")
+    parts = [f"{ATTACKS[a][0]}, {ATTACKS[a][1]} (PSNR {psnr:.2f} dB" + (f", SSIM {ssim:.3f})" if ssim is not None
+                                                                       else ")") for a, (psnr, ssim) in figures.items()]
+    count = f"{len(figures)} attack{'' if len(figures) == 1 else 's'}"
+    return (f"{subject} mounts {count}: {'; '.join(parts)}. The headline figures and the pictures are the strongest "
+            f"attack's ({attack_name(strongest_attack(values))})")
+
+
+def worst_client_words(values: dict) -> str:
+    """' The server attacked 3 clients (the figures above are their mean); the most exposed, client 2, gives PSNR
+    22.10 dB, SSIM 0.710.' where the measurement attacked more than one client; '' otherwise."""
+    psnr, ssim, count = values.get("leak_psnr_worst"), values.get("leak_ssim_worst"), values.get("leak_clients")
+    if not _finite(psnr) or not _finite(count) or count < 2:
+        return ""
+    client = values.get("leak_client_worst")
+    who = f", client {int(client)}," if _finite(client) else ""
+    said = f"PSNR {psnr:.2f} dB" + (f", SSIM {ssim:.3f}" if _finite(ssim) else "")
+    return (f" The server attacked {int(count)} clients whose lower models differ (the figures above are their "
+            f"mean); the most exposed{who} gives {said}.")
 
 
 def leakage_values(values: dict, metrics: tuple[str, ...] = ("leak_psnr", "leak_ssim", "leak_dcor", "leak_mi")

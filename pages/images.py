@@ -121,14 +121,16 @@ def quality_caption(psnr: np.ndarray | None, ssim: np.ndarray | None, j: int) ->
 def leakage_grid(inputs: np.ndarray, attack: np.ndarray, attack_psnr: np.ndarray | None,
                  attack_ssim: np.ndarray | None, reconstruction: np.ndarray | None = None,
                  psnr: np.ndarray | None = None, ssim: np.ndarray | None = None,
-                 labels: np.ndarray | None = None, classes: tuple[str, ...] | None = None) -> np.ndarray:
+                 labels: np.ndarray | None = None, classes: tuple[str, ...] | None = None,
+                 attack_header: tuple[str, str] = ("server's attack", "(inverse network)")) -> np.ndarray:
     """What the server can see, one row per test image: the input | the client's own InfoPro
-    reconstruction (when it has one) | the server's attack reconstruction, each reconstruction
-    captioned with its PSNR and SSIM against the input. Headers and captions are drawn in."""
+    reconstruction (when it has one) | the server's attack reconstruction (its column headed
+    ``attack_header``, two lines), each reconstruction captioned with its PSNR and SSIM against the
+    input. Headers and captions are drawn in."""
     columns = [(("test image", "(the input)"), inputs, None)]
     if reconstruction is not None:
         columns.append((("client's own", "InfoPro decoder"), reconstruction, (psnr, ssim)))
-    columns.append((("server's attack", "(inverse network)"), attack, (attack_psnr, attack_ssim)))
+    columns.append((attack_header, attack, (attack_psnr, attack_ssim)))
     k, _, h, _ = inputs.shape
     tile = h * tile_scale(h)
     width, row_h = max(tile, LEAK_COLUMN_PX), tile + CAPTION_PX + GAP_PX
@@ -156,10 +158,12 @@ def attacked_record(records: list) -> object | None:
     return next((r for r in records if getattr(r, "attack", None) is not None), None)
 
 
-def attack_grid(record, classes: tuple[str, ...] | None = None) -> np.ndarray:
-    """:func:`leakage_grid` of an ImageRecord that carries the attack (``classes``: the data set's class names)."""
+def attack_grid(record, classes: tuple[str, ...] | None = None,
+                attack_header: tuple[str, str] = ("server's attack", "(inverse network)")) -> np.ndarray:
+    """:func:`leakage_grid` of an ImageRecord that carries the attack (``classes``: the data set's class names;
+    ``attack_header``: the attack column's two header lines)."""
     return leakage_grid(record.inputs, record.attack, record.attack_psnr, record.attack_ssim, record.reconstruction,
-                        record.psnr, record.ssim, record.labels, classes)
+                        record.psnr, record.ssim, record.labels, classes, attack_header)
 
 
 def identical_clients_note(config: dict, round_: int) -> str | None:

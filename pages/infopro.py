@@ -1,12 +1,27 @@
-"""InfoPro: what the clients send and what their decoders recover, round by round."""
+"""InfoPro: what the clients send and what their decoders recover, round by round; and what the server can
+see: the strongest attack's reconstructions, beside those of a defended run's undefended twin."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from pages import common
-from pages.figures import leakage_over_rounds, leakage_values, reconstruction_mse
+from pages.figures import (
+    LEAK_FORMATS,
+    LEAK_LABELS,
+    attack_name,
+    attack_words,
+    defense_label,
+    defense_words,
+    defenses,
+    leakage_over_rounds,
+    leakage_values,
+    reconstruction_mse,
+    strongest_attack,
+    worst_client_words,
+)
 from pages.images import attack_grid, attacked_record, identical_clients_note, labelled_snapshot_grid
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -32,9 +47,28 @@ def how_to_measure(run_id: int) -> str:
             "(`privacy.every` in a config: a multiple of 'evaluate every').")
 
 
+def measured_row(history: pd.DataFrame, round_: int) -> dict:
+    """The history row of a leakage measurement, NaN read as missing."""
+    row = history.loc[history["round"] == round_].iloc[-1].to_dict()
+    return {k: (None if isinstance(v, float) and pd.isna(v) else v) for k, v in row.items()}
+
+
+def attack_picture(run_id: int, round_: int, row: dict):
+    """The attacked client's record at ``round_`` and its picture, the attack column named by the attack."""
+    record = attacked_record(common.images(run_id, round_))
+    if record is None:
+        return None, None
+    strongest = strongest_attack(row)
+    header = ("strongest attack", f"({attack_name(strongest)})") if strongest else ("server's attack",
+                                                                                   "(inverse network)")
+    classes = common.run_classes((common.run_info(run_id) or {}).get("config") or {})
+    return record, attack_grid(record, classes, header)
+
+
 def server_view(run_id: int) -> None:
     """What the server can see: for a round where leakage was measured, the same test images as the input,
-    the attacked client's own InfoPro reconstruction and the server's, with PSNR/SSIM; the measures over rounds."""
+    the attacked client's own InfoPro reconstruction and the strongest attack's, with PSNR/SSIM; for a defended
+    run, the same from its undefended twin; the measures over rounds."""
     st.subheader("What the server can see")
     history = common.history(run_id)
     measured = leakage_rounds(history)
@@ -43,21 +77,66 @@ def server_view(run_id: int) -> None:
         return
     round_ = st.select_slider("round (leakage measured)", measured, measured[-1], key="leak_round") \
         if len(measured) > 1 else measured[0]
-    row = history.loc[history["round"] == round_].iloc[-1].to_dict()
-    record = attacked_record(common.images(run_id, round_))
-    client = record.client if record is not None else int(row.get("leak_client", 0))
+    row = measured_row(history, round_)
+    record, picture = attack_picture(run_id, round_, row)
+    client = record.client if record is not None else int(row.get("leak_client") or 0)
     for col, (label, text) in zip(st.columns(4), leakage_values(row).items()):
         col.metric(label, text)
-    st.caption(f"An honest-but-curious server attacks client {client} at round {round_}: it trains an inverse "
-               "network from smashed data back to images on data of its own (no client holds it), with the same "
-               "fixed budget for every run, then decodes the client's smashed data. PSNR (dB) and SSIM against "
-               "the input: higher means the server sees more. Distance correlation (about 0: independent, 1: a "
-               "similarity transform of the inputs) and mutual information (nats) measure how much the smashed "
-               "data depend on the inputs.")
-    if record is not None:
-        st.image(attack_grid(record, common.run_classes((common.run_info(run_id) or {}).get("config") or {})),
-                 width="content")
+    config = (common.run_info(run_id) or {}).get("config") or {}
+    st.caption(f"An honest-but-curious server attacks client {client} at round {round_}: {attack_words(row)}. "
+               "PSNR (dB) and SSIM against the input: higher means the server sees more. Distance correlation "
+               "(about 0: independent, 1: a similarity transform of the inputs) and mutual information (nats) "
+               f"measure how much the smashed data depend on the inputs.{worst_client_words(row)}")
+    if defenses(config):
+        snr = row.get("defense_snr_db")  # recorded with noise: what σ means on this run's smashed data
+        said = "" if snr is None else f" (a signal-to-noise ratio of {snr:.1f} dB on the smashed data at this round)"
+        st.markdown(f"**Defense**: {defense_words(config)}{said}.")
+        twin_view(run_id, round_, record, row, picture, config)
+    elif picture is not None:
+        st.image(picture, width="content")
     st.plotly_chart(leakage_over_rounds(history), key="leak_over_rounds")
+
+
+def twin_view(run_id: int, round_: int, record, row: dict, picture, config: dict) -> None:
+    """For a defended run: its pictures beside its undefended twin's (the same settings, every defense off), at
+    the same round where the twin measured there, else at the twin's last measurement; without a twin, its own
+    pictures and how to get one."""
+    for twin in common.undefended_twins(run_id):
+        history = common.history(twin)
+        measured = leakage_rounds(history)
+        if not measured:
+            continue
+        at = round_ if round_ in measured else measured[-1]
+        twin_row = measured_row(history, at)
+        twin_record, twin_picture = attack_picture(twin, at, twin_row)
+        when = f"round {at}" + ("" if at == round_ else f" (its last measurement; it did not measure at {round_})")
+        same = twin_record is not None and record is not None and np.array_equal(twin_record.inputs, record.inputs)
+        images = "the same test images" if same else "its own test images"
+        deltas = [f"{LEAK_LABELS[key]}: {LEAK_FORMATS[key].format(twin_row[key])} without the defense, "
+                  f"{LEAK_FORMATS[key].format(row[key])} with it" for key in ("leak_psnr", "leak_ssim")
+                  if row.get(key) is not None and twin_row.get(key) is not None]
+        accuracies = [((common.run_info(i) or {}).get("summary") or {}).get("final_test_acc") for i in (twin, run_id)]
+        if None not in accuracies:
+            deltas.append(f"final test accuracy: {accuracies[0]:.4f} without the defense, {accuracies[1]:.4f} with it")
+        st.markdown(f"**Without the defense**: run #{twin}, the same settings with every defense off, at {when}, "
+                    f"{images}.")
+        if deltas:
+            st.caption("; ".join(deltas) + ".")
+        left, right = st.columns(2)
+        left.markdown(f"**With the defense** (run #{run_id}, {defense_label(config)})")
+        right.markdown(f"**Without the defense** (run #{twin})")
+        if picture is not None:
+            left.image(picture, width="content", caption=f"with the defense: run #{run_id}, round {round_}")
+        if twin_picture is not None:
+            right.image(twin_picture, width="content", caption=f"without the defense: run #{twin}, {when}")
+        return
+    if picture is not None:
+        st.image(picture, width="content")
+    if common.readonly():
+        st.caption("No undefended twin of this run here (the same settings with every defense off) to compare with.")
+    else:
+        st.caption("No undefended twin of this run here (the same settings with every defense off, measuring "
+                   "leakage) to compare with: queue one (New run, every defense 0) to see what the defense hides.")
 
 
 IMAGES_EVERY = "images every (rounds, 0: never)"  # the New run form's label for ``image_every``

@@ -29,8 +29,18 @@ from engine.config import (
 from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
 from pages import common
-from pages.figures import beta_density
-from pages.form_fields import WHOLE, dataset_select, get_button, here, parse_whole, real_field, shown, whole_field
+from pages.figures import beta_density, defense_label, defense_words, defenses
+from pages.form_fields import (
+    WHOLE,
+    dataset_select,
+    get_button,
+    here,
+    parse_real,
+    parse_whole,
+    real_field,
+    shown,
+    whole_field,
+)
 from storage import queries
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -39,7 +49,7 @@ HELP = field_help()
 # Which section of the form a field's error is shown under.
 SECTION_OF = {"data": "data", "num_clients": "scale", "rounds": "scale", "batch_size": "scale", "seed": "scale",
               "optim": "scale", "eval_every": "scale", "image_every": "scale", "privacy": "scale", "mixup": "knobs",
-              "averaging": "knobs", "local_loss": "knobs", "cut_layer": "knobs"}
+              "averaging": "knobs", "local_loss": "knobs", "cut_layer": "knobs", "defense": "defense"}
 
 
 # The form's own label for each field, so a message names what the user sees ("clients n must be ...").
@@ -54,7 +64,25 @@ FORM_LABELS = {
     "privacy.every": "leakage every (rounds, 0: off)", "schedule": "① schedule",
     "local_steps": "batches per client per round", "reset_optimizers": "re-create the optimisers",
     "split_avg.enabled": "SGLR SplitAvg",
+    "defense.noise": "noise σ (0: off)", "defense.nopeek": "NoPeek α (0: off)",
+    "defense.bits": "quantise to k bits (0: off)",
 }
+# What each defense does, in the words of the form's help (the config's own lines are shorter).
+DEFENSE_HELP = {
+    "defense.noise": "Gaussian noise: each client adds noise of standard deviation σ to every number of its smashed "
+                     "data before the upload, so the server (and the upper model it trains) sees s + N(0, σ²). "
+                     "Larger σ hides more and costs accuracy (InfoPro and the Round walkthrough's upload step show "
+                     "the signal-to-noise ratio it leaves). 0: off.",
+    "defense.nopeek": "NoPeek (Vepakomma et al.): adds α × the distance correlation between a client's images and its "
+                      "smashed data, over its batch, to the client's loss, so the lower model learns smashed data "
+                      "that say less about the images. The data sent are unchanged; no byte more. 0: off.",
+    "defense.bits": "k-bit quantisation: each number of the smashed data goes up as one of 2^k levels (1 to 16 bits; "
+                    "the gradient passes straight through), so the upload of smashed data is 32/k times smaller "
+                    "and coarser. 0: off (32-bit floats).",
+}
+MEASURING_COST = ("Each measurement trains the server's attacks (a decoder and, where the server holds the lower "
+                  "models, a white-box inversion): tens of seconds or more on a CPU, which the result page reports "
+                  "as the leakage measurement's time.")
 SCHEDULE_LABELS = {"parallel": "parallel: every client at once", "sequential": "sequential (Vanilla SL)",
                    "splitfed_v1": "SplitFed V1: clients in turn, a server copy each",
                    "splitfed_v2": "SplitFed V2: clients in turn, one server model"}
@@ -181,8 +209,7 @@ def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     eval_every = fields.whole(c3, "eval_every", base.eval_every, help=HELP["eval_every"])
     image_every = fields.whole(c4, "image_every", base.image_every, help=HELP["image_every"])
     privacy_every = fields.whole(c1, "privacy.every", base.privacy.every,
-                                 help=HELP["privacy.every"] + ". Each measurement trains the server's attack: "
-                                 "a few seconds on a CPU.")
+                                 help=HELP["privacy.every"] + f". {MEASURING_COST}")
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
             "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
             "privacy": {"every": privacy_every}}
@@ -216,6 +243,16 @@ def technique_knobs(base: RunConfig, n: int | None, choice: dict[str, Any], fiel
             "averaging": {"interval": interval}, "local_loss": {"kind": kind}, "cut_layer": int(cut)}
 
 
+def defense_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
+    """The defenses (noise σ, NoPeek α, k-bit quantisation), each read exactly; 0 leaves it off."""
+    st.markdown("**Defenses** (what a client does before the server sees its smashed data; 0: off)")
+    c1, c2, c3 = st.columns(3)
+    noise = fields.real(c1, "defense.noise", float(base.defense.noise), help=DEFENSE_HELP["defense.noise"])
+    nopeek = fields.real(c2, "defense.nopeek", float(base.defense.nopeek), help=DEFENSE_HELP["defense.nopeek"])
+    bits = fields.whole(c3, "defense.bits", base.defense.bits, help=DEFENSE_HELP["defense.bits"])
+    return {"defense": {"noise": noise, "nopeek": nopeek, "bits": bits}}
+
+
 def queue(config: RunConfig) -> int:
     with common.db().write() as s:
         run_id = queries.create_run(s, config)
@@ -238,8 +275,11 @@ def summary(cfg: RunConfig) -> str:
     leakage = f" · leakage measured every {plural(cfg.privacy.every, 'round')}" if cfg.privacy.every else ""
     schedule = "" if cfg.schedule == "parallel" else f" · {SCHEDULE_LABELS[cfg.schedule].split(':')[0]}" + (
         f", {plural(cfg.local_steps, 'batch', 'batches')} per client" if cfg.schedule in SPLITFED_SCHEDULES else "")
-    return (f"techniques {common.technique_codes(cfg.model_dump())}{schedule} · {cfg.data.dataset} · "
-            f"{plural(cfg.num_clients, 'client')} × {plural(cfg.rounds, 'round')} × b={cfg.batch_size}{leakage}")
+    config = cfg.model_dump()
+    defended = f" · defenses: {defense_words(config)}" if defenses(config) else ""
+    return (f"techniques {common.technique_codes(config)}{schedule} · {cfg.data.dataset} · "
+            f"{plural(cfg.num_clients, 'client')} × {plural(cfg.rounds, 'round')} × b={cfg.batch_size}{leakage}"
+            f"{defended}")
 
 
 def new_run_form() -> None:
@@ -260,9 +300,11 @@ def new_run_form() -> None:
         slots["scale"] = st.empty()
         knobs = technique_knobs(base, scale["num_clients"], choice, fields)
         slots["knobs"] = st.empty()
+        defense = defense_controls(base, fields)
+        slots["defense"] = st.empty()
     raw: dict[str, Any] = {}
     # the preset's settings beyond its techniques first: the form's controls, set from them, decide
-    for part in (PRESETS[preset].extra, {"name": name}, choice, data, scale, knobs):
+    for part in (PRESETS[preset].extra, {"name": name}, choice, data, scale, knobs, defense):
         raw = deep_merge(raw, part)
     # a text that is no number is refused as typed; the engine judges the rest only once all are read
     problems = fields.problems or run_problems(raw)
@@ -278,8 +320,14 @@ def new_run_form() -> None:
         st.switch_page("pages/live.py", query_params={"run": str(run_id)})
 
 
-SWEEP_LABELS = {**FORM_LABELS, "rounds": "rounds", "num_clients": "clients n", "eval_every": "evaluate every"}
+SWEEP_LABELS = {**FORM_LABELS, "rounds": "rounds", "num_clients": "clients n", "eval_every": "evaluate every",
+                "defense.noise": "noise σ", "defense.nopeek": "NoPeek α", "defense.bits": "quantise to k bits"}
 SWEEP_EXAMPLE = "e.g. 10,20,40"
+NO_SWEPT_DEFENSE = "none"
+# The defense the Sweep tab sweeps: its label, and the strengths it starts with (0: the undefended twin).
+SWEPT_DEFENSES = {"noise": ("noise σ", "0,0.1,0.5,1"), "nopeek": ("NoPeek α", "0,0.5,1,2"),
+                  "bits": ("quantise to k bits", "0,8,4,2")}
+SWEPT_DEFENSE_NAMES = {"noise": "Gaussian noise σ", "nopeek": "NoPeek α", "bits": "k-bit quantisation"}
 
 
 def parse_client_counts(text: str) -> tuple[list[int], str | None]:
@@ -301,11 +349,39 @@ def parse_client_counts(text: str) -> tuple[list[int], str | None]:
     return sorted(ns), None
 
 
-def sweep_configs(rows: list[int], ns: list[int], settings: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-    """(Table 3 row, config) for each row and n: the demo profile, the row's techniques, the sweep's settings."""
-    return [(row, deep_merge(deep_merge(PROFILES["demo"], techniques_to_config(TABLE3_ROWS[row].techniques)),
-                             {"name": f"T3 row {row} n={n}", "num_clients": n, **settings}))
-            for row in rows for n in ns]
+def parse_strengths(text: str, defense: str) -> tuple[list[float | int], str | None]:
+    """'0,0.1,0.5' -> [0.0, 0.1, 0.5] for a defense's strengths (whole numbers for ``bits``); or a message
+    naming the field and what is wrong (not a number, a repeat, none). Values out of range (-1, 40 bits) are
+    read here and judged by the engine."""
+    label, example = SWEPT_DEFENSES[defense]
+    whole = defense == "bits"
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        return [], f"{label}: give at least one value, e.g. {example}"
+    read = [parse_whole(v) if whole else parse_real(v) for v in values]
+    bad = [v for v, x in zip(values, read) if x is None]
+    if bad:
+        kind = "a whole number" if whole else "a finite number"
+        return [], (f"{label}: {shown(bad[0])} is not {kind}; give {kind.split(' ', 1)[1]}s separated by commas, "
+                    f"e.g. {example}")
+    repeated = sorted({x for x in read if read.count(x) > 1})
+    if repeated:
+        return [], f"{label}: {', '.join(f'{x:g}' for x in repeated)} appears more than once; give each value once"
+    return read, None
+
+
+def sweep_configs(rows: list[int], ns: list[int], settings: dict[str, Any], defense: str = NO_SWEPT_DEFENSE,
+                  strengths: list[float | int] | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """(Table 3 row, config) for each row, n and strength of the swept defense: the demo profile, the row's
+    techniques, the sweep's settings (strength 0 is the undefended run, each defended run's twin)."""
+    swept = [{}] if defense == NO_SWEPT_DEFENSE else [{"defense": {defense: x}} for x in strengths or []]
+
+    def config(row: int, n: int, part: dict[str, Any]) -> dict[str, Any]:
+        tag = f" {defense_label(part)}" if defenses(part) else ""  # "T3 row 8 n=10 noise σ=0.5"
+        base = deep_merge(PROFILES["demo"], techniques_to_config(TABLE3_ROWS[row].techniques))
+        return deep_merge(base, deep_merge({"name": f"T3 row {row} n={n}{tag}", "num_clients": n, **settings}, part))
+
+    return [(row, config(row, n, part)) for row in rows for n in ns for part in swept]
 
 
 def sweep_problems(grid: list[tuple[int, dict[str, Any]]]) -> list[str]:
@@ -342,8 +418,26 @@ def id_list(ids: list[int]) -> str:
     return ", ".join(f"#{i}" for i in ids)
 
 
+def swept_defense() -> tuple[str, list[float | int], str | None]:
+    """The defense the sweep varies (or none), its strengths as typed, and what is wrong with them."""
+    c1, c2 = st.columns([1, 3])
+    defense = c1.selectbox("defense to sweep", [NO_SWEPT_DEFENSE, *SWEPT_DEFENSES], key="sweep_defense",
+                           format_func=lambda d: SWEPT_DEFENSE_NAMES.get(d, "none"),
+                           help="Sweep one defense's strength for a trade-off grid on Compare (accuracy against "
+                                "leakage): every combination and n runs once per strength. Strength 0 is the "
+                                "undefended run, which InfoPro shows beside each defended one.")
+    if defense == NO_SWEPT_DEFENSE:
+        return defense, [], None
+    label, example = SWEPT_DEFENSES[defense]
+    text = c2.text_input(f"{label} (comma-separated)", example, key=f"sweep_strengths_{defense}",
+                         help=DEFENSE_HELP[f"defense.{defense}"] + " Give the strengths to sweep, separated by commas.")
+    strengths, problem = parse_strengths(text, defense)
+    return defense, strengths, problem
+
+
 def sweep_form() -> None:
-    """A grid of technique combinations x n, queued at once (how the paper's Table 3 is built)."""
+    """A grid of technique combinations x n (x the strengths of one defense), queued at once (how the paper's
+    Table 3 is built; with a defense, the trade-off Compare plots)."""
     rows = st.multiselect("technique combinations (Table 3 rows)", list(TABLE3_ROWS), list(TABLE3_ROWS),
                           format_func=lambda r: f"row {r}: {TABLE3_ROWS[r].title} ({TABLE3_ROWS[r].techniques})")
     present = here()
@@ -357,16 +451,18 @@ def sweep_form() -> None:
                               help=HELP["eval_every"])
     privacy_every = fields.whole(c4, "privacy.every", 0, key="sweep_privacy_every",
                                  help=HELP["privacy.every"] + ". Gives the Compare page its accuracy against "
-                                 "leakage; each measurement trains the server's attack: a few seconds on a CPU.")
+                                 f"leakage. {MEASURING_COST}")
     if not present.get(dataset):
         get_button(dataset, key=f"sweep_get_{dataset}")
+    defense, strengths, strength_problem = swept_defense()
     ns, n_problem = parse_client_counts(ns_text)
-    texts = [n_problem] if n_problem else []
+    texts = [t for t in (n_problem, strength_problem) if t]
     texts += [p.text(SWEEP_LABELS) for p in fields.problems]
     grid: list[tuple[int, dict[str, Any]]] = []
     if not texts:
         grid = sweep_configs(rows, ns, {"rounds": rounds, "seed": seed, "eval_every": eval_every,
-                                        "data": {"dataset": dataset}, "privacy": {"every": privacy_every}})
+                                        "data": {"dataset": dataset}, "privacy": {"every": privacy_every}},
+                             defense, strengths)
         texts = sweep_problems(grid)
     configs = [raw for _, raw in grid]
     for text in texts:
@@ -376,8 +472,11 @@ def sweep_form() -> None:
     if configs and not texts:
         for warning in dict.fromkeys(w for c in configs for w in validate_config(c).warnings()):
             st.warning(warning)
+        swept = "" if defense == NO_SWEPT_DEFENSE else (
+            f" × {plural(len(strengths), 'value')} of {SWEPT_DEFENSES[defense][0]} "
+            f"({', '.join(f'{x:g}' for x in strengths)}{'; 0: no defense' if 0 in strengths else ''})")
         st.caption(f"{plural(len(configs), 'run')}: {plural(len(rows), 'combination')} × "
-                   f"{plural(len(ns), 'value')} of n ({', '.join(map(str, ns))}) · {dataset} · "
+                   f"{plural(len(ns), 'value')} of n ({', '.join(map(str, ns))}){swept} · {dataset} · "
                    f"{plural(rounds, 'round')} each")
     signature = json.dumps(configs, sort_keys=True)
     ids = st.session_state.get("sweep_queued", {}).get(signature)
@@ -393,7 +492,7 @@ st.header("New run")
 if common.readonly():
     st.info("This is a read-only deployment: runs cannot be submitted here.")
     st.stop()
-single, sweep = st.tabs(["One run", "Sweep (techniques × n)"])
+single, sweep = st.tabs(["One run", "Sweep (techniques × n × defense)"])
 with single:
     new_run_form()
 with sweep:

@@ -12,16 +12,41 @@ import pandas as pd
 import plotly.io as pio
 
 from pages.figures import (
+    ATTACKS,
     LEAK_FORMATS,
     LEAK_LABELS,
+    attack_name,
+    attack_words,
+    combination_name,
     communication,
+    defense_words,
+    defenses,
     leakage_over_rounds,
     leakage_values,
     learning_curves,
     loss_terms,
+    setting_key,
+    strongest_attack,
     with_simulated_latency,
+    worst_client_words,
 )
 from pages.images import attack_grid, identical_clients_note, labelled_snapshot_grid, png_bytes
+
+
+def config_line(config: dict) -> str:
+    """The run's settings in one line: 'LocFedMix-SL (row 8) (techniques 1,2,3,4p,5) · 3 clients · digits ·
+    defenses: Gaussian noise σ = 0.5 on the smashed data' ('· no defense' for a run with none)."""
+    from engine.config import RunConfig
+
+    try:
+        codes = ",".join(RunConfig.model_validate(config).techniques())
+    except ValueError:  # a config this engine no longer reads: the JSON below still says everything
+        return f"Defenses: {defense_words(config)}."
+    n = int(config["num_clients"])
+    name = combination_name(setting_key(codes, int(config.get("cut_layer", 1)), config.get("schedule", "parallel")))
+    defended = f"defenses: {defense_words(config)}" if defenses(config) else "no defense"
+    return (f"{name} (techniques {codes}) · {n} client{'' if n == 1 else 's'} · {config['data']['dataset']} · "
+            f"{defended}")
 
 
 def _figure_html(fig, first: bool) -> str:
@@ -51,6 +76,15 @@ SUMMARY_LABELS = {
     "leak_round": "last leakage measurement: round",
     "leak_client": "last leakage measurement: client attacked",
     **{key: f"last leakage measurement: {label}" for key, label in LEAK_LABELS.items()},
+    # each attack the server ran (the headline above is the strongest), the most exposed client, the budget
+    **{f"leak_{m}_{attack}": f"last leakage measurement: {name} attack {label}" for attack, (name, _) in ATTACKS.items()
+       for m, label in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"))},
+    "leak_psnr_worst": "last leakage measurement: attack PSNR (dB), most exposed client",
+    "leak_ssim_worst": "last leakage measurement: attack SSIM, most exposed client",
+    "leak_client_worst": "last leakage measurement: most exposed client",
+    "leak_clients": "last leakage measurement: clients attacked",
+    "leak_attack_steps": "last leakage measurement: black-box decoder's training steps",
+    "leak_whitebox_steps": "last leakage measurement: white-box optimisation steps",
 }
 _ACCURACIES = ("final_test_acc", "best_test_acc", "final_authors_test_acc", "target_acc", "final_test_acc_min",
                "final_test_acc_max")
@@ -68,8 +102,9 @@ def summary_value(key: str, value) -> str:
             f"{seconds // 60}:{seconds % 60:02d}"
     if key.startswith("bytes_"):
         return f"{value / 1e6:,.2f} MB"
-    if key in LEAK_FORMATS:
-        return LEAK_FORMATS[key].format(value)
+    measure = key if key in LEAK_FORMATS else "_".join(key.split("_")[:2])  # leak_psnr_whitebox: as leak_psnr
+    if measure in LEAK_FORMATS and isinstance(value, int | float):
+        return LEAK_FORMATS[measure].format(value)
     if key in _ACCURACIES:
         return f"{value:.4f}"
     if isinstance(value, int):
@@ -105,9 +140,10 @@ def _png(record, classes: tuple[str, ...] | None = None) -> str:
 
 
 def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: bool,
-                 classes: tuple[str, ...] | None = None) -> str:
-    """The privacy-leakage section: the last measurement, the measures over rounds and the server's
-    reconstructions of the shown images (``attack``: the attacked client's ImageRecord, or None)."""
+                 classes: tuple[str, ...] | None = None, config: dict | None = None) -> str:
+    """The privacy-leakage section: the last measurement (every attack the server ran, the strongest one's
+    figures), the measures over rounds and the strongest attack's reconstructions of the shown images
+    (``attack``: the attacked client's ImageRecord, or None); the run's defenses (``config``), if any."""
     if summary.get("leak_round") is None:
         return ""
     values = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
@@ -115,18 +151,27 @@ def leakage_html(summary: dict, history: pd.DataFrame, attack, first_figure: boo
     figures = [leakage_over_rounds(history), leakage_over_rounds(history, ("leak_dcor", "leak_mi"))] \
         if "leak_psnr" in history else []
     parts = "".join(_figure_html(fig, first_figure and i == 0) for i, fig in enumerate(figures))
+    measured = history.dropna(subset=["leak_psnr"]) if "leak_psnr" in history else history.iloc[:0]
+    said = {**(measured.iloc[-1].dropna().to_dict() if len(measured) else {}), **summary}  # the last measurement
+    strongest = strongest_attack(said)
     image = ""
     if attack is not None:
-        png = base64.b64encode(png_bytes(attack_grid(attack, classes))).decode()
+        header = ("strongest attack", f"({attack_name(strongest)})") if strongest else ("server's attack",
+                                                                                       "(inverse network)")
+        png = base64.b64encode(png_bytes(attack_grid(attack, classes, header))).decode()
         own = ", the client's own InfoPro reconstruction" if attack.reconstruction is not None else ""
+        which = f"the {attack_name(strongest)} attack's" if strongest else "the server's attack"
         image = (f"<figure><img alt='what the server reconstructs, round {attack.round}' "
                  f"src='data:image/png;base64,{png}'><figcaption>client {attack.client}, round {attack.round}: "
-                 f"the input{own} and the server's attack reconstruction, with PSNR and SSIM</figcaption></figure>")
+                 f"the input{own} and {which} reconstruction, with PSNR and SSIM</figcaption></figure>")
+    defended = f" Defenses: {defense_words(config)}." if defenses(config) else ""
     return (f"<h2>What the server can see</h2><p>Leakage measured at round {html.escape(_fmt(summary['leak_round']))}"
-            f" on client {html.escape(_fmt(summary.get('leak_client')))}: the server's inversion attack (an inverse "
-            "network trained on data of its own, the same fixed budget for every run) and how much the smashed "
-            "data depend on the inputs. Higher PSNR, SSIM, distance correlation and mutual information: the "
-            f"server sees more.</p><table>{values}</table>{parts}{image}")
+            f" on client {html.escape(_fmt(summary.get('leak_client')))}: "
+            f"{html.escape(attack_words(said, 'the server'))}.{html.escape(worst_client_words(said))} Higher PSNR, "
+            "SSIM, distance "
+            "correlation and mutual information: the server sees more (distance correlation and mutual information "
+            f"measure how much the smashed data depend on the inputs).{html.escape(defended)}</p>"
+            f"<table>{values}</table>{parts}{image}")
 
 
 def run_report(run: dict, history: pd.DataFrame, snapshots: list, attack=None,
@@ -154,9 +199,10 @@ table{{border-collapse:collapse}}th,td{{border:1px solid #ddd;padding:3px 8px;te
 figure{{display:inline-block;margin:0 1em 1em 0}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style>
 </head><body><h1>{html.escape(title)}</h1>
 <p>Status: <b>{html.escape(run['status'])}</b>, {run['last_round']}/{run['rounds']} rounds.</p>
+<p>{html.escape(config_line(run['config']))}</p>
 <h2>Summary</h2>{summary_table(run.get('summary') or {})}
 {'<h2>Curves</h2>' + ''.join(parts) if parts else ''}
 {'<h2>InfoPro snapshots</h2>' + note + images if images else ''}
-{leakage_html(run.get('summary') or {}, h, attack, first_figure=not parts, classes=classes)}
+{leakage_html(run.get('summary') or {}, h, attack, first_figure=not parts, classes=classes, config=run['config'])}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(run['config'], indent=1))}</pre>
 <p>Made with SplitLab.</p></body></html>"""

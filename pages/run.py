@@ -10,14 +10,20 @@ import streamlit as st
 
 from pages import common
 from pages.figures import (
+    attack_name,
+    attack_words,
     combination_name,
     communication,
+    defense_words,
+    defenses,
     leakage_over_rounds,
     leakage_values,
     learning_curves,
     loss_terms,
     setting_key,
+    strongest_attack,
     with_simulated_latency,
+    worst_client_words,
 )
 from pages.images import attack_grid, attacked_record, identical_clients_note, labelled_snapshot_grid
 from pages.report import run_report, summary_rows
@@ -42,9 +48,10 @@ st.header(f"Run #{run['id']}: {run['name']}")
 status = run["status"]
 codes = common.technique_codes(run["config"])
 name = combination_name(setting_key(codes, schedule=run["config"].get("schedule", "parallel")))
+defended = f" · defenses: {defense_words(run['config'])}" if defenses(run["config"]) else ""
 st.caption(f"{status} · {run['last_round']}/{run['rounds']} rounds · {name} (techniques "
            f"{codes}) · {common.plural(int(run['config']['num_clients']), 'client')} · "
-           f"{run['config']['data']['dataset']} · link: `?run={run['id']}`")
+           f"{run['config']['data']['dataset']}{defended} · link: `?run={run['id']}`")
 if run["error"]:
     st.error(f"Run #{run['id']} failed: {common.error_text(run['error'])}")
 history = with_simulated_latency(common.history(run_id), run["config"])
@@ -98,14 +105,20 @@ if leak_round is not None:
     st.subheader(f"What the server can see (leakage at round {leak_round}, client {summary.get('leak_client', 0)})")
     for col, (label, text) in zip(st.columns(4), leakage_values(summary).items()):
         col.metric(label, text)
-    st.caption("The server's inversion attack (an inverse network it trains on data of its own, the same fixed "
-               "budget for every run) and how much the smashed data depend on the inputs. Higher PSNR, SSIM, "
-               "distance correlation and mutual information: the server sees more.")
+    measured = history.dropna(subset=["leak_psnr"]) if "leak_psnr" in history else history.iloc[:0]
+    said = {**(measured.iloc[-1].dropna().to_dict() if len(measured) else {}), **summary}  # the last measurement
+    strongest = strongest_attack(said)
+    st.caption(f"The server attacks client {summary.get('leak_client', 0)}: {attack_words(said)}."
+               f"{worst_client_words(said)} Distance correlation and mutual information measure how much the "
+               "smashed data depend on the inputs. Higher PSNR, SSIM, distance correlation and mutual information: "
+               "the server sees more.")
     l1, l2 = st.columns(2)
     l1.plotly_chart(leakage_over_rounds(history), key="leak_quality")
     l2.plotly_chart(leakage_over_rounds(history, ("leak_dcor", "leak_mi")), key="leak_dependence")
     if attack is not None:
-        st.image(attack_grid(attack, classes), width="content")
+        header = ("strongest attack", f"({attack_name(strongest)})") if strongest else ("server's attack",
+                                                                                       "(inverse network)")
+        st.image(attack_grid(attack, classes, header), width="content")
 
 rounds = common.image_rounds(run_id)
 snapshots = common.images(run_id, rounds[-1]) if rounds else []

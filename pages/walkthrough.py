@@ -21,7 +21,7 @@ from engine.presets import PRESETS
 from engine.trace import RoundResult, trace_round
 from pages import common, projector
 from pages import walkthrough_figures as wf
-from pages.figures import combination_name
+from pages.figures import combination_name, defense_words, defenses
 from storage import queries
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
@@ -104,6 +104,8 @@ def from_link(runs: dict[int, str]) -> None:
     elif ss.wt_run and ss.wt_run not in runs:  # it finished (dropping its checkpoint) or was deleted meanwhile
         st.info(f"Run #{ss.wt_run} no longer keeps a checkpoint: fresh models instead.")
         ss.wt_run = 0
+    if "wt_defense" not in ss:
+        ss.wt_defense = defense_from_link(q.get("defense"))
     if "wt_step" not in ss:
         ss.wt_step = step_from_link(q.get("step"))
 
@@ -134,6 +136,16 @@ def dataset_from_link(raw: str | None) -> str:
     st.info(f"data set {asked} (in the link) is not one the walkthrough shows (it shows {offered}): "
             f"showing {dataset_name(shown)}.")
     return shown
+
+
+def defense_from_link(raw: str | None) -> str:
+    """``?defense=noise:0.5``: one of the defenses the walkthrough offers (none when the link names another)."""
+    if raw is None or raw in wf.DEFENSE_CHOICES:
+        return raw or ""
+    offered = ", ".join(k for k in wf.DEFENSE_CHOICES if k)
+    st.info(f"defense = {shown_text(raw)} in the link is not one the walkthrough shows ({offered}): showing no "
+            "defense.")
+    return ""
 
 
 def step_from_link(raw: str | None) -> int:
@@ -172,6 +184,11 @@ def controls(runs: dict[int, str], shown_data: str | None) -> DeltaGenerator | N
                            "LocFedMix-SL; 1 alone is Vanilla SL.")
     c2.selectbox("side by side with", ["", *PRESETS], key="wt_vs", format_func=algorithm_label, disabled=from_run,
                  help="A second algorithm on the same batch (same seed, data and clients), stepping together.")
+    c2.selectbox("defense", list(wf.DEFENSE_CHOICES), key="wt_defense", format_func=wf.DEFENSE_CHOICES.get,
+                 disabled=from_run,
+                 help="What every client does to its smashed data before the upload (for both algorithms side by "
+                      "side): step 3 then shows what the server receives beside what the client computed. A stored "
+                      "run keeps its own.")
     c3.slider("clients n", wf.MIN_CLIENTS, wf.MAX_CLIENTS, key="wt_n", disabled=from_run)
     c4.selectbox("data set", wf.DATASETS, key="wt_data", format_func=dataset_choice, disabled=from_run,
                  help="A data set that is not on this machine is shown as digits (bundled, no download).")
@@ -186,7 +203,7 @@ def controls(runs: dict[int, str], shown_data: str | None) -> DeltaGenerator | N
                           "drops its own) with at most 10 clients.")
     st.query_params.update({"algo": ss.wt_algo if ss.wt_algo != CUSTOM else ss.wt_codes, "n": str(ss.wt_n),
                             "data": ss.wt_data})
-    for name, value in (("vs", ss.wt_vs), ("run", str(ss.wt_run) if ss.wt_run else "")):
+    for name, value in (("vs", ss.wt_vs), ("run", str(ss.wt_run) if ss.wt_run else ""), ("defense", ss.wt_defense)):
         if value:
             st.query_params[name] = value
         elif name in st.query_params:
@@ -201,7 +218,8 @@ def settings_label(shown_data: str | None) -> str:
         return f"Run #{ss.wt_run}: its next round"
     names = [PRESETS[ss.wt_algo].title if ss.wt_algo in PRESETS else f"techniques {ss.wt_codes}"]
     names += [PRESETS[ss.wt_vs].title] if ss.wt_vs else []
-    return f"{' and '.join(names)} · n = {ss.wt_n} · {dataset_name(shown_data)}"
+    defense = f" · {wf.DEFENSE_CHOICES[ss.wt_defense]}" if ss.wt_defense else ""
+    return f"{' and '.join(names)} · n = {ss.wt_n} · {dataset_name(shown_data)}{defense}"
 
 
 def restart_clock() -> None:
@@ -265,7 +283,7 @@ def results(runs: dict[int, str], dataset: str | None) -> list[RoundResult]:
     out = []
     for algorithm in algorithms:
         try:
-            cfg = wf.walkthrough_config(algorithm.strip(), ss.wt_n, dataset)
+            cfg = wf.walkthrough_config(algorithm.strip(), ss.wt_n, dataset, defense=ss.wt_defense)
         except ConfigError as err:
             text = err.text().removeprefix("techniques: ")  # parse_techniques' words for the --techniques flag
             st.error(f"technique codes: {common.escape_markdown(text)}")
@@ -382,6 +400,10 @@ def numbers(step: wf.Step, res: RoundResult, slot: str) -> None:
                  ("per client", wf.fmt_bytes(v["bytes_per_client"]))]
         if wf.one_at_a_time(res):
             cells.append(("this round, every client", wf.fmt_bytes(round_delta(res, "bytes_smashed_up"))))
+        forward = res.trace.get("forward", step.group)
+        if wf.received_changes(v, forward[0].values if forward else None):
+            snr = wf.received_snr_db(v, forward[0].values)
+            cells.append(("received vs computed, SNR", f"{snr:.1f} dB"))
     elif step.phase == "server":
         cells = [("L (server)", f"{v['loss']:.4f}")] + (
             [("L~ (mixup)", f"{v['mixup']:.4f}")] if res.config.mixup.enabled else []) + [
@@ -423,6 +445,8 @@ def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slo
         st.image(wf.mixup_picture(same["batch"], same["forward"], v, classes, compact=compact), width="content",
                  caption="Each pair mixes sample 1 of client a with sample 1 of client b (lam = λ), shown in one "
                          "channel; the mixed label is soft: λ of a's class and 1 − λ of b's.")
+    elif step.phase == "upload":
+        received(step, res, same, compact)
     elif step.phase == "grads_down":
         st.plotly_chart(wf.grads_figure(v, font_px), key=f"{slot}_grads", config={"displayModeBar": False})
     elif step.phase == "local":
@@ -436,12 +460,32 @@ def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slo
         st.plotly_chart(wf.averaging_figure(v, font_px), key=f"{slot}_avg", config={"displayModeBar": False})
 
 
+def received(step: wf.Step, res: RoundResult, same: dict, compact: bool) -> None:
+    """With a defense on: what the server receives beside what the client computed (nothing without one)."""
+    v = step.event.values
+    if not wf.defense_lines(v, res.config):
+        return
+    changed = wf.received_changes(v, same.get("forward"))
+    if changed is None:
+        st.caption(":material/info: This round did not record what the server receives after the defense.")
+    elif not changed:
+        st.caption("The server receives the smashed data exactly as the client computed them: this defense acts "
+                   "on the client's loss (how the lower model learns), not on what is sent.")
+    else:
+        st.image(wf.received_picture(same["batch"], same["forward"], v, 1 if compact else 2), width="content",
+                 caption="Each client's first image; for its busiest channels, the smashed data as computed and as "
+                         "the server receives them after the defense, both scaled to the computed channel's range "
+                         "(values beyond it drawn black or white).")
+
+
 def intro(rounds: list[RoundResult]) -> None:
     res = rounds[0]
     start = f"round {res.round} of a stored run" if st.session_state.wt_run else "the first round of fresh models"
     names = " and ".join(wf.algorithm_name(r.config) for r in rounds)
+    config = res.config.model_dump()
+    defended = f" Defense: {defense_words(config)}." if defenses(config) else ""
     st.caption(f"{names}: {start}, n = {res.config.num_clients} clients, b = {res.config.batch_size}, "
-               f"{dataset_name(res.config.data.dataset)}. {KEYS_HELP}")
+               f"{dataset_name(res.config.data.dataset)}.{defended} {KEYS_HELP}")
     for note in filter(None, (wf.schedule_note(r) for r in rounds)):
         st.caption(f":material/info: {note}")
     for warning in res.config.warnings():

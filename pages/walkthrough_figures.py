@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 from engine.config import SPLITFED_SCHEDULES, RunConfig, deep_merge, validate_config
 from engine.presets import PRESETS, PROFILES, techniques_to_config
 from engine.trace import PHASE_TITLES, PHASES, RoundResult, TraceEvent
-from pages.figures import BYTE_COLORS, PALETTE, TEMPLATE
+from pages.figures import BYTE_COLORS, PALETTE, TEMPLATE, defense_label, defense_strength, defense_words, defenses
 from pages.images import FONT_PX, GAP_PX, _font, channel_to_rgb, to_rgb
 
 BATCH_SIZE = 8  # small, so every image of a client's batch fits on one row
@@ -38,15 +38,29 @@ TECHNIQUE_OF = {"mixup": "③", "grads_down": "②", "local": "④", "averaging"
 WALK_LOCAL_STEPS = 1  # batches per client of a SplitFed round walked through (the presets train 20)
 
 
-def walkthrough_config(algorithm: str, num_clients: int, dataset: str, seed: int = 0) -> RunConfig:
+# The defenses the walkthrough offers ("kind:strength", as a link writes them), by what the list says.
+DEFENSE_CHOICES = {"": "no defense", "noise:0.1": "Gaussian noise σ = 0.1", "noise:0.5": "Gaussian noise σ = 0.5",
+                   "noise:2": "Gaussian noise σ = 2", "nopeek:1": "NoPeek α = 1", "bits:8": "8-bit quantisation",
+                   "bits:4": "4-bit quantisation", "bits:2": "2-bit quantisation"}
+
+
+def defense_override(choice: str) -> dict:
+    """A :data:`DEFENSE_CHOICES` key as config overrides: 'noise:0.5' -> {'defense': {'noise': 0.5}}; '' -> {}."""
+    if not choice:
+        return {}
+    kind, _, value = choice.partition(":")
+    return {"defense": {kind: int(value) if kind == "bits" else float(value)}}
+
+
+def walkthrough_config(algorithm: str, num_clients: int, dataset: str, seed: int = 0, defense: str = "") -> RunConfig:
     """The demo profile with ``algorithm`` (a preset name, or technique codes such as '1,2,3'), n clients,
-    b = 8 and ``dataset``, judged by the engine's own validation (a ConfigError says what is wrong).
-    A SplitFed round is walked through with one batch per client (``WALK_LOCAL_STEPS``): the others
-    repeat the same steps."""
+    b = 8, ``dataset`` and ``defense`` (a :data:`DEFENSE_CHOICES` key), judged by the engine's own validation
+    (a ConfigError says what is wrong). A SplitFed round is walked through with one batch per client
+    (``WALK_LOCAL_STEPS``): the others repeat the same steps."""
     overrides = PRESETS[algorithm].overrides() if algorithm in PRESETS else techniques_to_config(algorithm)
     raw = deep_merge(deep_merge(PROFILES["demo"], overrides), {
         "name": "walkthrough", "num_clients": int(num_clients), "batch_size": BATCH_SIZE, "seed": int(seed),
-        "data": {"dataset": dataset}})
+        "data": {"dataset": dataset}, **defense_override(defense)})
     if raw.get("schedule") in SPLITFED_SCHEDULES:
         raw["local_steps"] = WALK_LOCAL_STEPS
     return validate_config(raw)
@@ -222,7 +236,7 @@ def purpose(step: Step, res: RoundResult) -> str:
         "upload": lambda: (
             f"The smashed data and the labels go up to the server: {fmt_bytes(v['bytes_per_client'])} per client, "
             f"{fmt_bytes(v['bytes'])} in all (the ledger's count). This upload, every round, is the price of "
-            "never sending the data."),
+            "never sending the data." + _defense_words(v, cfg)),
         "mixup": lambda: (
             f"The server mixes each client's smashed data with {_count(cfg.mixup.num_partners, 'partner')}: "
             "s~ = λ·s_i + (1 − λ)·s_j, and the labels the same way. Training on these mixes (the loss L~) shows "
@@ -250,6 +264,41 @@ def purpose(step: Step, res: RoundResult) -> str:
                 f"the last client, {v['from']}, hands it back for the next round ({fmt_bytes(v['bytes'])})."))
     }
     return text[step.phase]()
+
+
+def defense_lines(v: dict, cfg: RunConfig) -> list[str]:
+    """The defenses on the smashed data, one line each: the engine's own (the upload's ``defenses``), else
+    the config's in words; empty when no defense is on."""
+    lines = [str(line) for line in v.get("defenses") or []]
+    if lines or not defenses(cfg.model_dump()):
+        return lines
+    return [part.strip() for part in defense_words(cfg.model_dump()).split(", ")]
+
+
+def received_changes(v: dict, forward: dict | None) -> bool | None:
+    """Whether what the server receives differs from the smashed data computed (None: the round did not record
+    what the server receives)."""
+    if v.get("received") is None or forward is None:
+        return None
+    raw, got = _np(forward["smashed"]), _np(v["received"])
+    return raw.shape != got.shape or not np.array_equal(raw, got)
+
+
+def received_snr_db(v: dict, forward: dict) -> float:
+    """How far what the server receives is from the smashed data computed, as a signal-to-noise ratio:
+    10·log10(mean s² / mean (r − s)²) in dB (infinite when they are equal)."""
+    raw, got = _np(forward["smashed"]).astype(np.float64), _np(v["received"]).astype(np.float64).reshape(
+        _np(forward["smashed"]).shape)
+    noise = float(np.mean((got - raw) ** 2))
+    return math.inf if noise == 0 else 10 * math.log10(float(np.mean(raw ** 2)) / noise)
+
+
+def _defense_words(v: dict, cfg: RunConfig) -> str:
+    lines = defense_lines(v, cfg)
+    if not lines:
+        return ""
+    return (" Before it leaves the client, the smashed data pass through its defense" + ("s" if len(lines) > 1 else "")
+            + f": {'; '.join(lines)}. What the server receives, and trains its upper model on, is shown below.")
 
 
 _KIND_NAMES = {"infopro": "InfoPro", "classifier": "local classifier", "norm": "norm penalty"}
@@ -565,6 +614,10 @@ def _look_upload(look, v, clients, each, res):
     look.headline = f"smashed data up: {len(clients)} × {fmt_bytes(v['bytes_per_client'])} = {fmt_bytes(v['bytes'])}"
     look.up = each(fmt_bytes(v["bytes_per_client"]))
     look.server = [f"receives {fmt_bytes(v['bytes'])}"]
+    shown = defense_label(res.config.model_dump())
+    if shown != "none":  # the defense the clients applied before the upload
+        look.server.append(f"after {shown}")
+        look.clients = each(f"defense: {defense_strength(res.config.model_dump())}")
 
 
 def _look_mixup(look, v, clients, each, res):
@@ -700,6 +753,38 @@ def smashed_picture(batch: dict, forward: dict, channels: int = 4) -> np.ndarray
                                                                     for ch in shown])
             for j, c in enumerate(forward["clients"])]
     return picture_grid(rows, ["input"] + [f"channel {ch + 1}" for ch in shown])
+
+
+def shared_range_rgb(channel: np.ndarray, lo: float, hi: float, size: tuple[int, int]) -> np.ndarray:
+    """One channel [h, w] scaled by the range [lo, hi] (values outside are clipped), resized -> uint8 [H, W, 3]:
+    the raw and the received channel on one scale, so that noise shows as noise and levels as steps."""
+    norm = np.clip((channel - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(channel)
+    img = Image.fromarray((norm * 255).astype(np.uint8)).resize(size[::-1], Image.NEAREST)
+    return np.repeat(np.asarray(img)[..., None], 3, axis=2)
+
+
+def received_picture(batch: dict, forward: dict, upload: dict, channels: int = 2) -> np.ndarray:
+    """What the server receives beside what the client computed: each client's first image, then for its
+    busiest channels the smashed data as computed and as received, both on the computed channel's range."""
+    x, s = _np(batch["x"]), _np(forward["smashed"])
+    r = _np(upload["received"]).reshape(s.shape)
+    size = x.shape[-2:]
+    flat = s.ndim != 5  # a cut after a fully connected block: the vector drawn as one row
+    shown = [0] if flat else busiest_channels(s[:, 0], channels)
+
+    def pick(a: np.ndarray, ch: int) -> np.ndarray:
+        return a.reshape(1, -1) if flat else a[ch]
+
+    names = ["all values" if flat else f"channel {ch + 1}" for ch in shown]
+    rows = []
+    for j, c in enumerate(forward["clients"]):
+        tiles = [to_rgb(x[j, 0])]
+        for ch in shown:
+            raw = pick(s[j, 0], ch)
+            lo, hi = float(raw.min()), float(raw.max())
+            tiles += [shared_range_rgb(raw, lo, hi, size), shared_range_rgb(pick(r[j, 0], ch), lo, hi, size)]
+        rows.append(PictureRow(f"client {c}\nimage 1", tiles, [""] + [n for n in names for _ in range(2)]))
+    return picture_grid(rows, ["input"] + ["computed", "received"] * len(shown))
 
 
 def label_bars(probs: np.ndarray, size: int = 56) -> np.ndarray:

@@ -45,7 +45,7 @@ from engine.network.wire import (
 from engine.round import client_update
 from engine.runtime import flush_denormals
 from engine.state import SEED_BATCHES, ClientData, client_partitions, initial_models, make_optimizer
-from engine.techniques import StepBatch, active_techniques
+from engine.techniques import StepBatch, Technique, active_techniques, wire_codec
 
 
 def param_states(opt: torch.optim.Optimizer, params: list[nn.Parameter]) -> list[dict | None]:
@@ -82,6 +82,21 @@ def unflatten_states(flat: torch.Tensor, like: list[nn.Module]) -> list[dict[str
             offset += v.numel()
         out.append(state)
     return out
+
+
+def client_upload(state, techniques: list[Technique], client: int,
+                  smashed: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One client's upload, as the in-process round makes it (:func:`engine.techniques.upload`): (what the
+    server will hold, with the client's gradient path through the defenses; ``smashed`` itself when no
+    technique changes it, the tensors that travel: the wire codec's encoding, or that float32 tensor)."""
+    codec, own, payload = wire_codec(techniques), smashed[None], None
+    out = own
+    for tech in techniques:
+        if tech is codec:
+            payload = codec.encode(out[0])
+        out = tech.upload(state, [client], out)
+    sent = smashed if out is own else out[0]
+    return sent, payload if payload is not None else [sent]
 
 
 class ClientProcess:
@@ -148,15 +163,16 @@ class ClientProcess:
         start = time.perf_counter()
         x, y = self.next_batch(round_, step)
         smashed = self.lower(x)
+        sent, payload = client_upload(self, self.techniques, self.index, smashed)
         forward = time.perf_counter() - start
-        for sent in (link.isend(smashed, SERVER), link.isend(y, SERVER)):
-            sent.wait_for(link, SERVER, "uploading smashed data")
+        for pending in [link.isend(tensor, SERVER) for tensor in (*payload, y)]:
+            pending.wait_for(link, SERVER, "uploading smashed data")
         grads = None
         if flags & GRADS_FOLLOW:
             grads = [link.recv(tuple(smashed.shape), smashed.dtype, SERVER, "waiting for the cut-layer gradient")]
         start = time.perf_counter()
-        batch = StepBatch([self.index], x[None], smashed, y, torch.ones(1), round_)
-        local = client_update(self, batch, [smashed], grads)
+        batch = StepBatch([self.index], x[None], sent, y, torch.ones(1), round_)
+        local = client_update(self, batch, [smashed], grads, None if sent is smashed else [sent])
         backward = time.perf_counter() - start
         link.send(torch.tensor([local, forward, backward], dtype=torch.float64), SERVER, "reporting the step")
         if flags & BATON:
@@ -188,7 +204,9 @@ class ClientProcess:
             walk = self.walks[self.index]
             out.update(opt_lower=param_states(self.client_opt, list(self.lower.parameters())),
                        opt_aux=param_states(self.client_opt, list(self.aux.parameters())) if self.aux else None,
-                       order=walk.order.copy(), cursor=walk.cursor, data_rng=self.data_rng.bit_generator.state)
+                       order=walk.order.copy(), cursor=walk.cursor, data_rng=self.data_rng.bit_generator.state,
+                       techniques={t.name: t.client_state(self.index) for t in self.techniques
+                                   if t.client_state(self.index) is not None})
         return out
 
     def load(self, sd: dict) -> None:
@@ -205,6 +223,9 @@ class ClientProcess:
             walk.cursor = int(cursor)
         self.data_rng.bit_generator.state = sd["data_rng"]
         self.position = (sd["round"] + 1, 0)
+        techniques = {t.name: t for t in self.techniques}
+        for name, value in sd.get("techniques", {}).items():
+            techniques[name].load_client_state(self.index, value)
 
     def serve(self, link: Link) -> None:
         """Answer commands until the server says stop."""

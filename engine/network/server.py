@@ -54,7 +54,7 @@ from engine.network.wire import (
 )
 from engine.round import RoundLosses, cut_gradients, server_step
 from engine.state import TrainState
-from engine.techniques import StepBatch
+from engine.techniques import StepBatch, wire_codec
 from engine.techniques.averaging import average_states
 
 LATENCY_KEYS = ("latency_client_s", "latency_upload_s", "latency_server_s", "latency_download_s",
@@ -231,17 +231,22 @@ class NetworkRounds:
         if not state.sequential:
             for i in clients:
                 link.command(i + 1, STEP, t, number, flags)
-        b, shape = cfg.batch_size, tuple(state.smashed_shape)
-        pending = [(link.irecv((b, *shape), torch.float32, i + 1), link.irecv((b,), torch.int64, i + 1))
+        b, shape = cfg.batch_size, (cfg.batch_size, *state.smashed_shape)
+        codec = wire_codec(state.techniques)  # quantised smashed data travel as codes (defense.bits)
+        spec = codec.wire(shape) if codec else [(shape, torch.float32)]
+        pending = [([link.irecv(size, dtype, i + 1) for size, dtype in spec], link.irecv((b,), torch.int64, i + 1))
                    for i in clients]
-        smashed = [s.wait_for(link, i + 1, "uploading smashed data") for i, (s, _) in zip(clients, pending)]
+        payloads = [[p.wait_for(link, i + 1, "uploading smashed data") for p in parts]
+                    for i, (parts, _) in zip(clients, pending)]
         labels = [y.wait_for(link, i + 1, "uploading labels") for i, (_, y) in zip(clients, pending)]
         uploaded = time.perf_counter()
 
         k = len(clients)
         needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
+        smashed = [codec.decode(p, shape) if codec else p[0] for p in payloads]
         server_in = torch.cat(smashed).to(state.device).requires_grad_(needs_grad)
-        state.ledger.smashed(k * b, server_in[0].numel())
+        received = sum(t.numel() * t.element_size() for p in payloads for t in p)  # the bytes that came
+        state.ledger.smashed(k * b, server_in[0].numel(), received)
         weights = state.weights[clients] / state.weights[clients].sum()
         batch = StepBatch(clients, None, server_in, torch.cat(labels).to(state.device), weights, t)
         losses = server_step(state, batch)
@@ -320,6 +325,9 @@ class NetworkRounds:
                     walk = state.clients[i]
                     walk.order, walk.cursor = sd["order"], sd["cursor"]
                     state.data_rng.bit_generator.state = sd["data_rng"]
+                    techniques = {t.name: t for t in state.techniques}
+                    for name, value in sd.get("techniques", {}).items():
+                        techniques[name].load_client_state(i, value)  # the noise defense's stream
         except PeerLost as err:
             raise self._lost(err) from None
         self.fresh = "full" if full else "light"
@@ -339,6 +347,8 @@ class NetworkRounds:
                     "opt_aux": param_states(state.client_opt, list(aux.parameters())) if aux is not None else None,
                     "order": state.clients[i].order, "walks": walks,
                     "data_rng": state.data_rng.bit_generator.state, "round": state.round,
+                    "techniques": {t.name: t.client_state(i) for t in state.techniques
+                                   if t.client_state(i) is not None},
                 }, i + 1, "receiving a checkpointed state")
         except PeerLost as err:
             raise self._lost(err) from None

@@ -37,6 +37,11 @@ def average_states(states: list[dict[str, torch.Tensor]], weights: torch.Tensor)
 @register
 class Averaging(Technique):
     name = "averaging"
+    order = 90  # ⑤ at the end of the round
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.averaging.enabled
 
     def describe(self) -> str:
         aux = " (+ auxiliary networks)" if self.cfg.local_loss.enabled and self.cfg.local_loss.average_aux else ""

@@ -2,18 +2,23 @@
 
 A technique overrides only the step it changes (Flower's ``Strategy`` style):
 
+- ``upload``: what a client does to its smashed data before the server receives it (defenses)
 - ``server_extra_losses``: more server-side loss terms, yielded in chunks (mixup ③)
 - ``cut_grads``: the cut-layer gradients each client receives (SplitAvg)
-- ``client_loss``: a local loss on a client's smashed data (④)
+- ``client_loss``: a local loss on a client's smashed data (④, NoPeek)
 - ``server_lr``: the server's learning rate (SplitLr)
 - ``end_round``: work after every client has stepped (averaging ⑤, every T_c rounds)
+
+A technique says itself when it runs: ``enabled(cfg)`` and its ``order`` (its place in a round;
+hooks of several techniques run in that order). Registering one is a file with a ``@register``
+class and one import line in :mod:`engine.techniques`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -28,11 +33,11 @@ class StepBatch:
 
     clients: list[int]          # client ids in this step (all of them when parallel)
     inputs: torch.Tensor        # [k, b, C, H, W] raw inputs (client side; used by local losses)
-    smashed: torch.Tensor       # [k*b, ...] the server's copy (a leaf when ② needs its gradient)
+    smashed: torch.Tensor       # [k*b, ...] the server's copy, as received (a leaf when ② needs its gradient)
     labels: torch.Tensor        # [k*b]
     weights: torch.Tensor       # [k] delta_i renormalised over the step's clients
     round: int                  # 1-based round number
-    stacked: torch.Tensor | None = None  # [k, b, ...] the clients' smashed data as one tensor (batched execution)
+    stacked: torch.Tensor | None = None  # [k, b, ...] the clients' own smashed data as one tensor (batched execution)
 
     @property
     def num_clients(self) -> int:
@@ -44,32 +49,45 @@ class StepBatch:
 
 
 class Technique:
-    """Base class: every hook is a no-op. Subclasses set ``name`` and override what they change."""
+    """Base class: every hook is a no-op. Subclasses set ``name``, ``order`` and ``enabled`` and override
+    what they change."""
 
     name: ClassVar[str] = ""
+    order: ClassVar[float] = 0.0    # place in a round: hooks of several techniques run in this order
+    defense: ClassVar[bool] = False  # shown among the defenses (what the server receives)
 
-    def __init__(self, cfg: "RunConfig"):
+    def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+
+    @classmethod
+    def enabled(cls, cfg: RunConfig) -> bool:
+        """Whether ``cfg`` switches this technique on."""
+        return False
 
     def describe(self) -> str:
         """One line for the UI and the CLI."""
         return self.name
 
-    def server_extra_losses(self, state: "TrainState", batch: StepBatch) -> Iterator[torch.Tensor]:
+    def upload(self, state: TrainState, clients: list[int], smashed: torch.Tensor) -> torch.Tensor:
+        """What the server receives of the clients' smashed data [k, b, ...] (client ``clients[j]``'s in row
+        j). Runs on the client: its backward (the cut-layer gradient) goes through what this returns."""
+        return smashed
+
+    def server_extra_losses(self, state: TrainState, batch: StepBatch) -> Iterator[torch.Tensor]:
         """Extra server loss terms, already weighted; each is backpropagated as it is yielded."""
         return iter(())
 
-    def cut_grads(self, state: "TrainState", batch: StepBatch, grads: torch.Tensor,
+    def cut_grads(self, state: TrainState, batch: StepBatch, grads: torch.Tensor,
                   messages: int) -> tuple[torch.Tensor, int]:
         """(gradients sent to the step's clients [k, b, ...], number of distinct gradient messages)."""
         return grads, messages
 
-    def client_loss(self, state: "TrainState", client: int, smashed: torch.Tensor, x: torch.Tensor,
+    def client_loss(self, state: TrainState, client: int, smashed: torch.Tensor, x: torch.Tensor,
                     y: torch.Tensor) -> torch.Tensor | None:
         """A loss computed on the client from its own smashed data (None: no local loss)."""
         return None
 
-    def client_losses(self, state: "TrainState", clients: list[int], smashed: torch.Tensor, x: torch.Tensor,
+    def client_losses(self, state: TrainState, clients: list[int], smashed: torch.Tensor, x: torch.Tensor,
                       y: torch.Tensor) -> torch.Tensor | None:
         """The sum over ``clients`` of :meth:`client_loss`, from stacked tensors ([k, b, ...]); a technique
         overrides it to compute every client's loss at once (batched execution)."""
@@ -80,11 +98,40 @@ class Technique:
                 total = term if total is None else total + term
         return total
 
-    def server_lr(self, state: "TrainState", lr: float) -> float:
+    def server_lr(self, state: TrainState, lr: float) -> float:
         return lr
 
-    def end_round(self, state: "TrainState", round_: int) -> None:
+    def end_round(self, state: TrainState, round_: int) -> None:
         """Called once after every client stepped in round ``round_`` (1-based)."""
+
+    def metrics(self, state: TrainState) -> dict[str, float]:
+        """Figures recorded with every evaluation (history row keys), from the state's current models."""
+        return {}
+
+    # ---- the wire: a technique that changes what travels (quantisation) -------------------------
+    def wire(self, shape: tuple[int, ...]) -> list[tuple[tuple[int, ...], torch.dtype]] | None:
+        """The tensors (shape, dtype) one client's smashed data of ``shape`` travels as, or None when this
+        technique leaves the wire alone (float32 as computed). Transports send :meth:`encode`'s tensors."""
+        return None
+
+    def encode(self, smashed: torch.Tensor) -> list[torch.Tensor]:
+        """One client's smashed data as the tensors :meth:`wire` names."""
+        raise NotImplementedError
+
+    def decode(self, payload: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+        """The server's smashed data from :meth:`encode`'s tensors: exactly what :meth:`upload` gives."""
+        raise NotImplementedError
+
+    # ---- random state kept per client (checkpoints, and over a transport in each client) -------
+    def client_state(self, client: int) -> Any:
+        """What a checkpoint keeps of this technique for ``client`` (None: nothing)."""
+        return None
+
+    def load_client_state(self, client: int, value: Any) -> None:
+        """Restore :meth:`client_state`."""
+
+    def reseed(self, seed: int) -> None:
+        """Draw from streams of ``seed`` from now on (a measurement's own, never the run's)."""
 
 
 REGISTRY: dict[str, type[Technique]] = {}
@@ -98,3 +145,8 @@ def register(cls: type[Technique]) -> type[Technique]:
         raise ValueError(f"technique {cls.name!r} is registered twice")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Take a technique out of the registry (tests that register one of their own)."""
+    REGISTRY.pop(name, None)

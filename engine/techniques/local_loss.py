@@ -16,6 +16,11 @@ from engine.techniques.base import Technique, register
 @register
 class LocalLoss(Technique):
     name = "local_loss"
+    order = 70  # ④ the clients' losses
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.local_loss.enabled
 
     def describe(self) -> str:
         loc = self.cfg.local_loss

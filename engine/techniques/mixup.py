@@ -61,6 +61,11 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
 @register
 class Mixup(Technique):
     name = "mixup"
+    order = 30  # ③ at the server, after the upload
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.mixup.enabled
 
     def describe(self) -> str:
         m = self.cfg.mixup

@@ -32,6 +32,11 @@ def active_count(fraction: float, k: int) -> int:
 @register
 class SplitAvg(Technique):
     name = "split_avg"
+    order = 60  # ② the cut-layer gradients down
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.split_avg.enabled and cfg.global_backward
 
     def describe(self) -> str:
         a = self.cfg.split_avg

@@ -8,6 +8,11 @@ from engine.techniques.base import Technique, register
 @register
 class SplitLr(Technique):
     name = "split_lr"
+    order = 40  # the server's step
+
+    @classmethod
+    def enabled(cls, cfg) -> bool:
+        return cfg.split_lr.enabled
 
     def describe(self) -> str:
         return f"SplitLr: eta_s = eta * n^{self.cfg.split_lr.alpha:g} = {self.cfg.server_lr:.4g}"

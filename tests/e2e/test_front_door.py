@@ -49,7 +49,7 @@ CLONE_PARTS = ("app.py", "pages", "engine", "storage", ".streamlit")  # what `ma
 SHARED_FASHION = ROOT.parent / "shared" / "data" / "FashionMNIST" / "raw"
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz")
-ONE_RUN, SWEEP = "One run", "Sweep (techniques × n)"
+ONE_RUN, SWEEP = "One run", "Sweep (techniques × n × defense)"
 VIEW = {"width": 1400, "height": 1600}
 
 

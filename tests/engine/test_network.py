@@ -168,6 +168,60 @@ def test_a_three_client_locfedmix_sl_run_learns_fashion_mnist_over_the_network()
     assert no_client_processes_left(trainer)
 
 
+DEFENSES = {"noise": {"noise": 0.5}, "nopeek": {"nopeek": 1.0}, "bits": {"bits": 4},
+            "all": {"noise": 0.2, "nopeek": 0.5, "bits": 3}}
+
+
+@pytest.mark.parametrize("defense", list(DEFENSES))
+def test_defenses_train_over_the_network_exactly_as_in_one_process(defense, digits):
+    """Each client draws its own noise, adds its own NoPeek penalty and sends its own quantised codes:
+    the server decodes exactly what the in-process round receives."""
+    overrides = {"rounds": 2, "defense": DEFENSES[defense]}
+    reference = Trainer(config("locfedmix_sl", "inprocess", **overrides), digits)
+    ref = reference.run()
+    networked = Trainer(config("locfedmix_sl", "process", **overrides), digits)
+    net = networked.run()
+    assert_same_history(ref["history"], net["history"])
+    assert_same_models(reference, networked)
+
+
+def test_four_bits_send_eight_times_fewer_smashed_bytes_over_the_network(digits):
+    """The server counts the bytes of the tensors it received (codes packed 4 bits each, lo and hi as two
+    float32s), and the links carried exactly those bytes, the labels and the clients' reports."""
+    sent = {}
+    for bits in (0, 4):
+        trainer = Trainer(config("parallel_sl", "process", defense={"bits": bits}), digits)
+        try:
+            state, link = trainer.state, trainer.transport.link
+            before_link, before_ledger = link.received, state.ledger.smashed_up
+            trainer.transport.run_round(state)
+            sent[bits] = state.ledger.smashed_up - before_ledger
+            reports = state.num_clients * 3 * 8  # each client's (local loss, forward s, backward s) as float64
+            assert link.received - before_link == sent[bits] + reports
+        finally:
+            trainer.close()
+    cfg = config("parallel_sl", "process")
+    labels = cfg.num_clients * cfg.batch_size * 8
+    ranges = cfg.num_clients * 2 * 4
+    assert sent[0] - labels == (sent[4] - labels - ranges) * 8
+    assert sent[0] == cfg.num_clients * cfg.batch_size * (6 * 14 * 14 * 4 + 8)
+
+
+def test_a_noisy_networked_run_resumes_from_a_checkpoint_exactly(digits):
+    """The clients' noise streams travel in the checkpoint: pulled from the clients, pushed back on resume."""
+    noisy = {"rounds": 4, "defense": {"noise": 0.5}}
+    first = Trainer(config("parallel_sl", "process", **noisy), digits)
+
+    class StopAt2(Callbacks):
+        def should_stop(self, trainer):
+            return trainer.round == 2
+
+    assert first.run(StopAt2())["summary"]["stopped"]
+    uninterrupted = Trainer(config("parallel_sl", "inprocess", **noisy), digits).run()
+    resumed = Trainer.from_checkpoint(first.checkpoint_bytes(), digits).run()
+    assert_same_history(uninterrupted["history"], resumed["history"])
+
+
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_a_client_that_dies_or_hangs_fails_the_run_naming_it(how, digits):
     cfg = config("locfedmix_sl", "process", rounds=200, eval_every=2)

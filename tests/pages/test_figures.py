@@ -260,15 +260,15 @@ def test_accuracy_vs_leakage_colours_as_accuracy_vs_n_and_hovers_the_run():
     order = ["1,2,5", "1,2,3,4p,5"]  # SplitFed first, as accuracy against n would colour them
     fig = figures.accuracy_vs_leakage(leak_points(), "leak_ssim", order)
     by_name = {t.name: t for t in fig.data}
-    assert set(by_name) == {"SplitFed (row 4)", "LocFedMix-SL (row 8)"}
+    assert set(by_name) == {"SplitFed (row 4)", "LocFedMix-SL (row 8)", "Pareto front (no run beats these on both)"}
     assert by_name["SplitFed (row 4)"].marker.color == figures.PALETTE[0]
     assert by_name["LocFedMix-SL (row 8)"].marker.color == figures.PALETTE[1]
-    assert [list(c) for c in by_name["SplitFed (row 4)"].customdata] == [[4, "sf"], [5, ""]]
+    assert [list(c) for c in by_name["SplitFed (row 4)"].customdata] == [[4, "sf", "none"], [5, "", "none"]]
     assert "run #%{customdata[0]} %{customdata[1]}" in by_name["SplitFed (row 4)"].hovertemplate
-    assert fig.layout.xaxis.title.text == "attack SSIM (higher: the server sees more)"
-    assert fig.layout.yaxis.title.text == "final test accuracy"
+    assert fig.layout.xaxis.title.text == "attack SSIM (higher: the server sees more; left is better)"
+    assert fig.layout.yaxis.title.text == "final test accuracy (higher is better)"
     mse = figures.accuracy_vs_leakage(leak_points().rename(columns={"leak_ssim": "leak_mse"}), "leak_mse")
-    assert mse.layout.xaxis.title.text == "attack MSE (lower: the server sees more)"
+    assert mse.layout.xaxis.title.text == "attack MSE (lower: the server sees more; right is better)"
 
 
 def test_leakage_values_format_each_measure_and_dash_a_missing_one():
