@@ -610,9 +610,15 @@ def write_splitfed_report(out: Path, arms: list[Arm], ns: list[int], seeds: list
              "| best live (round) | the authors' figure: final | last five | wall s per run |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['version']} | {r['n']} | {r['seeds']} | {r['local_steps']} | {r['final_test_acc']:.4f} ± "
-                     f"{r['final_test_acc_std']:.4f} ({r['final_per_seed']}) | {r['last5_live_acc']:.4f} | "
-                     f"{r['best_live_acc']} | {r['authors_test_acc']:.4f} ± {r['authors_test_acc_std']:.4f} | "
+        several = len(str(r["seeds"]).split()) > 1  # a spread only where more than one seed ran
+
+        def spread(mean: float, std: float, several: bool = several) -> str:
+            return f"{mean:.4f} ± {std:.4f}" if several else f"{mean:.4f}"
+
+        lines.append(f"| {r['version']} | {r['n']} | {r['seeds']} | {r['local_steps']} | "
+                     f"{spread(r['final_test_acc'], r['final_test_acc_std'])} ({r['final_per_seed']}) | "
+                     f"{r['last5_live_acc']:.4f} | {r['best_live_acc']} | "
+                     f"{spread(r['authors_test_acc'], r['authors_test_acc_std'])} | "
                      f"{r['authors_last5']:.4f} | {r['wall_s']:.0f} |")
     note = ("SplitLab's figure: the averaged lower model with the global upper model after the round, on the full "
             "test set (live curve: a fixed 1,000-image subset). The authors' figure is what their scripts print: "
@@ -666,7 +672,10 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
                 with contextlib.suppress(ValidationError):  # a config today's code refuses is compared as stored
                     stored = RunConfig.model_validate(stored).model_dump(mode="json")
                 planned = cfg.model_dump(mode="json")
-                diff = sorted(k for k in set(stored) | set(planned) if k != "name" and stored.get(k) != planned.get(k))
+                ignored = {"name"}
+                if not stored.get("privacy", {}).get("every") and not planned["privacy"]["every"]:
+                    ignored.add("privacy")  # never measured: the attacker's settings changed nothing in the run
+                diff = sorted(k for k in set(stored) | set(planned) if k not in ignored and stored.get(k) != planned.get(k))
                 if diff:
                     raise StudyMismatch(f"{path} was trained with a different config (differs in {', '.join(diff)}); "
                                         "move it away or use another --out-dir")

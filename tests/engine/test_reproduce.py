@@ -132,6 +132,24 @@ def test_a_finished_run_with_another_config_is_refused_not_reused(tmp_path, caps
     assert "different config" in capsys.readouterr().err
 
 
+def test_attacker_settings_of_a_run_that_never_measured_do_not_make_it_another_run(tmp_path):
+    """A run stored before the attacker's defaults changed (privacy.attack_steps 200, no budget) is still
+    this study's run when it never measured leakage; a run that measured with another attacker is not."""
+    out = rep.reproduce("sglr", "digits", [3], rounds=2, seeds=[0], profile="demo", out_dir=str(tmp_path), db_url=None)
+    path = out / "runs" / "splitlr_n3_s0.json"
+    run = json.loads(path.read_text())
+    assert run["config"]["privacy"]["every"] == 0
+    run["config"]["privacy"] = {"every": 0, "attack_steps": 200}
+    path.write_text(json.dumps(run))
+    before = path.read_text()
+    rep.reproduce("sglr", "digits", [3], 2, [0], "demo", str(tmp_path), None, train=False)
+    assert path.read_text() == before  # kept, not refused and not retrained
+    run["config"]["privacy"] = {"every": 2, "attack_steps": 200}
+    path.write_text(json.dumps(run))
+    with pytest.raises(rep.StudyMismatch, match="differs in privacy"):
+        rep.reproduce("sglr", "digits", [3], 2, [0], "demo", str(tmp_path), None, train=False)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--clients", "10,x"], "--clients '10,x'"),
     (["--clients", "1,10"], "at least 2"),
