@@ -126,6 +126,16 @@ class _Checkpointing(Callbacks):
             self.last_save = time.perf_counter()
 
 
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two stored configs the same run of a study: everything but the name, and but the
+    attacker's settings where leakage is never measured (they change nothing in such a run, and their
+    defaults have changed since runs and checkpoints were stored)."""
+    out = {k: v for k, v in config.items() if k != "name"}
+    if not (out.get("privacy") or {}).get("every"):
+        out.pop("privacy", None)
+    return out
+
+
 def run_in_process(cfg: RunConfig, out: Path) -> dict:
     """Train one run (resuming from its checkpoint if one was left) and write its JSON."""
 
@@ -134,7 +144,7 @@ def run_in_process(cfg: RunConfig, out: Path) -> dict:
     if ckpt.exists():
         try:
             trainer = Trainer.from_checkpoint(ckpt)
-            if trainer.cfg != cfg:
+            if comparable(trainer.cfg.model_dump(mode="json")) != comparable(cfg.model_dump(mode="json")):
                 trainer = None
         except (ValueError, KeyError, RuntimeError, EOFError):
             trainer = None  # a checkpoint from other code or a torn file: start again
@@ -671,11 +681,8 @@ def plan(arms: list[Arm], dataset: str, ns: list[int], rounds: int, seeds: list[
                 stored = stored_run["config"]
                 with contextlib.suppress(ValidationError):  # a config today's code refuses is compared as stored
                     stored = RunConfig.model_validate(stored).model_dump(mode="json")
-                planned = cfg.model_dump(mode="json")
-                ignored = {"name"}
-                if not stored.get("privacy", {}).get("every") and not planned["privacy"]["every"]:
-                    ignored.add("privacy")  # never measured: the attacker's settings changed nothing in the run
-                diff = sorted(k for k in set(stored) | set(planned) if k not in ignored and stored.get(k) != planned.get(k))
+                stored, planned = comparable(stored), comparable(cfg.model_dump(mode="json"))
+                diff = sorted(k for k in set(stored) | set(planned) if stored.get(k) != planned.get(k))
                 if diff:
                     raise StudyMismatch(f"{path} was trained with a different config (differs in {', '.join(diff)}); "
                                         "move it away or use another --out-dir")

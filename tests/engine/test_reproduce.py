@@ -220,7 +220,7 @@ def test_no_train_rewrites_the_tables_from_finished_runs_only(tmp_path, monkeypa
     monkeypatch.setattr(rep, "run_in_process", lambda cfg, path: pytest.fail(f"{cfg.name} trained"))
     assert main(["reproduce", "sglr", "--dataset", "digits", "--clients", "3,4", "--rounds", "2",
                  "--out-dir", str(tmp_path), "--no-train"]) == 0
-    assert "1 runs done, 7 missing" in capsys.readouterr().err
+    assert "1 run done, 7 missing" in capsys.readouterr().err
     table = (out / "table.md").read_text()
     assert "| techniques | n=3 | n=4 |" in table and "| Parallel SL (neither) | **0." in table
     assert "| SGLR: both | – | – |" in table
