@@ -3,7 +3,7 @@
 The clients are served one after another, in an order drawn afresh every round from the run's
 seeded generator (so a resumed run draws the same orders). Each client takes ``local_steps``
 batches, starting from the global (averaged) lower model; every batch is one engine step for that
-client alone (:func:`engine.round.run_step`): forward, one server step, the cut-layer gradient down,
+client alone (:func:`engine.step.run_step`): forward, one server step, the cut-layer gradient down,
 one client step.
 
 - ``splitfed_v2``: one upper model, updated batch after batch as the clients take their turns.
@@ -31,15 +31,15 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from engine.evaluate import authors_test_shards, evaluate_model
-from engine.round import RoundLosses, _parameters, run_step, update_sizes
 from engine.state import TrainState, make_optimizer
+from engine.step import RoundLosses, parameters, run_step, update_sizes
 
 
 def run_splitfed_round(state: TrainState) -> RoundLosses:
     """Train one SplitFed round (every client ``local_steps`` batches, in a random order) and return its
     loss terms, each the mean over the round's batches."""
     cfg, t = state.cfg, state.round + 1
-    before = _parameters(state) if cfg.track_updates else None
+    before = parameters(state) if cfg.track_updates else None
     if cfg.reset_optimizers:
         reset_client_optimizer(state)
     order = client_order(state)
@@ -68,7 +68,7 @@ def run_splitfed_round(state: TrainState) -> RoundLosses:
     if copies:
         copies.average_into_global()
     if before is not None:  # the server's update after V1's average; the clients' before ⑤
-        totals.updates = update_sizes(before, _parameters(state))
+        totals.updates = update_sizes(before, parameters(state))
     for tech in state.techniques:
         tech.end_round(state, t)
     state.round = t

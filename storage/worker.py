@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from engine.config import ConfigError, validate_config
 from engine.data import DatasetNotFound
-from engine.round import RoundLosses
+from engine.step import RoundLosses
 from engine.trainer import Callbacks, Trainer
 from storage.db import Database
 from storage.models import RunStatus

@@ -42,9 +42,9 @@ from engine.network.wire import (
     limit_threads,
     open_store,
 )
-from engine.round import client_update
 from engine.runtime import flush_denormals
 from engine.state import SEED_BATCHES, ClientData, client_partitions, initial_models, make_optimizer
+from engine.step import client_update
 from engine.techniques import StepBatch, Technique, active_techniques, wire_codec
 
 
@@ -125,7 +125,7 @@ class ClientProcess:
         self.sequential = cfg.schedule == "sequential"
         self.groups = [[c] for c in range(cfg.num_clients)] if self.sequential else [list(range(cfg.num_clients))]
 
-    # what engine.round.client_update reads of a state
+    # what engine.step.client_update reads of a state
     tracing = False
     num_clients = property(lambda self: self.cfg.num_clients)
 

@@ -52,8 +52,8 @@ from engine.network.wire import (
     join,
     open_store,
 )
-from engine.round import RoundLosses, cut_gradients, server_step
 from engine.state import TrainState
+from engine.step import RoundLosses, cut_gradients, server_step
 from engine.techniques import StepBatch, wire_codec
 from engine.techniques.averaging import average_states
 

@@ -64,7 +64,7 @@ def vmapped_calls(monkeypatch):
         return real(modules, inputs)
 
     monkeypatch.setattr(batched, "stacked_call", counting)
-    monkeypatch.setattr("engine.round.stacked_call", counting)
+    monkeypatch.setattr("engine.step.stacked_call", counting)
     monkeypatch.setattr("engine.techniques.local_loss.stacked_call", counting)
     return calls
 
