@@ -29,6 +29,7 @@ from engine.config import (
 from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
 from pages import common
+from pages.common import plural
 from pages.figures import beta_density, defense_label, defense_words, defenses
 from pages.form_fields import (
     WHOLE,
@@ -105,11 +106,6 @@ def section_of(field: str) -> str:
 def preset_defaults(preset: str) -> RunConfig:
     """The demo profile with a preset's techniques (and its other settings, e.g. a SplitFed schedule) switched on."""
     return validate_config(deep_merge(PROFILES["demo"], PRESETS[preset].overrides()))
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """"1 client", "3 clients", "1 batch", "2 batches"."""
-    return f"{count} {word if count == 1 else words or word + 's'}"
 
 
 class NumberFields:

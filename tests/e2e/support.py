@@ -127,3 +127,17 @@ def run_count(db_url: str) -> int:
 
     with connect(db_url).read() as s:
         return len(queries.list_runs(s))
+
+
+def wait_for_run_end(db_url: str, run_id: int, timeout: float):
+    """The run once it has finished, failed or been cancelled (a worker trains it), or as it stands at ``timeout``."""
+    from storage import queries
+    from storage.db import connect
+
+    deadline = time.time() + timeout
+    while True:
+        with connect(db_url).read() as s:
+            run = queries.get_run(s, run_id)
+        if run.status.value in ("finished", "failed", "cancelled") or time.time() > deadline:
+            return run
+        time.sleep(0.5)

@@ -13,13 +13,11 @@ Screenshots go to ``artifacts/screenshots/defense-*.png``.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
-from storage import queries
-from storage.db import close, connect
-from tests.e2e.support import choose, run_count, settle, shoot, type_into
+from storage.db import close
+from tests.e2e.support import choose, run_count, settle, shoot, type_into, wait_for_run_end
 from tests.pages.test_defense_pages import LFM, leak_figures, store_run
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -96,13 +94,7 @@ def test_bad_defenses_are_refused_and_a_defended_run_trains(start_app, browser):
     queue.click()
     page.wait_for_url("**/live?run=*", timeout=30_000)
     run_id = int(page.url.rsplit("run=", 1)[1])
-    deadline = time.time() + 300
-    while time.time() < deadline:  # the worker the app started trains it
-        with connect(app.db_url).read() as s:
-            run = queries.get_run(s, run_id)
-        if run.status.value in ("finished", "failed", "cancelled"):
-            break
-        time.sleep(0.5)
+    run = wait_for_run_end(app.db_url, run_id, 300)  # the worker the app started trains it
     assert (run.status.value, run.error) == ("finished", None)
     assert run.config["defense"] == {"noise": 0.5, "nopeek": 0.0, "bits": 4}
     finished = page.get_by_text(re.compile(r"^finished · 2/2 rounds · .* · digits · defenses: Gaussian noise σ = 0\.5 "

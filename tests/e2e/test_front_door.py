@@ -41,6 +41,7 @@ from tests.e2e.support import (
     shoot,
     stop_app,
     type_into,
+    wait_for_run_end,
 )
 
 expect = playwright.expect  # waits for what the next script run draws, instead of reading the last one's
@@ -147,13 +148,7 @@ def test_a_fresh_clone_opens_on_digits_and_its_first_run_trains(start_clone, bro
     page.get_by_role("button", name="Queue run").click()
     page.wait_for_url("**/live?run=*", timeout=30_000)
     run_id = int(page.url.rsplit("run=", 1)[1])
-    deadline = time.time() + 180
-    while time.time() < deadline:  # the worker the app started trains it
-        with connect(app.db_url).read() as s:
-            run = queries.get_run(s, run_id)
-        if run.status.value in ("finished", "failed", "cancelled"):
-            break
-        time.sleep(0.5)
+    run = wait_for_run_end(app.db_url, run_id, 180)  # the worker the app started trains it
     assert (run.status.value, run.error) == ("finished", None)
     assert run.config["data"]["dataset"] == "digits"
     page.get_by_text("round 4/4").first.wait_for(timeout=30_000)

@@ -10,6 +10,29 @@ ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 
 
+def runs_in_db(url: str) -> list:
+    """Every run the database at ``url`` holds (storage.queries.RunInfo)."""
+    from storage import queries
+    from storage.db import connect
+
+    with connect(url).read() as s:
+        return queries.list_runs(s)
+
+
+def errors(at) -> str:
+    """The text of every error the page shows, in one string."""
+    return " ".join(e.value for e in at.error).replace("\\", "")
+
+
+def field(at, label: str):
+    """The (first: the One run tab's) text field called ``label``."""
+    return next(w for w in at.text_input if w.label == label)
+
+
+def button(at, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
 def page(name: str, run_id: int | None = None) -> AppTest:
     """``pages/<name>.py`` run once, with ``?run=<run_id>`` when given."""
     at = AppTest.from_file(str(ROOT / "pages" / f"{name}.py"), default_timeout=TIMEOUT)

@@ -31,7 +31,7 @@ from pages.report import config_line, run_report
 from storage import queries
 from storage.db import connect
 from storage.models import METRIC_COLUMNS
-from tests.pages.support import LEAKAGE_TINY, page
+from tests.pages.support import LEAKAGE_TINY, button, errors, field, page, runs_in_db
 from tests.pages.test_compare_page import numbers, shown_text
 
 LFM = {"mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
@@ -85,23 +85,6 @@ def store_run(url: str, name: str, overrides: dict, acc: float, leak: dict | Non
         else:
             queries.release_run(s, run_id, "fabricated", 4)
     return run_id
-
-
-def runs_in_db(url: str) -> list[queries.RunInfo]:
-    with connect(url).read() as s:
-        return queries.list_runs(s)
-
-
-def errors(at) -> str:
-    return " ".join(e.value for e in at.error).replace("\\", "")
-
-
-def field(at, label: str):
-    return next(w for w in at.text_input if w.label == label)
-
-
-def button(at, label: str):
-    return next(b for b in at.button if b.label == label)
 
 
 def charts(at) -> dict[str, dict]:

@@ -28,36 +28,16 @@ import pytest
 
 from engine import data as engine_data
 from pages.form_fields import _progress_to, parse_real, parse_whole
-from storage import queries
-from storage.db import connect
-from tests.pages.support import page
+from tests.pages.support import button, errors, field, page, runs_in_db
 
 SHARED_FASHION = Path(__file__).resolve().parents[3] / "shared" / "data" / "FashionMNIST" / "raw"
 FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte")
 
 
-def runs_in_db(url: str) -> list[queries.RunInfo]:
-    with connect(url).read() as s:
-        return queries.list_runs(s)
-
-
-def errors(at) -> str:
-    return " ".join(e.value for e in at.error).replace("\\", "")
-
-
-def field(at, label: str):
-    """The (first: the One run tab's) text field called ``label``."""
-    return next(w for w in at.text_input if w.label == label)
-
-
 def data_box(at, sweep: bool = False):
     """The One run tab's data-set list (the Sweep tab's with ``sweep``)."""
     return [w for w in at.selectbox if w.label == "data set"][1 if sweep else 0]
-
-
-def button(at, label: str):
-    return next(b for b in at.button if b.label == label)
 
 
 def summary_shown(at) -> bool:

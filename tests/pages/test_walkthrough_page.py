@@ -12,8 +12,8 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from engine.config import validate_config
 from engine import data as engine_data
+from engine.config import validate_config
 from engine.data import DatasetNotFound, load_dataset
 from engine.presets import PRESETS
 from engine.round import run_round
