@@ -91,6 +91,19 @@ class AttackBudget:
 DEFAULT_BUDGET = AttackBudget()
 
 
+# Seconds of one measurement, per attacked client, on one CPU core (LeNet-5, 28x28 images, cut 1 or 2),
+# measured on SplitLab's development machine (2 shared cores, AVX-512) on 2026-12-06/07: the strong
+# budget 65-105 s (its decoder's 2,000 steps are about 70 % of it), the fast one 15-20 s. A GPU, more
+# cores or a smaller model change them; a run's own figure is its leak_s.
+MEASURE_SECONDS = {"strong": (65, 105), "fast": (15, 20)}
+
+
+def measurements(rounds: int, every: int) -> int:
+    """How many times a run of ``rounds`` rounds measures leakage: every ``every`` rounds and at the
+    end (0: never), as :meth:`engine.trainer.Trainer.privacy_due` schedules them."""
+    return 0 if not every else rounds // every + (rounds % every != 0)
+
+
 def attack_budget(privacy_cfg) -> AttackBudget:
     """The budget a run's ``privacy`` section asks for."""
     budget = AttackBudget(steps=privacy_cfg.attack_steps)

@@ -21,6 +21,7 @@ from engine.config import (
     SCHEDULES,
     SPLITFED_SCHEDULES,
     ConfigProblem,
+    PrivacyConfig,
     RunConfig,
     deep_merge,
     field_help,
@@ -28,6 +29,7 @@ from engine.config import (
 )
 from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
+from engine.privacy import MEASURE_SECONDS, measurements
 from pages import common
 from pages.common import plural
 from pages.figures import beta_density, defense_label, defense_words, defenses
@@ -62,7 +64,9 @@ FORM_LABELS = {
     "mixup.num_partners": "n_s, mixup partners per client", "mixup.alpha": "λ ~ Beta(α, β): α",
     "mixup.beta": "λ ~ Beta(α, β): β", "averaging.interval": "T_c, average every (rounds)",
     "split_lr.alpha": "SplitLr α", "split_avg.fraction": "SplitAvg φ", "cut_layer": "cut after LeNet-5 block",
-    "privacy.every": "leakage every (rounds, 0: off)", "schedule": "① schedule",
+    "privacy.every": "leakage every (rounds, 0: off)", "privacy.budget": "attacker's budget",
+    "privacy.clients": "clients attacked (at most)", "privacy.averaging_at_server": "the server runs ⑤'s averaging",
+    "privacy.attack_steps": "decoder steps (at most)", "schedule": "① schedule",
     "local_steps": "batches per client per round", "reset_optimizers": "re-create the optimisers",
     "split_avg.enabled": "SGLR SplitAvg",
     "defense.noise": "noise σ (0: off)", "defense.nopeek": "NoPeek α (0: off)",
@@ -84,6 +88,7 @@ DEFENSE_HELP = {
 MEASURING_COST = ("Each measurement trains the server's attacks (a decoder and, where the server holds the lower "
                   "models, a white-box inversion): tens of seconds or more on a CPU, which the result page reports "
                   "as the leakage measurement's time.")
+BUDGET_LABELS = {"strong": "strong (the default)", "fast": "fast (weaker, about 3 dB below strong)"}
 SCHEDULE_LABELS = {"parallel": "parallel: every client at once", "sequential": "sequential (Vanilla SL)",
                    "splitfed_v1": "SplitFed V1: clients in turn, a server copy each",
                    "splitfed_v2": "SplitFed V2: clients in turn, one server model"}
@@ -206,9 +211,47 @@ def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     image_every = fields.whole(c4, "image_every", base.image_every, help=HELP["image_every"])
     privacy_every = fields.whole(c1, "privacy.every", base.privacy.every,
                                  help=HELP["privacy.every"] + f". {MEASURING_COST}")
+    privacy = {"every": privacy_every, **attacker_controls((c2, c3, c4), base.privacy, fields, not privacy_every)}
+    if privacy_every and rounds:
+        st.caption(measuring_cost(rounds, privacy_every, privacy["budget"], privacy["clients"]))
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
             "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
-            "privacy": {"every": privacy_every}}
+            "privacy": privacy}
+
+
+def attacker_controls(columns, base: PrivacyConfig, fields: NumberFields, off: bool, key: str = "") -> dict[str, Any]:
+    """The attacker's budget, how many clients it attacks, and whether the server holds the lower
+    models (greyed while leakage is off; queued as shown)."""
+    c2, c3, c4 = columns
+    budget = c2.selectbox(FORM_LABELS["privacy.budget"], list(BUDGET_LABELS),
+                          list(BUDGET_LABELS).index(base.budget), format_func=BUDGET_LABELS.get,
+                          help=HELP["privacy.budget"], disabled=off, key=f"{key}privacy_budget")
+    attacked = fields.whole(c3, "privacy.clients", base.clients, help=HELP["privacy.clients"],
+                            disabled=off, key=f"{key}privacy_clients")
+    at_server = c4.checkbox(FORM_LABELS["privacy.averaging_at_server"], base.averaging_at_server,
+                            help=HELP["privacy.averaging_at_server"], disabled=off, key=f"{key}privacy_at_server")
+    return {"budget": budget, "clients": attacked, "averaging_at_server": at_server}
+
+
+def measuring_cost(rounds: int, every: int, budget: str, clients: int | None) -> str:
+    """What measuring leakage will add to the run, from the measured seconds of one measurement."""
+    count = measurements(rounds, every)
+    low, high = MEASURE_SECONDS[budget]
+    most = max(clients or 1, 1)
+    upto = f", up to {most}× that where the {most} attacked clients' lower models differ" if most > 1 else ""
+    weaker = " The fast attacker is weaker: a stronger server beats its figures by about 3 dB." if budget == "fast" else ""
+    when = (f"every {plural(every, 'round')}, the last at round {rounds:,}" if rounds % every == 0 else
+            f"every {plural(every, 'round')} and at the end, round {rounds:,}") if count > 1 else f"at round {rounds:,}"
+    return (f"Leakage will be measured {plural(count, 'time')} ({when}). "
+            f"One measurement of one client took {low}–{high} s on one CPU core of SplitLab's development machine "
+            f"with the {budget} attacker: about {duration(count * low)} to {duration(count * high)} added to the "
+            f"run{upto}.{weaker} The result page reports the time it took.")
+
+
+def duration(seconds: float) -> str:
+    """65 -> "65 s", 390 -> "6.5 min", 7200 -> "2.0 h"."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
 
 
 def technique_knobs(base: RunConfig, n: int | None, choice: dict[str, Any], fields: NumberFields) -> dict[str, Any]:
@@ -268,7 +311,8 @@ def show_problems(problems: list[ConfigProblem], slots: dict[str, Any]) -> None:
 
 def summary(cfg: RunConfig) -> str:
     """The line under the form: what Queue would queue."""
-    leakage = f" · leakage measured every {plural(cfg.privacy.every, 'round')}" if cfg.privacy.every else ""
+    leakage = (f" · leakage measured every {plural(cfg.privacy.every, 'round')} by the {cfg.privacy.budget} attacker"
+               if cfg.privacy.every else "")
     schedule = "" if cfg.schedule == "parallel" else f" · {SCHEDULE_LABELS[cfg.schedule].split(':')[0]}" + (
         f", {plural(cfg.local_steps, 'batch', 'batches')} per client" if cfg.schedule in SPLITFED_SCHEDULES else "")
     config = cfg.model_dump()
@@ -448,6 +492,8 @@ def sweep_form() -> None:
     privacy_every = fields.whole(c4, "privacy.every", 0, key="sweep_privacy_every",
                                  help=HELP["privacy.every"] + ". Gives the Compare page its accuracy against "
                                  f"leakage. {MEASURING_COST}")
+    privacy = {"every": privacy_every, **attacker_controls(st.columns(3), PrivacyConfig(), fields, not privacy_every,
+                                                             key="sweep_")}
     if not present.get(dataset):
         get_button(dataset, key=f"sweep_get_{dataset}")
     defense, strengths, strength_problem = swept_defense()
@@ -457,7 +503,7 @@ def sweep_form() -> None:
     grid: list[tuple[int, dict[str, Any]]] = []
     if not texts:
         grid = sweep_configs(rows, ns, {"rounds": rounds, "seed": seed, "eval_every": eval_every,
-                                        "data": {"dataset": dataset}, "privacy": {"every": privacy_every}},
+                                        "data": {"dataset": dataset}, "privacy": privacy},
                              defense, strengths)
         texts = sweep_problems(grid)
     configs = [raw for _, raw in grid]

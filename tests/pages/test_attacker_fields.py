@@ -1,0 +1,94 @@
+"""The New run form and the Sweep tab set the privacy attacker (issue 27): its budget (strong, or the
+weaker fast one), how many clients it attacks, and whether the server runs the averaging (and so
+may attack white-box). What the fields show is what is queued, and the form says what measuring
+will cost before the run is queued, counting the measurements as the trainer schedules them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import validate_config
+from engine.privacy import MEASURE_SECONDS, measurements
+from engine.trainer import Trainer
+from tests.pages.support import button, errors, field, page, runs_in_db
+
+EVERY = "leakage every (rounds, 0: off)"
+
+
+def select(at, label: str, index: int = 0):
+    return [w for w in at.selectbox if w.label == label][index]
+
+
+def box(at, label: str, index: int = 0):
+    return [w for w in at.checkbox if w.label == label][index]
+
+
+def cost_lines(at) -> list[str]:
+    return [c.value for c in at.caption if c.value.startswith("Leakage will be measured")]
+
+
+@pytest.mark.parametrize("rounds,every", [(300, 100), (300, 200), (10, 10), (7, 2), (5, 0), (1, 1)])
+def test_measurements_counts_the_rounds_the_trainer_measures(rounds, every):
+    cfg = validate_config({"rounds": rounds, "eval_every": 1, "privacy": {"every": every},
+                           "data": {"dataset": "synthetic"}, "num_clients": 2})
+    trainer = Trainer.__new__(Trainer)  # privacy_due reads only the config
+    trainer.cfg = cfg
+    assert measurements(rounds, every) == sum(trainer.privacy_due(t) for t in range(1, rounds + 1))
+
+
+def test_the_attacker_fields_are_greyed_while_leakage_is_off_and_queued_as_shown(db_url):
+    at = page("new_run")
+    assert select(at, "attacker's budget").disabled and field(at, "clients attacked (at most)").disabled
+    assert box(at, "the server runs ⑤'s averaging").disabled
+    assert not cost_lines(at)
+    field(at, EVERY).set_value("100").run()
+    assert not select(at, "attacker's budget").disabled
+    select(at, "attacker's budget").set_value("fast").run()
+    field(at, "clients attacked (at most)").set_value("3").run()
+    box(at, "the server runs ⑤'s averaging").uncheck().run()
+    assert any("leakage measured every 100 rounds by the fast attacker" in c.value for c in at.caption)
+    button(at, "Queue run").click().run()
+    (run,) = runs_in_db(db_url)
+    assert run.config["privacy"] == {"every": 100, "attack_steps": 2000, "budget": "fast", "clients": 3,
+                                     "averaging_at_server": False}
+
+
+def test_the_form_states_the_cost_of_measuring_before_queueing(db_url):
+    at = page("new_run")  # the preset's 300 rounds
+    field(at, EVERY).set_value("100").run()
+    (line,) = cost_lines(at)
+    low, high = MEASURE_SECONDS["strong"]
+    assert line.startswith("Leakage will be measured 3 times (every 100 rounds, the last at round 300).")
+    assert f"{low}–{high} s" in line and f"{3 * low / 60:.1f} min to {3 * high / 60:.1f} min" in line
+    assert "up to 2× that where the 2 attacked clients' lower models differ" in line
+    field(at, EVERY).set_value("200").run()
+    select(at, "attacker's budget").set_value("fast").run()
+    field(at, "clients attacked (at most)").set_value("1").run()
+    (line,) = cost_lines(at)
+    low, high = MEASURE_SECONDS["fast"]
+    assert line.startswith("Leakage will be measured 2 times (every 200 rounds and at the end, round 300).")
+    assert f"about {2 * low} s to {2 * high} s added to the run." in line and "up to" not in line
+    assert "weaker" in line
+
+
+def test_an_unreadable_number_of_attacked_clients_blocks_queue(db_url):
+    at = page("new_run")
+    field(at, EVERY).set_value("100").run()
+    for typed, said in (("1.5", "must be a whole number, got 1.5"), ("0", "must be between 1 and"),
+                        ("99999999999999999999", "must be between 1 and")):
+        field(at, "clients attacked (at most)").set_value(typed).run()
+        assert f"clients attacked (at most) {said}" in errors(at)
+        assert button(at, "Queue run").disabled
+    assert runs_in_db(db_url) == []
+
+
+def test_the_sweep_queues_its_attacker_with_every_run(db_url):
+    at = page("new_run")
+    field(at, "clients n (comma-separated)").set_value("4").run()
+    sweep_every = [w for w in at.text_input if w.label == EVERY][1]
+    sweep_every.set_value("20").run()
+    select(at, "attacker's budget", 1).set_value("fast").run()
+    button(at, "Queue sweep").click().run()
+    runs = runs_in_db(db_url)
+    assert runs and {(r.config["privacy"]["every"], r.config["privacy"]["budget"]) for r in runs} == {(20, "fast")}
