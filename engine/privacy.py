@@ -15,6 +15,9 @@ holds) and is scored on :data:`TARGET_IMAGES` of the client's training images, w
   model maps it to the observed smashed data, plus a total-variation prior whose weight it picks on
   its own images (:func:`choose_tv_weight`). It starts from the attacker's mean image.
 * **Hybrid**: the same optimisation started from the black-box reconstruction.
+* **Data mean**: every image guessed as the mean of the attacker's own images, using nothing of the
+  smashed data: the floor any server reaches. Where a defense leaves the other attacks below it,
+  the headline is this floor, not a figure beneath what a server gets for free.
 
 The headline is the strongest attack that applies (highest PSNR). Reported per attack: the pooled
 MSE over the target images, PSNR = 10 log10(1 / MSE) (so the two always agree) and the standard
@@ -57,7 +60,7 @@ DCOR_SAMPLES = 512         # inputs in the distance-correlation batch
 MI_SAMPLES = 1000          # inputs in the mutual-information sample
 MI_DIMS = 4                # principal components kept of x and of s
 KSG_K = 3                  # neighbours in the KSG estimator
-ATTACKS = ("blackbox", "whitebox", "hybrid")
+ATTACKS = ("blackbox", "whitebox", "hybrid", "mean")
 LEAK_KEYS = ("leak_mse", "leak_psnr", "leak_ssim", "leak_dcor", "leak_mi")  # the headline
 # per attack (None where it does not apply), the worst client, and the attacker's budget as used
 LEAK_EXTRA_KEYS = (*(f"leak_{m}_{a}" for a in ATTACKS for m in ("psnr", "ssim")), "leak_psnr_worst",
@@ -523,7 +526,8 @@ def measure(lower: nn.Module, aux_x: torch.Tensor, target_x: torch.Tensor, shown
     observed = smash(view, attacked)
     with torch.no_grad():
         blackbox = decoder(observed)
-    attacks = {"blackbox": _score(blackbox, target, shown_x)}
+    attacks = {"blackbox": _score(blackbox, target, shown_x),
+               "mean": _score(aux_x.mean(0, keepdim=True).expand_as(blackbox), target, shown_x)}
     if white_box:
         found = white_box_attacks(lower, decoder, aux_x, s_aux, observed, blackbox, budget, received)
         attacks.update({name: _score(recon, target, shown_x, weight) for name, (recon, weight) in found.items()})

@@ -566,6 +566,8 @@ ATTACKS = {
     "whitebox": ("white-box", ("holding the lower model (as averaging gives it), the server optimises an image "
                                "that the lower model maps to the smashed data it received")),
     "hybrid": ("hybrid", "the white-box optimisation, started from the black-box decoder's output"),
+    "mean": ("data mean", "no use of the smashed data: every image guessed as the mean of the server's own images, "
+                          "the floor any server reaches"),
 }
 
 

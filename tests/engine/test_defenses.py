@@ -325,8 +325,9 @@ def mean_image_psnr(aux_x: torch.Tensor, target_x: torch.Tensor) -> float:
 
 def test_a_large_sigma_leaves_the_attacker_no_more_than_the_data_mean(digits):
     """sigma = 10 on smashed data of RMS about 0.3 (SNR about -30 dB): the black-box attacker, trained on
-    what the server receives, rebuilds the client's images no better than their mean image does.
-    (Its decoder ends about 1 dB below the mean: under pure noise it does not quite learn to output it.)"""
+    what the server receives, rebuilds the client's images no better than their mean image does; the
+    headline is then the data-mean guess itself (the decoder ends about 1 dB below it: under pure noise it
+    does not quite learn to output the mean), never a figure below what a server gets for free."""
     from engine.privacy import AttackBudget, measure
 
     trainer = Trainer(on_digits("parallel_sl", rounds=4, eval_every=4), digits)
@@ -341,8 +342,8 @@ def test_a_large_sigma_leaves_the_attacker_no_more_than_the_data_mean(digits):
         assert snr_db(lower(aux), 10.0) < -25
     noisy = measure(lower, aux, target, budget=budget, seed=3, received=ServerView(lower, noisy_cfg, seed=11))
     assert plain.psnr > baseline + 3  # the attack works on what the undefended server receives
-    # never better than the mean image (the attacker's decoder ends about 1 dB short of it: 12.3 against 13.3 dB)
-    assert baseline - 2 < noisy.psnr < baseline + 0.5, (noisy.psnr, baseline)
+    assert noisy.attacks["blackbox"].psnr < baseline + 0.5, (noisy.attacks["blackbox"].psnr, baseline)
+    assert noisy.strongest == "mean" and noisy.psnr == pytest.approx(baseline, abs=1e-4)
 
 
 # ---- NoPeek ----------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from tests.pages.test_compare_page import numbers, shown_text
 
 LFM = {"mixup": {"enabled": True, "num_partners": 1}, "local_loss": {"enabled": True, "average_aux": True},
        "averaging": {"enabled": True}, "privacy": {"every": 2, "attack_steps": 30}}
-ATTACK_KEYS = ("blackbox", "whitebox", "hybrid")
+ATTACK_KEYS = ("blackbox", "whitebox", "hybrid", "mean")
 
 
 def history_row(round_: int, acc: float, leak: dict | None) -> dict:
