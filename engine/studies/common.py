@@ -22,6 +22,7 @@ class Arm:
     overrides: dict[str, Any]
     paper_row: int | None = None
     leakage: bool = False  # measure privacy leakage (engine.privacy) during the run
+    leak_at_end: bool = False  # measure it once, at the end (else every few evaluations and at the end)
     # A control arm: trained only when named in --arms, shown in the tables when its runs exist.
     control: bool = False
     # SplitLr with eta_s = eta * factor at every n (alpha = log(factor) / log(n)): a larger server step alone

@@ -148,12 +148,20 @@ def write_privacy_report(out: Path, ns: list[int], seeds: list[int], results: di
     text, rows = privacy_table(results, n, seeds)
     rounds = next(iter(results.values()))["summary"]["rounds_done"] if results else 0
     done = sorted({r["config"]["seed"] for r in results.values()})
+    cfg = next(iter(results.values()))["config"]
+    attacker = cfg.get("privacy", {})
     note = (f"n = {n} clients, {rounds} rounds, seeds {', '.join(map(str, done))} (mean ± standard deviation). "
-            "Accuracy: final test accuracy (full test set). Leakage, measured on the lower model of one client at "
-            "the end: the inversion attack's PSNR and SSIM (an honest-but-curious server trains a decoder on 5,000 "
-            "test images it owns, then decodes 256 of the client's training images; higher = the server rebuilds "
-            "more), and the distance correlation and KSG mutual information between the client's images and their "
-            "smashed data (higher = more dependence). See `findings.md` for the comparisons per seed.")
+            f"Profile: demo ({cfg['optim']['name']} {cfg['optim']['lr']:g}, b = {cfg['batch_size']}) with "
+            f"mixup.reduction = {cfg['mixup']['reduction']}. Accuracy: final test accuracy (full test set). Leakage "
+            "at the end, by the strongest attacker "
+            f"(privacy.budget = {attacker.get('budget', 'strong')}, decoder at most "
+            f"{attacker.get('attack_steps', 2000)} steps with early stopping on 5,000 test images the server owns; "
+            "white-box and hybrid inversion where ⑤ lets the server hold the lower models; the data-mean guess as "
+            f"the floor; up to {attacker.get('clients', 2)} distinct clients attacked, mean shown): the strongest "
+            "attack's PSNR (from its pooled MSE) and standard SSIM on 256 of a client's training images (higher = "
+            "the server rebuilds more), and the distance correlation (the square root of the bias-corrected "
+            "statistic) and KSG mutual information between the client's images and their smashed data (higher = "
+            "more dependence). See `findings.md` for the comparisons per seed.")
     (out / "table.md").write_text(f"{text}\n\n{note}\n")
     write_csv(out / "table.csv", rows, ["arm"])
     (out / "findings.md").write_text(findings(results, n, seeds))

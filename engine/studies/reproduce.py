@@ -31,6 +31,7 @@ from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_conf
 from engine.data import train_size
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
 from engine.studies.common import Arm, load_results, run_key, run_name, write_csv
+from engine.studies.privacy_defenses import defense_arms, write_defense_report
 from engine.studies.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
 from engine.studies.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
 from engine.trainer import Callbacks, Trainer
@@ -71,7 +72,8 @@ def one_local_epoch(dataset: str, n: int, batch_size: int) -> int:
 
 POLL_S = 2.0  # seconds between looks at the queued runs
 CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process run
-STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms, "splitfed": splitfed_arms}
+STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms, "privacy-defenses": defense_arms,
+           "splitfed": splitfed_arms}
 # The profile a study uses unless told otherwise; splitfed_authors fits only the SplitFed study.
 STUDY_PROFILES = {"splitfed": ("splitfed_authors",)}
 DEFAULT_PROFILE = {"splitfed": "splitfed_authors"}
@@ -105,7 +107,16 @@ def study_config(arm: Arm, n: int, dataset: str, rounds: int, seed: int, profile
         "name": run_name(arm, n, seed), "num_clients": n, "rounds": rounds, "seed": seed,
         "eval_every": eval_every, "image_every": 0, "data": {"dataset": dataset},
         "mixup": {"num_partners": n // 2, "reduction": reduction}, "track_updates": profile == "paper",
-        "privacy": {"every": eval_every * LEAK_EVERY_EVALS if arm.leakage else 0}}))
+        "privacy": {"every": leak_every(arm, rounds, eval_every)}}))
+
+
+def leak_every(arm: Arm, rounds: int, eval_every: int) -> int:
+    """``privacy.every`` for the arm: 0 (never), every :data:`LEAK_EVERY_EVALS` evaluations, or once, at
+    the end (the first multiple of ``eval_every`` at or after the last round: the trainer measures at
+    the last round and at multiples of ``privacy.every``, so only at the last)."""
+    if not arm.leakage:
+        return 0
+    return eval_every * math.ceil(rounds / eval_every) if arm.leak_at_end else eval_every * LEAK_EVERY_EVALS
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -732,6 +743,9 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
         raise ValueError(f"no finished runs in {out}")
     if study == "privacy":
         write_privacy_report(out, ns, seeds, results)
+        return out
+    if study == "privacy-defenses":
+        write_defense_report(out, ns, seeds, results)
         return out
     if study == "splitfed":
         write_splitfed_report(out, arms, ns, seeds, results)
