@@ -443,6 +443,7 @@ def _leakage_range(values: pd.Series, metric: str) -> list[float] | None:
 
 # ---- defenses (engine/techniques): what a client does to its smashed data before the server sees it ----
 DEFENSE_KEYS = ("noise", "nopeek", "bits")  # the config's ``defense`` section, in the order they are named
+UPLOAD_DEFENSES = ("noise", "bits")  # the defenses that change what is uploaded (NoPeek changes the training)
 DEFENSE_NAMES = {"noise": "noise", "nopeek": "NoPeek", "bits": "quantisation"}
 NO_DEFENSE = "none"
 SEVERAL_DEFENSES = "several"
@@ -517,6 +518,21 @@ def _column(points: pd.DataFrame, name: str, default: str) -> pd.Series:
     return points[name].fillna(default).astype(str) if name in points else pd.Series(default, index=points.index)
 
 
+def shared_labels(g: pd.DataFrame, metric: str) -> list[str]:
+    """The strength labels of one trace's points; points drawn on the same spot share one label
+    ("σ=0.5, σ=8" on the first, nothing on the others) instead of printing over each other."""
+    spots = list(zip(g[metric].round(4), g["accuracy"].round(4)))
+    together: dict[tuple, list[str]] = {}
+    for spot, label in zip(spots, g["strength"]):
+        together.setdefault(spot, []).append(str(label))
+    seen: set[tuple] = set()
+    out = []
+    for spot in spots:
+        out.append("" if spot in seen else ", ".join(together[spot]))
+        seen.add(spot)
+    return out
+
+
 def accuracy_vs_leakage(points: pd.DataFrame, metric: str, combinations: list[str] | None = None, *,
                         title: str | None = None) -> go.Figure:
     """The privacy-utility trade-off: one point per run, final test accuracy against a leakage measure, one
@@ -542,7 +558,7 @@ def accuracy_vs_leakage(points: pd.DataFrame, metric: str, combinations: list[st
         name = combination_name(codes) + (f" · {'no defense' if kind == NO_DEFENSE else kind}" if defended else "")
         fig.add_trace(go.Scatter(
             x=g[metric], y=g["accuracy"], mode="markers+text" if defended else "markers", name=name,
-            text=g["strength"] if defended else None, textposition="top center", textfont={"color": color},
+            text=shared_labels(g, metric) if defended else None, textposition="top center", textfont={"color": color},
             line={"color": color},
             marker={"color": color, "size": 12, "symbol": DEFENSE_SYMBOLS.get(kind, "star") + "-open",
                     "line": {"width": 2, "color": color}},

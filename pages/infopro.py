@@ -11,6 +11,7 @@ from pages import common
 from pages.figures import (
     LEAK_FORMATS,
     LEAK_LABELS,
+    UPLOAD_DEFENSES,
     attack_name,
     attack_words,
     defense_label,
@@ -180,10 +181,14 @@ run_id = st.selectbox("run", with_images, with_images.index(linked) if linked in
 rounds = common.image_rounds(run_id)
 round_ = st.select_slider("round", rounds, rounds[-1]) if len(rounds) > 1 else rounds[0]
 records = common.images(run_id, round_)
-st.caption("Each row: a test image | the first channels of its smashed data (what the client uploads), each "
+info = common.run_info(run_id) or {}
+changed = {k: v for k, v in defenses(info.get("config")).items() if k in UPLOAD_DEFENSES}
+uploaded = ("the lower model's output, before this run's defenses: the server receives it with "
+            f"{defense_words({'defense': changed})} (What the server can see, below)" if changed else
+            "what the client uploads")
+st.caption(f"Each row: a test image | the first channels of its smashed data ({uploaded}), each "
            "scaled to its own range (black: the channel is constant, usually all zero after the ReLU) | the "
            "client's InfoPro decoder reconstruction (only with the InfoPro local loss).")
-info = common.run_info(run_id) or {}
 note = identical_clients_note(info.get("config") or {}, round_)
 if note and len(records) > 1:
     st.info(note)

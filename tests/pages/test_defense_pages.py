@@ -536,3 +536,26 @@ def test_a_trained_defended_run_and_its_twin_on_infopro_and_compare(db_url):
     spec = charts(compare)["Privacy-utility trade-off: accuracy against attack PSNR (dB)"]
     labels = sorted(x for t in spec["data"] if t.get("text") for x in t["text"])
     assert labels == ["none", "σ=0.5"]
+
+
+def test_infopro_says_its_smashed_data_are_before_the_defenses_that_change_the_upload(db_url):
+    noisy = store_run(db_url, "noisy", {**LFM, "defense": {"noise": 0.5, "nopeek": 1.0}}, 0.5,
+                      leak_figures(14.0, 0.3))
+    peek = store_run(db_url, "nopeek only", {**LFM, "defense": {"nopeek": 1.0}}, 0.5, leak_figures(20.0, 0.6))
+    captions = [c.value for c in page("infopro", noisy).caption if c.value.startswith("Each row")]
+    assert len(captions) == 1
+    assert ("(the lower model's output, before this run's defenses: the server receives it with Gaussian noise "
+            "σ = 0.5 on the smashed data (What the server can see, below))") in captions[0]
+    assert "NoPeek" not in captions[0]  # NoPeek changes the training, not the upload
+    captions = [c.value for c in page("infopro", peek).caption if c.value.startswith("Each row")]
+    assert "(what the client uploads)" in captions[0]
+
+
+def test_points_on_the_same_spot_share_one_strength_label():
+    import pandas as pd
+
+    from pages.figures import shared_labels
+
+    g = pd.DataFrame({"leak_ssim": [0.315, 0.31500001, 0.6], "accuracy": [0.1, 0.1, 0.1],
+                      "strength": ["σ=0.5", "σ=8", "σ=0.1"]})
+    assert shared_labels(g, "leak_ssim") == ["σ=0.5, σ=8", "", "σ=0.1"]
