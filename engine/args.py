@@ -21,7 +21,7 @@ from typing import Any
 from engine.config import ConfigError, RunConfig, deep_merge, field_help, set_path, validate_config
 from engine.data import DATASETS, DatasetNotFound
 from engine.preflight import run_problems
-from engine.presets import PRESETS, PROFILES, get_preset, get_profile, techniques_to_config
+from engine.presets import PRESETS, PROFILES, get_preset, get_profile, plugin_codes, techniques_to_config
 
 
 class UsageError(Exception):
@@ -48,7 +48,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="start from a run config in a JSON file (a config, or the result JSON of "
                                     "`run --out` with its \"config\"); the other flags change it")
     p.add_argument("--preset", help=f"named algorithm: {', '.join(PRESETS)}")
-    p.add_argument("--techniques", help="technique codes, e.g. 1,2,3,4p,5 (4p is ④'; also splitlr, splitavg)")
+    extra = "".join(f", {code} ({label})" for code, (_, label) in plugin_codes().items())
+    p.add_argument("--techniques", help=f"technique codes, e.g. 1,2,3,4p,5 (4p is ④'; also splitlr, splitavg{extra})")
     p.add_argument("--profile", default="demo", choices=list(PROFILES),
                    help="hyper-parameters: demo (learns in minutes; default) or paper (b=64, SGD 0.004, T=10,000)")
     p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import annotated_types
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from engine.data import DATASETS
 
@@ -212,6 +212,47 @@ class RunConfig(_Section):
     split_avg: SplitAvgConfig = Field(default_factory=SplitAvgConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "the sections of techniques that bring their own settings, by name (plugins.<name>.<field>; "
+        "docs/extending.md)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_plugins(cls, data: Any) -> Any:
+        """Each plugin section validated by its technique's ``Settings`` and stored with its defaults filled
+        in; a section no registered technique owns is refused, naming the field."""
+        if not isinstance(data, dict) or not data.get("plugins"):
+            return data
+        sections = data["plugins"]
+        if not isinstance(sections, dict):
+            raise FieldValueError("plugins", "must be a section of technique settings")
+        out = {}
+        for name, section in sections.items():
+            owner = plugin_class(name)
+            if owner is None:
+                known = ", ".join(t.name for t in _plugins()) or "none is registered"
+                raise FieldValueError(f"plugins.{name}", f"is not a technique that has settings (known: {known})")
+            try:
+                out[name] = owner.Settings.model_validate(section).model_dump(mode="json")
+            except ValidationError as err:
+                problem = _problem(err.errors()[0], owner.Settings, ("plugins", name))
+                raise FieldValueError(problem.field, problem.message) from None
+        return {**data, "plugins": out}
+
+    @model_serializer(mode="wrap")
+    def _without_empty_plugins(self, handler: Any) -> Any:
+        """A config that uses no plugin dumps as it did before plugins existed (no ``plugins`` key)."""
+        out = handler(self)
+        if isinstance(out, dict) and not out.get("plugins"):
+            out.pop("plugins", None)
+        return out
+
+    def plugin(self, name: str) -> Any:
+        """Plugin ``name``'s settings (its ``Settings``; the defaults when this config has no section for it)."""
+        owner = plugin_class(name)
+        if owner is None:
+            raise KeyError(f"no technique with settings is registered as {name!r}")
+        return owner.Settings.model_validate(self.plugins.get(name, {}))
 
     @model_validator(mode="before")
     @classmethod
@@ -294,6 +335,7 @@ class RunConfig(_Section):
             codes.append("splitlr")
         if self.split_avg.enabled:
             codes.append("splitavg")
+        codes += [t.code for t in _plugins() if t.name in self.plugins and self.plugin(t.name).enabled]
         return codes
 
     def warnings(self) -> list[str]:
@@ -321,9 +363,21 @@ class RunConfig(_Section):
         return out
 
 
-def _bounds(path: tuple[str, ...]) -> dict[str, float]:
-    """The numeric bounds (ge, gt, le, lt) declared on the field at ``path``."""
-    model: Any = RunConfig
+def _plugins() -> list:
+    """The registered techniques with settings of their own (importing the techniques registers them)."""
+    from engine.techniques import plugins
+
+    return plugins()
+
+
+def plugin_class(name: str) -> Any:
+    """The registered technique whose settings are ``plugins.<name>`` (None: there is none)."""
+    return next((t for t in _plugins() if t.name == name), None)
+
+
+def _bounds(path: tuple[str, ...], root: type[BaseModel] | None = None) -> dict[str, float]:
+    """The numeric bounds (ge, gt, le, lt) declared on the field at ``path`` (of ``root``, default RunConfig)."""
+    model: Any = root or RunConfig
     field = None
     for part in path:
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
@@ -358,8 +412,9 @@ def _range_text(bounds: dict[str, float]) -> str:
 RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
-def _problem(error: dict[str, Any]) -> ConfigProblem:
-    """One pydantic error as a :class:`ConfigProblem` naming the field the user set."""
+def _problem(error: dict[str, Any], root: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> ConfigProblem:
+    """One pydantic error as a :class:`ConfigProblem` naming the field the user set (an error of a
+    plugin's ``root`` settings is named under ``prefix``: plugins.<name>.<field>)."""
     loc = tuple(str(p) for p in error["loc"])
     cause = (error.get("ctx") or {}).get("error")
     if isinstance(cause, FieldValueError):
@@ -367,7 +422,7 @@ def _problem(error: dict[str, Any]) -> ConfigProblem:
     got = f", got {_fmt_number(error['input'])}" if "input" in error and not isinstance(error["input"], dict) else ""
     kind = error["type"]
     if kind in RANGE_ERRORS:
-        message = f"must be {_range_text(_bounds(loc))}{got}"
+        message = f"must be {_range_text(_bounds(loc, root))}{got}"
     elif kind == "extra_forbidden":
         message = "is not a setting SplitLab knows"
     elif kind in ("int_parsing", "int_from_float", "int_type"):
@@ -380,7 +435,7 @@ def _problem(error: dict[str, Any]) -> ConfigProblem:
         message = f"must be {error['ctx']['expected']}{got}"
     else:
         message = f"is not valid: {error['msg'].removeprefix('Value error, ')}{got}"
-    return ConfigProblem(".".join(loc), message)
+    return ConfigProblem(".".join(prefix + loc), message)
 
 
 def config_problems(data: dict[str, Any]) -> list[ConfigProblem]:
@@ -443,4 +498,7 @@ def field_help() -> dict[str, str]:
                 out[prefix + name] = field.description or ""
 
     walk(RunConfig, "")
+    out.pop("plugins", None)
+    for owner in _plugins():
+        walk(owner.Settings, f"plugins.{owner.name}.")
     return out

@@ -39,13 +39,27 @@ TECHNIQUE_CODES = {
 }
 
 
+def plugin_codes() -> dict[str, str]:
+    """Code -> (technique name, label) of the registered techniques that bring their own settings."""
+    from engine.techniques import plugins
+
+    return {t.code: (t.name, t.label) for t in plugins()}
+
+
+def technique_codes() -> dict[str, str]:
+    """Every code ``--techniques`` and the presets take, with what it switches on: the built-in ones
+    and those of the registered plugins (docs/extending.md)."""
+    return {**TECHNIQUE_CODES, **{code: label for code, (_, label) in plugin_codes().items()}}
+
+
 def parse_techniques(text: str) -> set[str]:
     """'1,2,3,4p,5' -> {'1', '2', '3', '4p', '5'}; unknown codes are a ConfigError."""
     codes = {c.strip().lower().replace("'", "p") for c in text.split(",") if c.strip()}
-    unknown = codes - TECHNIQUE_CODES.keys()
+    known = technique_codes()
+    unknown = codes - known.keys()
     if unknown:
         raise ConfigError(f"techniques: unknown code(s) {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(TECHNIQUE_CODES)}")
+                          f"allowed: {', '.join(known)}")
     if "4" in codes and "4p" in codes:
         raise ConfigError("techniques: choose either 4 or 4p (4'), not both")
     if "1" not in codes:
@@ -66,6 +80,9 @@ def techniques_to_config(text: str) -> dict[str, Any]:
         "averaging": {"enabled": "5" in codes},
         "split_lr": {"enabled": "splitlr" in codes},
         "split_avg": {"enabled": "splitavg" in codes},
+        # a plugin's section only where its code is given: configs without plugins stay as they were
+        **({"plugins": {name: {"enabled": True} for code, (name, _) in plugin_codes().items() if code in codes}}
+           if codes & plugin_codes().keys() else {}),
     }
 
 
@@ -138,6 +155,23 @@ def without_mixup(codes: str) -> str | None:
     compared with to see what mixup alone changes (Table 3: row 5 -> 3, 6 -> 4, 8 -> 7)."""
     parts = codes.split(",")
     return ",".join(c for c in parts if c != "3") if "3" in parts else None
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Add a preset (a plugin's file may add its own): it joins ``--preset``, ``presets``, the New run
+    form and the walkthrough. Its technique codes must parse; a taken name is refused."""
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} exists")
+    if preset.table3_row:
+        raise ValueError("Table 3 has eight rows: a registered preset has no table3_row")
+    preset.overrides()  # unknown codes are refused here, not when a user picks it
+    PRESETS[preset.name] = preset
+    return preset
+
+
+def unregister_preset(name: str) -> None:
+    """Take a registered preset out again (tests)."""
+    PRESETS.pop(name, None)
 
 
 def get_preset(name: str) -> Preset:

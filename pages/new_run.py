@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import streamlit as st
 
@@ -30,6 +30,7 @@ from engine.config import (
 from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
 from engine.privacy import MEASURE_SECONDS, measurements
+from engine.techniques import plugins
 from pages import common
 from pages.common import plural
 from pages.figures import beta_density, defense_label, defense_words, defenses
@@ -175,7 +176,51 @@ def technique_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
         "averaging": {"enabled": averaging},
         "split_lr": {"enabled": split_lr, "alpha": lr_alpha},
         "split_avg": {"enabled": split_avg, "fraction": phi},
+        **plugin_controls(base, fields),
     }
+
+
+def plugin_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
+    """A checkbox and the settings of every technique that brings its own (docs/extending.md); only the
+    sections of those switched on are queued (``plugins.<name>``)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for owner in plugins():
+        current = base.plugin(owner.name)
+        on = st.checkbox(f"{owner.label} ({owner.code})", current.enabled, key=f"plugin_{owner.name}",
+                         help=HELP.get(f"plugins.{owner.name}.enabled"))
+        values: dict[str, Any] = {"enabled": True}
+        settings = [(k, f) for k, f in owner.Settings.model_fields.items() if k != "enabled"]
+        columns = st.columns(max(len(settings), 1)) if settings else []
+        for column, (key, info) in zip(columns, settings):
+            path, default = f"plugins.{owner.name}.{key}", getattr(current, key)
+            args = {"label": plugin_label(owner, key), "disabled": not on, "help": HELP.get(path),
+                    "key": f"plugin_{owner.name}_{key}"}
+            kind = info.annotation
+            if kind is bool:
+                values[key] = column.checkbox(args.pop("label"), default, **args)
+            elif kind is int:
+                values[key] = fields.whole(column, path, default, **args)
+            elif kind is float:
+                values[key] = fields.real(column, path, default, **args)
+            elif get_origin(kind) is Literal:
+                options = list(get_args(kind))
+                values[key] = column.selectbox(args.pop("label"), options, options.index(default), **args)
+            else:
+                values[key] = column.text_input(args.pop("label"), str(default), **args)
+        if on:
+            chosen[owner.name] = values
+    return {"plugins": chosen} if chosen else {}
+
+
+def plugin_label(owner, key: str) -> str:
+    """A plugin setting's label on the form: 'cut-layer gradient clipping: max norm'."""
+    return f"{owner.label}: {key.replace('_', ' ')}"
+
+
+def form_labels() -> dict[str, str]:
+    """The form's labels, with those of the plugins' settings."""
+    return {**FORM_LABELS, **{f"plugins.{owner.name}.{key}": plugin_label(owner, key)
+                              for owner in plugins() for key in owner.Settings.model_fields}}
 
 
 def data_controls(base: RunConfig, fields: NumberFields, present: dict[str, bool]) -> dict[str, Any]:
@@ -303,7 +348,7 @@ def show_problems(problems: list[ConfigProblem], slots: dict[str, Any]) -> None:
     """Each problem under its section, in the form's words; then how many values block Queue."""
     by_section: dict[str, list[str]] = {}
     for problem in problems:
-        by_section.setdefault(section_of(problem.field), []).append(in_form_words(problem.text(FORM_LABELS)))
+        by_section.setdefault(section_of(problem.field), []).append(in_form_words(problem.text(form_labels())))
     for section, lines in by_section.items():
         slots[section].error("  \n".join(common.escape_markdown(line) for line in lines))
     st.error(f"Not queued: {plural(len(problems), 'value')} to fix above.")
@@ -328,7 +373,7 @@ def new_run_form() -> None:
     base = preset_defaults(preset)
     st.caption(f"{PRESETS[preset].description} · follows: {PRESETS[preset].source}")
     present = here()
-    fields = NumberFields(FORM_LABELS)
+    fields = NumberFields(form_labels())
     slots = {}
     with st.container(border=True, key=f"form_{preset}"):
         name = st.text_input("name", PRESETS[preset].title)

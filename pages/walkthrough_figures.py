@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 
 from engine.config import SPLITFED_SCHEDULES, RunConfig, deep_merge, validate_config
 from engine.presets import PRESETS, PROFILES, techniques_to_config
+from engine.techniques import plugin_lines
 from engine.trace import PHASE_TITLES, PHASES, RoundResult, TraceEvent
 from pages.figures import BYTE_COLORS, PALETTE, TEMPLATE, defense_label, defense_strength, defense_words, defenses
 from pages.images import FONT_PX, GAP_PX, _font, channel_to_rgb, to_rgb
@@ -263,7 +264,13 @@ def purpose(step: Step, res: RoundResult) -> str:
                 if v["to"] is not None else
                 f"the last client, {v['from']}, hands it back for the next round ({fmt_bytes(v['bytes'])})."))
     }
-    return text[step.phase]()
+    return text[step.phase]() + plugin_words(step.phase, cfg)
+
+
+def plugin_words(phase: str, cfg: RunConfig) -> str:
+    """What the techniques that bring their own settings (docs/extending.md) do in this step, if any."""
+    lines = plugin_lines(cfg, phase)
+    return "".join(f" Also in this step, {line}." for line in lines)
 
 
 def defense_lines(v: dict, cfg: RunConfig) -> list[str]:

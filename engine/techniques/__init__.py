@@ -1,25 +1,22 @@
 """The techniques, registered by name. Each says itself whether a config switches it on (``enabled``)
-and where it acts in a round (``order``); registering one is its file and one import line here."""
+and where it acts in a round (``order``); registering one is its file in this folder: every module
+here is imported (and so registers its techniques) when the package is."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from engine.techniques import (  # noqa: F401  (registers)
-    averaging,
-    defense_bits,
-    defense_noise,
-    defense_nopeek,
-    local_loss,
-    mixup,
-    split_avg,
-    split_lr,
-)
-from engine.techniques.base import REGISTRY, StepBatch, Technique, register, unregister
+from engine.techniques.base import REGISTRY, StepBatch, Technique, plugins, register, unregister
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module != "base":
+        importlib.import_module(f"{__name__}.{_module}")
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -30,6 +27,8 @@ __all__ = [
     "StepBatch",
     "Technique",
     "active_techniques",
+    "plugin_lines",
+    "plugins",
     "register",
     "unregister",
     "upload",
@@ -44,6 +43,11 @@ def active_techniques(cfg: RunConfig) -> list[Technique]:
     techniques = [cls(cfg) for cls in classes]
     wire_codec(techniques)  # refuses a set whose wire encoding would not send what the server should receive
     return techniques
+
+
+def plugin_lines(cfg: RunConfig, phase: str) -> list[str]:
+    """What each plugin switched on in ``cfg`` does in step ``phase`` of a round (the walkthrough's words)."""
+    return [f"{cls.label}: {cls(cfg).describe()}" for cls in plugins() if cls.enabled(cfg) and phase in cls.acts_in()]
 
 
 def upload(state, techniques: list[Technique], clients: list[int], smashed: torch.Tensor) -> torch.Tensor:

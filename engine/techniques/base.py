@@ -10,17 +10,24 @@ A technique overrides only the step it changes (Flower's ``Strategy`` style):
 - ``end_round``: work after every client has stepped (averaging ⑤, every T_c rounds)
 
 A technique says itself when it runs: ``enabled(cfg)`` and its ``order`` (its place in a round;
-hooks of several techniques run in that order). Registering one is a file with a ``@register``
-class and one import line in :mod:`engine.techniques`.
+hooks of several techniques run in that order). Registering one is a file in ``engine/techniques/``
+with a ``@register`` class: :mod:`engine.techniques` imports every module of the package.
+
+A technique that brings its own settings (a *plugin*; docs/extending.md) sets ``Settings``, a
+pydantic model with an ``enabled`` field, and ``code`` and ``label``: its section is then
+``plugins.<name>`` of the run config, its code joins ``--techniques`` and the presets, and the New
+run form and the Round walkthrough show it, without any other file changed.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -55,14 +62,30 @@ class Technique:
     name: ClassVar[str] = ""
     order: ClassVar[float] = 0.0    # place in a round: hooks of several techniques run in this order
     defense: ClassVar[bool] = False  # shown among the defenses (what the server receives)
+    # A plugin's own config section (plugins.<name>), its code for --techniques and presets, its label
+    # in the form and the walkthrough. The built-in techniques keep theirs in engine.config.
+    Settings: ClassVar[type[BaseModel] | None] = None
+    code: ClassVar[str] = ""
+    label: ClassVar[str] = ""
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
 
     @classmethod
     def enabled(cls, cfg: RunConfig) -> bool:
-        """Whether ``cfg`` switches this technique on."""
-        return False
+        """Whether ``cfg`` switches this technique on (a plugin: its section's ``enabled``)."""
+        return cls.Settings is not None and cfg.plugin(cls.name).enabled
+
+    @functools.cached_property
+    def settings(self) -> Any:
+        """A plugin's section of the run config (its ``Settings``, defaults filled in)."""
+        return self.cfg.plugin(self.name)
+
+    @classmethod
+    def acts_in(cls) -> list[str]:
+        """The steps of a round (engine.trace's phases) whose hooks this technique overrides."""
+        return list(dict.fromkeys(phase for hook, phase in HOOK_PHASES.items()
+                                  if getattr(cls, hook) is not getattr(Technique, hook)))
 
     def describe(self) -> str:
         """One line for the UI and the CLI."""
@@ -134,17 +157,36 @@ class Technique:
         """Draw from streams of ``seed`` from now on (a measurement's own, never the run's)."""
 
 
+# Which step of a round (engine.trace.PHASES) each hook belongs to, for the walkthrough.
+HOOK_PHASES = {"upload": "upload", "server_extra_losses": "server", "server_lr": "server", "cut_grads": "grads_down",
+               "client_loss": "local", "client_losses": "local", "end_round": "client_update"}
+BUILT_IN_CODES = ("1", "2", "3", "4", "4p", "5", "splitlr", "splitavg")  # engine.presets.TECHNIQUE_CODES
+
 REGISTRY: dict[str, type[Technique]] = {}
 
 
 def register(cls: type[Technique]) -> type[Technique]:
-    """Class decorator: add a technique to the registry under its ``name``; duplicates are refused."""
+    """Class decorator: add a technique to the registry under its ``name``; duplicates are refused, and
+    so is a plugin (``Settings``) without a code and label, whose code is taken, or whose settings
+    have no ``enabled`` switch."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in REGISTRY:
         raise ValueError(f"technique {cls.name!r} is registered twice")
+    if cls.Settings is not None:
+        if not cls.code or not cls.label:
+            raise ValueError(f"technique {cls.name!r} has settings but no code or label")
+        if not cls.code.isidentifier() or cls.code in BUILT_IN_CODES or cls.code in {t.code for t in plugins()}:
+            raise ValueError(f"technique {cls.name!r}: its code {cls.code!r} is taken or not a plain word")
+        if "enabled" not in cls.Settings.model_fields:
+            raise ValueError(f"technique {cls.name!r}: its Settings need an 'enabled' field")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def plugins() -> list[type[Technique]]:
+    """The registered techniques that bring their own settings, by name."""
+    return sorted((cls for cls in REGISTRY.values() if cls.Settings is not None), key=lambda cls: cls.name)
 
 
 def unregister(name: str) -> None:
