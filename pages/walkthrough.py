@@ -20,7 +20,9 @@ from engine.data import DatasetNotFound, load_dataset
 from engine.presets import PRESETS
 from engine.trace import RoundResult, trace_round
 from pages import common, projector
-from pages import walkthrough_figures as wf
+from pages import walkthrough_diagram as wd
+from pages import walkthrough_pictures as wp
+from pages import walkthrough_steps as ws
 from pages.figures import combination_name, defense_words, defenses
 from storage import queries
 
@@ -51,7 +53,7 @@ def shown_text(raw: str) -> str:
 
 
 def dataset_name(name: str) -> str:
-    return wf.DATASET_NAMES.get(name, name)
+    return ws.DATASET_NAMES.get(name, name)
 
 
 def dataset_choice(name: str) -> str:
@@ -113,26 +115,26 @@ def from_link(runs: dict[int, str]) -> None:
 def clients_from_link(raw: str | None) -> int:
     """``?n=``: the number of clients, within what the walkthrough shows."""
     asked = DEFAULT["n"] if raw is None else parse_int(raw, None)
-    if asked is not None and wf.MIN_CLIENTS <= asked <= wf.MAX_CLIENTS:
+    if asked is not None and ws.MIN_CLIENTS <= asked <= ws.MAX_CLIENTS:
         return asked
-    shown = DEFAULT["n"] if asked is None else min(max(asked, wf.MIN_CLIENTS), wf.MAX_CLIENTS)
+    shown = DEFAULT["n"] if asked is None else min(max(asked, ws.MIN_CLIENTS), ws.MAX_CLIENTS)
     if asked is None:
         why = "is not a whole number"
-    elif asked > wf.MAX_CLIENTS:
-        why = f"is more than the walkthrough shows (at most {wf.MAX_CLIENTS})"
+    elif asked > ws.MAX_CLIENTS:
+        why = f"is more than the walkthrough shows (at most {ws.MAX_CLIENTS})"
     else:
-        why = f"is fewer than the walkthrough shows (at least {wf.MIN_CLIENTS})"
+        why = f"is fewer than the walkthrough shows (at least {ws.MIN_CLIENTS})"
     st.info(f"clients n = {shown_text(raw)} in the link {why}: showing n = {shown}.")
     return shown
 
 
 def dataset_from_link(raw: str | None) -> str:
     """``?data=``: one of the walkthrough's data sets (the default one when the link names another)."""
-    if raw is None or raw in wf.DATASETS:
+    if raw is None or raw in ws.DATASETS:
         return raw or DEFAULT["data"]
     shown = DEFAULT["data"] if data_here(DEFAULT["data"]) else "digits"
-    asked = wf.DATASET_NAMES.get(raw, shown_text(raw))
-    offered = " and ".join(dataset_name(d) for d in wf.DATASETS)
+    asked = ws.DATASET_NAMES.get(raw, shown_text(raw))
+    offered = " and ".join(dataset_name(d) for d in ws.DATASETS)
     st.info(f"data set {asked} (in the link) is not one the walkthrough shows (it shows {offered}): "
             f"showing {dataset_name(shown)}.")
     return shown
@@ -140,9 +142,9 @@ def dataset_from_link(raw: str | None) -> str:
 
 def defense_from_link(raw: str | None) -> str:
     """``?defense=noise:0.5``: one of the defenses the walkthrough offers (none when the link names another)."""
-    if raw is None or raw in wf.DEFENSE_CHOICES:
+    if raw is None or raw in ws.DEFENSE_CHOICES:
         return raw or ""
-    offered = ", ".join(k for k in wf.DEFENSE_CHOICES if k)
+    offered = ", ".join(k for k in ws.DEFENSE_CHOICES if k)
     st.info(f"defense = {shown_text(raw)} in the link is not one the walkthrough shows ({offered}): showing no "
             "defense.")
     return ""
@@ -184,13 +186,13 @@ def controls(runs: dict[int, str], shown_data: str | None) -> DeltaGenerator | N
                            "LocFedMix-SL; 1 alone is Vanilla SL.")
     c2.selectbox("side by side with", ["", *PRESETS], key="wt_vs", format_func=algorithm_label, disabled=from_run,
                  help="A second algorithm on the same batch (same seed, data and clients), stepping together.")
-    c2.selectbox("defense", list(wf.DEFENSE_CHOICES), key="wt_defense", format_func=wf.DEFENSE_CHOICES.get,
+    c2.selectbox("defense", list(ws.DEFENSE_CHOICES), key="wt_defense", format_func=ws.DEFENSE_CHOICES.get,
                  disabled=from_run,
                  help="What every client does to its smashed data before the upload (for both algorithms side by "
                       "side): step 3 then shows what the server receives beside what the client computed. A stored "
                       "run keeps its own.")
-    c3.slider("clients n", wf.MIN_CLIENTS, wf.MAX_CLIENTS, key="wt_n", disabled=from_run)
-    c4.selectbox("data set", wf.DATASETS, key="wt_data", format_func=dataset_choice, disabled=from_run,
+    c3.slider("clients n", ws.MIN_CLIENTS, ws.MAX_CLIENTS, key="wt_n", disabled=from_run)
+    c4.selectbox("data set", ws.DATASETS, key="wt_data", format_func=dataset_choice, disabled=from_run,
                  help="A data set that is not on this machine is shown as digits (bundled, no download).")
     c5.toggle("autoplay", key="wt_autoplay", on_change=restart_clock,
               help=f"Step forward every {AUTOPLAY_S} s until the last step.")
@@ -218,7 +220,7 @@ def settings_label(shown_data: str | None) -> str:
         return f"Run #{ss.wt_run}: its next round"
     names = [PRESETS[ss.wt_algo].title if ss.wt_algo in PRESETS else f"techniques {ss.wt_codes}"]
     names += [PRESETS[ss.wt_vs].title] if ss.wt_vs else []
-    defense = f" · {wf.DEFENSE_CHOICES[ss.wt_defense]}" if ss.wt_defense else ""
+    defense = f" · {ws.DEFENSE_CHOICES[ss.wt_defense]}" if ss.wt_defense else ""
     return f"{' and '.join(names)} · n = {ss.wt_n} · {dataset_name(shown_data)}{defense}"
 
 
@@ -283,7 +285,7 @@ def results(runs: dict[int, str], dataset: str | None) -> list[RoundResult]:
     out = []
     for algorithm in algorithms:
         try:
-            cfg = wf.walkthrough_config(algorithm.strip(), ss.wt_n, dataset, defense=ss.wt_defense)
+            cfg = ws.walkthrough_config(algorithm.strip(), ss.wt_n, dataset, defense=ss.wt_defense)
         except ConfigError as err:
             text = err.text().removeprefix("techniques: ")  # parse_techniques' words for the --techniques flag
             st.error(f"technique codes: {common.escape_markdown(text)}")
@@ -317,14 +319,14 @@ def navigation(at: int, total: int, title: str) -> None:
                disabled=at == 0, shortcut="Left", help=KEYS_HELP)
     row.button("Next", key="wt_next", icon=":material/arrow_forward:", on_click=go_to, args=(at + 1,),
                disabled=at >= total - 1, shortcut="Right", help=KEYS_HELP, type="primary")
-    row.progress((at + 1) / total, text=f"Step {at + 1} of {total}: {wf.short_title(title)}")
+    row.progress((at + 1) / total, text=f"Step {at + 1} of {total}: {ws.short_title(title)}")
 
 
 def walkthrough(rounds: list[RoundResult], classes: tuple[str, ...] | None) -> None:
     """The steps, with Next / Back; a fragment, so a step redraws only itself (and autoplay ticks)."""
     ss = st.session_state
-    walks = [wf.walk(r) for r in rounds]
-    keys = wf.timeline(walks)
+    walks = [ws.walk(r) for r in rounds]
+    keys = ws.timeline(walks)
     autoplay(len(keys))
     linked = ss.pop("wt_step_linked", None)
     if linked is not None and linked > len(keys):
@@ -332,7 +334,7 @@ def walkthrough(rounds: list[RoundResult], classes: tuple[str, ...] | None) -> N
     ss.wt_step = min(max(int(ss.wt_step), 0), len(keys) - 1)
     at = ss.wt_step
     first = next(s for w in walks for s in w if s.key == keys[at])
-    title = wf.step_title(first, next(r for r, w in zip(rounds, walks) if first in w))
+    title = ws.step_title(first, next(r for r, w in zip(rounds, walks) if first in w))
     navigation(at, len(keys), title)
     st.query_params["step"] = str(at + 1)
     columns = st.columns(len(rounds)) if len(rounds) > 1 else [st.container()]
@@ -340,50 +342,50 @@ def walkthrough(rounds: list[RoundResult], classes: tuple[str, ...] | None) -> N
     for c, (res, steps, column) in enumerate(zip(rounds, walks, columns)):
         with column:
             if len(rounds) > 1 and not big:
-                st.subheader(wf.algorithm_name(res.config), divider="gray")
-            show_step(res, wf.step_at(steps, keys[at]), steps, keys[at], classes, f"c{c}", compact=len(rounds) > 1,
+                st.subheader(ws.algorithm_name(res.config), divider="gray")
+            show_step(res, ws.step_at(steps, keys[at]), steps, keys[at], classes, f"c{c}", compact=len(rounds) > 1,
                       big=big, shared_title=title)
 
 
-def show_step(res: RoundResult, step: wf.Step | None, steps: list[wf.Step], key, classes, slot: str,
+def show_step(res: RoundResult, step: ws.Step | None, steps: list[ws.Step], key, classes, slot: str,
               compact: bool, big: bool = False, shared_title: str = "") -> None:
     """One column's step: its title, the diagram, what it is for, its numbers and pictures. ``big``
     (projector mode): larger text, and one algorithm's words beside its diagram rather than under it; side
     by side, a column names its algorithm and, where it differs from the progress bar's, its step."""
-    layout = {(False, False): wf.WIDE, (True, False): wf.NARROW, (False, True): wf.PROJECTOR_WIDE,
-              (True, True): wf.PROJECTOR_NARROW}[compact, big]
-    title = "No step here" if step is None else wf.step_title(step, res)
+    layout = {(False, False): wd.WIDE, (True, False): wd.NARROW, (False, True): wd.PROJECTOR_WIDE,
+              (True, True): wd.PROJECTOR_NARROW}[compact, big]
+    title = "No step here" if step is None else ws.step_title(step, res)
     ran = step is not None and step.event is not None
     heading = title if ran else f":gray[{title}{'' if step is None else ' · not in this round'}]"
     if big and compact:  # side by side on a projector: one short line names the column (and its step)
         own = "" if title == shared_title else f" · {title}"
         off = "" if ran else f" · :gray[{'no step here' if step is None else 'not in this round'}]"
-        heading = f"##### {wf.algorithm_name(res.config)}{own if ran else ''}{off}"
+        heading = f"##### {ws.algorithm_name(res.config)}{own if ran else ''}{off}"
     else:
         heading = f"#### {heading}"
     st.markdown(heading)
     beside = big and not compact  # one algorithm on a projector: its words beside its diagram
     left, right = st.columns([3, 2]) if beside else (st.container(), st.container())
     with left:
-        diagram(wf.diagram_svg(step, res, layout))
+        diagram(wd.diagram_svg(step, res, layout))
     with right:
         if step is None:
-            st.caption(wf.absent_line(key, res))
+            st.caption(ws.absent_line(key, res))
             return
         if step.event is None:
-            st.caption(f":material/block: {wf.off_line(step.phase, res)}")
+            st.caption(f":material/block: {ws.off_line(step.phase, res)}")
             return
-        st.markdown(wf.purpose(step, res))
+        st.markdown(ws.purpose(step, res))
         numbers(step, res, slot)
         if beside:
             shape_lines(step)
-    pictures(step, res, steps, classes, slot, compact, wf.PROJECTOR_CHART_FONT_PX if big else wf.CHART_FONT_PX)
+    pictures(step, res, steps, classes, slot, compact, wp.PROJECTOR_CHART_FONT_PX if big else wp.CHART_FONT_PX)
     if not beside:
         shape_lines(step)
 
 
-def shape_lines(step: wf.Step) -> None:
-    for line in wf.shapes(step):
+def shape_lines(step: ws.Step) -> None:
+    for line in ws.shapes(step):
         st.caption(line)
 
 
@@ -392,87 +394,87 @@ def diagram(svg: str) -> None:
     st.markdown(f'<div class="wt-diagram">{svg}</div>', unsafe_allow_html=True)
 
 
-def numbers(step: wf.Step, res: RoundResult, slot: str) -> None:
+def numbers(step: ws.Step, res: RoundResult, slot: str) -> None:
     v, losses = step.event.values, res.losses
     cells: list[tuple[str, str]] = []
     if step.phase == "upload":
-        cells = [("smashed data up, this step", wf.fmt_bytes(v["bytes"])),
-                 ("per client", wf.fmt_bytes(v["bytes_per_client"]))]
-        if wf.one_at_a_time(res):
-            cells.append(("this round, every client", wf.fmt_bytes(round_delta(res, "bytes_smashed_up"))))
+        cells = [("smashed data up, this step", ws.fmt_bytes(v["bytes"])),
+                 ("per client", ws.fmt_bytes(v["bytes_per_client"]))]
+        if ws.one_at_a_time(res):
+            cells.append(("this round, every client", ws.fmt_bytes(round_delta(res, "bytes_smashed_up"))))
         forward = res.trace.get("forward", step.group)
-        if wf.received_changes(v, forward[0].values if forward else None):
-            snr = wf.received_snr_db(v, forward[0].values)
+        if ws.received_changes(v, forward[0].values if forward else None):
+            snr = ws.received_snr_db(v, forward[0].values)
             cells.append(("received vs computed, SNR", f"{snr:.1f} dB"))
     elif step.phase == "server":
         cells = [("L (server)", f"{v['loss']:.4f}")] + (
             [("L~ (mixup)", f"{v['mixup']:.4f}")] if res.config.mixup.enabled else []) + [
             ("server learning rate η_s", f"{v['server_lr']:.4g}")]
     elif step.phase == "grads_down":
-        cells = [("gradients down", wf.fmt_bytes(v["bytes"])), ("messages", str(v["messages"]))]
+        cells = [("gradients down", ws.fmt_bytes(v["bytes"])), ("messages", str(v["messages"]))]
     elif step.phase == "local":
         cells = [("L^ (local), the round's", f"{losses.local:.4f}")]
     elif step.phase == "averaging":
-        cells = [("models up and down", wf.fmt_bytes(v["bytes"])), ("spread before", f"{v['spread_before']:.2e}"),
+        cells = [("models up and down", ws.fmt_bytes(v["bytes"])), ("spread before", f"{v['spread_before']:.2e}"),
                  ("spread after", f"{v['spread_after']:.1e}")]
     elif step.phase == "handoff":
-        cells = [("lower model handed on", wf.fmt_bytes(v["bytes"]))]
+        cells = [("lower model handed on", ws.fmt_bytes(v["bytes"]))]
     for column, (label, value) in zip(st.columns(max(len(cells), 1)), cells):
         column.metric(label, value)
     if step.phase == "server":
         st.caption(f"The round's losses, as the engine's round returned them: L = {losses.loss:.4f}, "
                    f"L~ = {losses.mixup:.4f}, L^ = {losses.local:.4f}"
-                   + (" (means over the round's steps, one per client)." if wf.sequential(res) else
-                      " (means over the round's steps, one per batch)." if wf.splitfed(res) else "."))
+                   + (" (means over the round's steps, one per client)." if ws.sequential(res) else
+                      " (means over the round's steps, one per batch)." if ws.splitfed(res) else "."))
 
 
 def round_delta(res: RoundResult, kind: str) -> int:
     return res.ledger_after[kind] - res.ledger_before[kind]
 
 
-def pictures(step: wf.Step, res: RoundResult, steps: list[wf.Step], classes, slot: str, compact: bool,
-             font_px: int = wf.CHART_FONT_PX) -> None:
+def pictures(step: ws.Step, res: RoundResult, steps: list[ws.Step], classes, slot: str, compact: bool,
+             font_px: int = wp.CHART_FONT_PX) -> None:
     v = step.event.values
     same = {s.phase: s.event.values for s in steps if s.group == step.group and s.event is not None}
-    samples = 4 if compact else wf.BATCH_SIZE
+    samples = 4 if compact else ws.BATCH_SIZE
     if step.phase == "batch":
-        st.image(wf.batch_picture(v, classes, samples), width="content")
+        st.image(wp.batch_picture(v, classes, samples), width="content")
     elif step.phase == "forward":
-        st.image(wf.smashed_picture(same["batch"], v, 3 if compact else 4), width="content",
+        st.image(wp.smashed_picture(same["batch"], v, 3 if compact else 4), width="content",
                  caption="Each client's first image and the channels of its smashed data that vary most, each "
                          "scaled to its own range (black: zero after the ReLU).")
     elif step.phase == "mixup":
-        st.image(wf.mixup_picture(same["batch"], same["forward"], v, classes, compact=compact), width="content",
+        st.image(wp.mixup_picture(same["batch"], same["forward"], v, classes, compact=compact), width="content",
                  caption="Each pair mixes sample 1 of client a with sample 1 of client b (lam = λ), shown in one "
                          "channel; the mixed label is soft: λ of a's class and 1 − λ of b's.")
     elif step.phase == "upload":
         received(step, res, same, compact)
     elif step.phase == "grads_down":
-        st.plotly_chart(wf.grads_figure(v, font_px), key=f"{slot}_grads", config={"displayModeBar": False})
+        st.plotly_chart(wp.grads_figure(v, font_px), key=f"{slot}_grads", config={"displayModeBar": False})
     elif step.phase == "local":
-        picture = wf.local_picture(v, 2 if compact else 3)
+        picture = wp.local_picture(v, 2 if compact else 3)
         if picture is not None:
             st.image(picture, width="content", caption="Each client's inputs beside its InfoPro decoder's "
                                                          "reconstruction from the smashed data.")
     elif step.phase == "client_update":
-        st.plotly_chart(wf.moved_figure(v, font_px), key=f"{slot}_moved", config={"displayModeBar": False})
+        st.plotly_chart(wp.moved_figure(v, font_px), key=f"{slot}_moved", config={"displayModeBar": False})
     elif step.phase == "averaging":
-        st.plotly_chart(wf.averaging_figure(v, font_px), key=f"{slot}_avg", config={"displayModeBar": False})
+        st.plotly_chart(wp.averaging_figure(v, font_px), key=f"{slot}_avg", config={"displayModeBar": False})
 
 
-def received(step: wf.Step, res: RoundResult, same: dict, compact: bool) -> None:
+def received(step: ws.Step, res: RoundResult, same: dict, compact: bool) -> None:
     """With a defense on: what the server receives beside what the client computed (nothing without one)."""
     v = step.event.values
-    if not wf.defense_lines(v, res.config):
+    if not ws.defense_lines(v, res.config):
         return
-    changed = wf.received_changes(v, same.get("forward"))
+    changed = ws.received_changes(v, same.get("forward"))
     if changed is None:
         st.caption(":material/info: This round did not record what the server receives after the defense.")
     elif not changed:
         st.caption("The server receives the smashed data exactly as the client computed them: this defense acts "
                    "on the client's loss (how the lower model learns), not on what is sent.")
     else:
-        st.image(wf.received_picture(same["batch"], same["forward"], v, 1 if compact else 2), width="content",
+        st.image(wp.received_picture(same["batch"], same["forward"], v, 1 if compact else 2), width="content",
                  caption="Each client's first image; for its busiest channels, the smashed data as computed and as "
                          "the server receives them after the defense, both scaled to the computed channel's range "
                          "(values beyond it drawn black or white).")
@@ -481,12 +483,12 @@ def received(step: wf.Step, res: RoundResult, same: dict, compact: bool) -> None
 def intro(rounds: list[RoundResult]) -> None:
     res = rounds[0]
     start = f"round {res.round} of a stored run" if st.session_state.wt_run else "the first round of fresh models"
-    names = " and ".join(wf.algorithm_name(r.config) for r in rounds)
+    names = " and ".join(ws.algorithm_name(r.config) for r in rounds)
     config = res.config.model_dump()
     defended = f" Defense: {defense_words(config)}." if defenses(config) else ""
     st.caption(f"{names}: {start}, n = {res.config.num_clients} clients, b = {res.config.batch_size}, "
                f"{dataset_name(res.config.data.dataset)}.{defended} {KEYS_HELP}")
-    for note in filter(None, (wf.schedule_note(r) for r in rounds)):
+    for note in filter(None, (ws.schedule_note(r) for r in rounds)):
         st.caption(f":material/info: {note}")
     for warning in res.config.warnings():
         st.caption(f":material/info: {warning}")

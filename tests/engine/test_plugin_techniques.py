@@ -179,7 +179,7 @@ def test_the_techniques_flag_names_the_registered_codes(scale_grads, capsys):
 
 def test_the_walkthrough_says_what_a_registered_technique_does_in_its_step(scale_grads):
     from engine.trace import trace_round
-    from pages.walkthrough_figures import purpose, walk, walkthrough_config
+    from pages.walkthrough_steps import purpose, walk, walkthrough_config
 
     cfg = walkthrough_config("1,2,scalegrad", 3, "digits")
     assert scale_grads.acts_in() == ["grads_down"]

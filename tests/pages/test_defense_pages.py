@@ -25,7 +25,8 @@ import pytest
 
 from engine.config import validate_config
 from pages import figures
-from pages import walkthrough_figures as wf
+from pages import walkthrough_pictures as wp
+from pages import walkthrough_steps as ws
 from pages.common import comparable_config
 from pages.report import config_line, run_report
 from storage import queries
@@ -410,27 +411,27 @@ def traced_upload(received_delta: float | None) -> tuple[dict, dict, dict]:
 def test_the_signal_to_noise_ratio_of_what_the_server_receives():
     _, forward, upload = traced_upload(0.1)
     signal = float(np.mean(forward["smashed"].astype(np.float64) ** 2))
-    assert wf.received_snr_db(upload, forward) == pytest.approx(10 * np.log10(signal / 0.01), rel=1e-4)
-    assert wf.received_changes(upload, forward) is True
-    assert wf.received_changes(traced_upload(0.0)[2], forward) is False  # NoPeek: sent as computed
-    assert wf.received_changes(traced_upload(None)[2], forward) is None
+    assert ws.received_snr_db(upload, forward) == pytest.approx(10 * np.log10(signal / 0.01), rel=1e-4)
+    assert ws.received_changes(upload, forward) is True
+    assert ws.received_changes(traced_upload(0.0)[2], forward) is False  # NoPeek: sent as computed
+    assert ws.received_changes(traced_upload(None)[2], forward) is None
 
 
 def test_the_received_picture_shows_computed_and_received_channels_side_by_side():
     batch, forward, upload = traced_upload(0.1)
-    picture = wf.received_picture(batch, forward, upload, channels=2)
-    two_rows = wf.received_picture(batch, forward, upload, channels=1)
+    picture = wp.received_picture(batch, forward, upload, channels=2)
+    two_rows = wp.received_picture(batch, forward, upload, channels=1)
     assert picture.shape[0] == two_rows.shape[0]  # one row per client
-    assert picture.shape[1] - two_rows.shape[1] == 2 * (wf.MIN_COLUMN_PX + wf.GAP_PX)  # a computed/received pair
+    assert picture.shape[1] - two_rows.shape[1] == 2 * (wp.MIN_COLUMN_PX + wp.GAP_PX)  # a computed/received pair
 
 
 def test_the_defense_line_comes_from_the_round_else_from_the_config():
-    cfg = wf.walkthrough_config("locfedmix_sl", 3, "digits", defense="bits:4")
+    cfg = ws.walkthrough_config("locfedmix_sl", 3, "digits", defense="bits:4")
     assert cfg.defense.bits == 4
-    assert wf.defense_lines({"defenses": ["4-bit quantisation (straight-through)"]}, cfg) == [
+    assert ws.defense_lines({"defenses": ["4-bit quantisation (straight-through)"]}, cfg) == [
         "4-bit quantisation (straight-through)"]
-    assert wf.defense_lines({}, cfg) == ["4-bit quantisation of the smashed data"]
-    assert wf.defense_lines({}, wf.walkthrough_config("locfedmix_sl", 3, "digits")) == []
+    assert ws.defense_lines({}, cfg) == ["4-bit quantisation of the smashed data"]
+    assert ws.defense_lines({}, ws.walkthrough_config("locfedmix_sl", 3, "digits")) == []
 
 
 def walkthrough_at(**params):

@@ -19,7 +19,8 @@ from engine.presets import PRESETS
 from engine.round import run_round
 from engine.trace import RoundResult, trace_round
 from engine.trainer import Trainer
-from pages import walkthrough_figures as wf
+from pages import walkthrough_diagram as wd
+from pages import walkthrough_steps as ws
 from storage import queries
 from storage.db import connect
 from tests.pages.support import ROOT, TIMEOUT
@@ -37,7 +38,7 @@ def walkthrough(algo: str = "locfedmix_sl", **params: str) -> AppTest:
 
 def expected(algo: str) -> RoundResult:
     """The round the page traces, traced here by the engine itself."""
-    return trace_round(wf.walkthrough_config(algo, N, "digits"))
+    return trace_round(ws.walkthrough_config(algo, N, "digits"))
 
 
 def param(at: AppTest, name: str) -> str:
@@ -74,7 +75,7 @@ def go(at: AppTest, label: str) -> AppTest:
 
 def open_phase(algo: str, phase: str, res: RoundResult, group: int = 0, **params: str) -> AppTest:
     """The page at the step of ``phase`` (of schedule step ``group``), by a link."""
-    steps = wf.walk(res)
+    steps = ws.walk(res)
     at_step = next(i for i, s in enumerate(steps) if s.phase == phase and (s.group == group or phase == "averaging"))
     at = walkthrough(algo, step=str(at_step + 1), **params)
     assert not at.exception, at.exception
@@ -83,14 +84,14 @@ def open_phase(algo: str, phase: str, res: RoundResult, group: int = 0, **params
 
 @pytest.mark.parametrize("algo", list(PRESETS))
 def test_every_preset_steps_through_every_phase_forward_and_back(db_url, algo):
-    steps = wf.walk(expected(algo))
+    steps = ws.walk(expected(algo))
     at = walkthrough(algo)
     assert not at.exception, at.exception
     seen = [headings(at)]
     while not button(at, "Next").disabled:
         seen.append(headings(go(at, "Next")))
     assert len(seen) == len(steps)
-    assert {s.phase for s in steps} >= set(wf.PHASES)  # every phase shows, run or greyed
+    assert {s.phase for s in steps} >= set(ws.PHASES)  # every phase shows, run or greyed
     assert param(at, "step") == str(len(steps))
     back = [headings(at)]
     while not button(at, "Back").disabled:
@@ -103,7 +104,7 @@ def test_every_preset_steps_through_every_phase_forward_and_back(db_url, algo):
 def test_upload_arrows_carry_the_ledgers_bytes(db_url, algo):
     res = expected(algo)
     shown = 0
-    for group in sorted({s.group for s in wf.walk(res)}):
+    for group in sorted({s.group for s in ws.walk(res)}):
         at = open_phase(algo, "upload", res, group)
         event = res.trace.get("upload", group)[0].values
         svg = diagrams(at)[0]
@@ -148,7 +149,7 @@ def test_losses_shown_are_the_rounds(db_url, algo):
 ])
 def test_techniques_that_are_off_are_greyed_with_one_line(db_url, algo, greyed, line):
     res = expected(algo)
-    off = [s.phase for s in wf.walk(res) if s.event is None]
+    off = [s.phase for s in ws.walk(res) if s.event is None]
     assert off == greyed
     at = walkthrough(algo)
     lines = []
@@ -215,7 +216,7 @@ def test_splitfed_serves_the_clients_in_turn_one_batch_each(db_url, algo):
 
 def test_a_stored_runs_checkpoint_is_traced_one_round_on(db_url):
     db = connect(db_url)
-    cfg = validate_config({**wf.walkthrough_config("locfedmix_sl", N, "digits").model_dump(), "name": "trained"})
+    cfg = validate_config({**ws.walkthrough_config("locfedmix_sl", N, "digits").model_dump(), "name": "trained"})
     trainer = Trainer(cfg)
     for _ in range(2):
         run_round(trainer.state)
@@ -336,10 +337,10 @@ def test_a_data_set_the_walkthrough_does_not_show_is_named_with_the_one_shown(db
     at = walkthrough(data=raw)
     assert not at.exception, at.exception
     assert (f"data set {asked} (in the link) is not one the walkthrough shows (it shows Fashion-MNIST and "
-            f"digits): showing {wf.DATASET_NAMES[shown]}.") in infos(at)
+            f"digits): showing {ws.DATASET_NAMES[shown]}.") in infos(at)
     assert next(s for s in at.selectbox if s.label == "data set").value == shown
     assert param(at, "data") == shown
-    assert f", {wf.DATASET_NAMES[shown]}." in captions(at)  # the intro names the data set traced on
+    assert f", {ws.DATASET_NAMES[shown]}." in captions(at)  # the intro names the data set traced on
 
 
 def test_a_data_set_that_is_not_here_is_marked_in_the_list_and_replaced_by_digits(db_url, monkeypatch):
@@ -421,14 +422,14 @@ def font_sizes(svg: str) -> list[float]:
 def test_projector_diagrams_have_no_text_under_14_units_and_fit_their_width(algo):
     """On screen a projector diagram is drawn at least 1:1 (the browser test measures it); here, every text
     of every step is at least 14 units and, at a generous 0.6 em a character, inside the diagram."""
-    res = trace_round(wf.walkthrough_config(algo, wf.MAX_CLIENTS, "digits"))
-    for layout in (wf.PROJECTOR_WIDE, wf.PROJECTOR_NARROW):
-        for step in wf.walk(res):
-            svg = wf.diagram_svg(step, res, layout)
+    res = trace_round(ws.walkthrough_config(algo, ws.MAX_CLIENTS, "digits"))
+    for layout in (wd.PROJECTOR_WIDE, wd.PROJECTOR_NARROW):
+        for step in ws.walk(res):
+            svg = wd.diagram_svg(step, res, layout)
             assert min(font_sizes(svg)) >= 14, (step.phase, svg)
             for x, size, anchor, text in re.findall(
                     r'<text x="([\d.]+)" y="[\d.]+" font-size="(\d+)" fill="[^"]+" text-anchor="(\w+)"[^>]*>([^<]*)<',
                     svg):
-                width = wf.CHAR_EM * int(size) * len(html.unescape(text))
+                width = wd.CHAR_EM * int(size) * len(html.unescape(text))
                 left = float(x) - (width / 2 if anchor == "middle" else 0)
                 assert 0 <= left and left + width <= layout.width + 1, (step.phase, text)
