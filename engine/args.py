@@ -40,6 +40,7 @@ RUN_FLAGS = {
     "lam_alpha": "mixup.alpha", "lam_beta": "mixup.beta", "tc": "averaging.interval", "seed": "seed",
     "eval_every": "eval_every", "device": "device", "partition": "data.partition", "name": "name",
     "transport": "transport", "samples_per_client": "data.samples_per_client", "dirichlet_beta": "data.dirichlet_beta",
+    "participation": "participation.fraction", "dropout": "participation.dropout",
 }
 
 
@@ -68,6 +69,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lam-alpha", type=float, help="mixing ratio lambda ~ Beta(alpha, beta): alpha")
     p.add_argument("--lam-beta", type=float, help="mixing ratio lambda ~ Beta(alpha, beta): beta")
     p.add_argument("--tc", type=int, help="T_c, averaging interval in rounds")
+    p.add_argument("--participation", type=float, metavar="C",
+                   help="fraction of the clients drawn to take part each round (0 < C <= 1; default 1: all)")
+    p.add_argument("--dropout", type=float, metavar="P",
+                   help="probability that a drawn client fails to deliver its smashed data in a round (default 0)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--eval-every", type=int, help="evaluate every this many rounds")
     p.add_argument("--device", help="cpu, cuda, cuda:0, ...")

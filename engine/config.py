@@ -8,6 +8,7 @@ the ``demo`` profile in :mod:`engine.presets` swaps in settings that learn in mi
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
@@ -121,6 +122,27 @@ class SplitAvgConfig(_Section):
     phase_fraction: float = Field(0.5, gt=0, le=1, description="length of the averaging phase as a fraction of the rounds")
 
 
+class ParticipationConfig(_Section):
+    """Clients that come and go (:meth:`engine.state.TrainState.begin_round`): at 1 and 0 every client
+    takes part in every round, as in every run before this section existed (bit for bit)."""
+
+    fraction: float = Field(1.0, gt=0, le=1, description=(
+        "C, as in FedAvg: each round a seeded random max(1, floor(C n)) of the n clients take part; the others "
+        "neither send nor receive, and their lower models wait"))
+    dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "p: each selected client independently fails to deliver its smashed data this round with probability "
+        "p; the round goes on with the rest (with none left, nothing trains that round)"))
+
+    @property
+    def active(self) -> bool:
+        return self.fraction < 1 or self.dropout > 0
+
+    def clients(self, n: int) -> int:
+        """How many of n clients are drawn a round: max(1, floor(C n)), as FedAvg's m = max(C K, 1) is
+        usually implemented (a product a hair under a whole number, 0.29 * 100, counts as it)."""
+        return max(1, math.floor(self.fraction * n + 1e-9))
+
+
 class PrivacyConfig(_Section):
     every: int = Field(0, ge=0, le=MAX_ROUNDS, description=(
         "measure what the server can reconstruct from smashed data every N rounds and at the end "
@@ -212,6 +234,7 @@ class RunConfig(_Section):
     split_avg: SplitAvgConfig = Field(default_factory=SplitAvgConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
+    participation: ParticipationConfig = Field(default_factory=ParticipationConfig)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
         "the sections of techniques that bring their own settings, by name (plugins.<name>.<field>; "
         "docs/extending.md)"))
@@ -289,6 +312,10 @@ class RunConfig(_Section):
         if self.mixup.enabled and self.schedule != "parallel":
             raise FieldValueError("", f"mixup needs the parallel schedule: a {self.schedule} step holds one client's "
                                   "smashed data, with no partners to mix it with")
+        if self.participation.active and self.transport == "process":
+            which = "participation.fraction" if self.participation.fraction < 1 else "participation.dropout"
+            raise FieldValueError(which, "applies in one process only for now: the process transport runs every "
+                                         "client every round (use transport inprocess)")
         self._check_splitfed()
         return self
 

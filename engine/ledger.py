@@ -39,6 +39,10 @@ class Ledger:
         self.model_up += num_clients * size
         self.model_down += num_clients * size
 
+    def model_download(self, num_clients: int, models: list[nn.Module]) -> None:
+        """``num_clients`` clients download ``models`` (a client back after missing an averaging)."""
+        self.model_down += num_clients * sum(num_state_elements(m) for m in models) * FLOAT_BYTES
+
     @property
     def bytes_up(self) -> int:
         return self.smashed_up + self.model_up

@@ -22,6 +22,7 @@ def run_round(state: TrainState) -> RoundLosses:
     t = state.round + 1
     totals = RoundLosses()
     before = parameters(state) if state.cfg.track_updates else None
+    state.begin_round()  # who takes part (cfg.participation; everyone by default)
     groups = state.schedule_groups()
     for number, clients in enumerate(groups):
         if state.tracing:

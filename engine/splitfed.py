@@ -42,6 +42,7 @@ def run_splitfed_round(state: TrainState) -> RoundLosses:
     before = parameters(state) if cfg.track_updates else None
     if cfg.reset_optimizers:
         reset_client_optimizer(state)
+    state.begin_round()  # who takes part (cfg.participation; everyone by default)
     order = client_order(state)
     copies = ServerCopies(state) if cfg.schedule == "splitfed_v1" else None
     totals, steps, number = RoundLosses(), len(order) * cfg.local_steps, 0
@@ -65,7 +66,7 @@ def run_splitfed_round(state: TrainState) -> RoundLosses:
                 authors_acc.append(evaluate_model(start_lower, state.upper, x, y)[0])
     if authors_acc:
         totals.authors_test_acc = sum(authors_acc) / len(authors_acc)
-    if copies:
+    if copies and order:
         copies.average_into_global()
     if before is not None:  # the server's update after V1's average; the clients' before ⑤
         totals.updates = update_sizes(before, parameters(state))
@@ -78,8 +79,11 @@ def run_splitfed_round(state: TrainState) -> RoundLosses:
 def client_order(state: TrainState) -> list[int]:
     """This round's order of the clients: every client once, drawn as the authors' code draws it
     (``np.random.choice(range(n), n, replace=False)``), from the run's seeded generator."""
-    n = state.num_clients
-    return state.rng.choice(n, n, replace=False).tolist()
+    n, present = state.num_clients, state.present
+    if len(present) == n:
+        return state.rng.choice(n, n, replace=False).tolist()
+    # some clients are absent (cfg.participation): the present ones, in an order drawn the same way
+    return [present[j] for j in state.rng.choice(len(present), len(present), replace=False).tolist()]
 
 
 def reset_server_optimizer(state: TrainState) -> None:
@@ -103,6 +107,9 @@ class ServerCopies:
         self.state = state
         self.global_upper, self.global_opt = state.upper, state.server_opt
         self.total: dict[str, torch.Tensor] = {}
+        # the delta_i of the clients served (they sum to 1 when every client takes part)
+        self.partial = len(state.present) < state.num_clients
+        self.weight_sum = state.weights[state.present].sum() if self.partial else None
 
     @contextmanager
     def serving(self, client: int) -> Iterator[None]:
@@ -126,7 +133,8 @@ class ServerCopies:
 
     @torch.no_grad()
     def average_into_global(self) -> None:
-        """The global upper model becomes sum_i delta_i w_s,i (the delta_i sum to 1)."""
+        """The global upper model becomes sum_i delta_i w_s,i (the delta_i sum to 1; with absent clients,
+        over the clients served, renormalised)."""
         entries = self.global_upper.state_dict()
         for key, value in self.total.items():
-            entries[key].copy_(value)
+            entries[key].copy_(value / self.weight_sum.to(value.dtype) if self.partial else value)

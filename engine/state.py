@@ -17,6 +17,7 @@ from engine.techniques import Technique, active_techniques
 
 # Fixed offsets give each source of randomness its own stream from the one seed.
 SEED_INIT, SEED_SPLIT, SEED_BATCHES, SEED_TECHNIQUES, SEED_EVAL = 0, 1, 2, 3, 4
+SEED_PARTICIPATION = 7  # after engine.privacy's 5 and the noise defense's 6
 
 
 @dataclass
@@ -97,6 +98,12 @@ class TrainState:
         self.torch_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + SEED_TECHNIQUES)
         self.ledger = Ledger()
         self.tracer = None  # an engine.trace.RoundTrace while a round is traced for teaching
+        # Who takes part (cfg.participation): drawn from a stream of its own, only when the section is
+        # active, so that a run with every client in every round draws exactly what it always drew.
+        self.participation_rng = np.random.default_rng([cfg.seed, SEED_PARTICIPATION])
+        self.present: list[int] = list(range(cfg.num_clients))   # this round's clients
+        self.selected: list[int] = list(range(cfg.num_clients))  # chosen this round, before dropouts
+        self.behind: set[int] = set()  # absent at the last averaging: they take the global model on return
         self._build_clients()
         self._build_models()
         self.techniques: list[Technique] = active_techniques(cfg)
@@ -148,10 +155,42 @@ class TrainState:
         return unique_modules(self.lowers) + unique_modules(self.auxes or [])
 
     def schedule_groups(self) -> list[list[int]]:
-        """Clients served together: all at once (parallel) or one after another (sequential). The SplitFed
-        schedules draw a new order every round and serve each client many batches (:mod:`engine.splitfed`)."""
-        ids = list(range(self.num_clients))
+        """This round's clients served together: all at once (parallel) or one after another (sequential;
+        an absent client is skipped). The SplitFed schedules draw a new order every round and serve each
+        client many batches (:mod:`engine.splitfed`)."""
+        ids = list(self.present)
+        if not ids:
+            return []
         return [[i] for i in ids] if self.sequential else [ids]
+
+    def begin_round(self) -> None:
+        """Draw who takes part this round (``cfg.participation``): a seeded random max(1, floor(C n))
+        clients, then each drops out with probability p. A client back after missing an averaging first
+        takes the global lower model (:class:`engine.techniques.averaging.Averaging` left it in its slot);
+        the ledger counts that download. With C = 1 and p = 0 nothing is drawn and every client is here."""
+        part, n = self.cfg.participation, self.num_clients
+        if not part.active:
+            return
+        rng = self.participation_rng
+        if part.fraction < 1:
+            count = part.clients(n)
+            self.selected = sorted(rng.choice(n, count, replace=False).tolist())
+        else:
+            self.selected = list(range(n))
+        if part.dropout > 0:
+            kept = rng.random(len(self.selected)) >= part.dropout
+            self.present = [i for i, keep in zip(self.selected, kept) if keep]
+        else:
+            self.present = list(self.selected)
+        back = sorted(self.behind & set(self.present))
+        if back:
+            models = [self.lowers[back[0]]] + ([self.auxes[back[0]]] if self.averages_aux else [])
+            self.ledger.model_download(len(back), models)
+            self.behind -= set(back)
+
+    @property
+    def averages_aux(self) -> bool:
+        return self.cfg.local_loss.enabled and self.cfg.local_loss.average_aux and self.auxes is not None
 
     def next_batches(self, clients: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs [k, b, C, H, W] and labels [k, b] of the clients' next batches."""
@@ -176,6 +215,8 @@ class TrainState:
             "torch_gen": self.torch_gen.get_state(),
             "ledger": vars(self.ledger).copy(),
             "techniques": self.technique_states(),
+            "participation": {"rng": self.participation_rng.bit_generator.state, "present": list(self.present),
+                              "selected": list(self.selected), "behind": sorted(self.behind)},
         }
 
     def technique_states(self) -> dict[str, list]:
@@ -199,6 +240,10 @@ class TrainState:
         self.data_rng.bit_generator.state = sd["data_rng"]
         self.torch_gen.set_state(sd["torch_gen"])
         self.ledger = Ledger(**sd["ledger"])
+        part = sd.get("participation")  # absent from checkpoints stored before participation existed
+        if part is not None:
+            self.participation_rng.bit_generator.state = part["rng"]
+            self.present, self.selected, self.behind = list(part["present"]), list(part["selected"]), set(part["behind"])
         techniques = {t.name: t for t in self.techniques}
         for name, states in sd.get("techniques", {}).items():
             for i, value in enumerate(states):

@@ -81,8 +81,8 @@ def run_step(state: TrainState, clients: list[int], t: int) -> RoundLosses:
         up = state.ledger.bytes_up
         state.ledger.model_exchange(1, [state.lowers[0]])
         if state.tracing:
-            nxt = clients[0] + 1
-            state.trace("handoff", **{"from": clients[0], "to": nxt if nxt < state.num_clients else None,
+            later = [i for i in state.present if i > clients[0]]  # an absent client is skipped
+            state.trace("handoff", **{"from": clients[0], "to": later[0] if later else None,
                                       "bytes": state.ledger.bytes_up - up})
     return losses
 

@@ -55,9 +55,15 @@ class _Running:
     wall: float = 0.0
     latency: dict[str, float] = field(default_factory=dict)  # networked runs: measured parts of a round
     updates: list[float] = field(default_factory=list)  # cfg.track_updates: summed UpdateSizes fields
+    present: list[int] = field(default_factory=list)  # cfg.participation: clients here, one count a round
+    selected: list[int] = field(default_factory=list)  # and chosen (before dropouts)
 
-    def add(self, losses: RoundLosses, wall: float, latency: dict[str, float] | None = None) -> None:
+    def add(self, losses: RoundLosses, wall: float, latency: dict[str, float] | None = None,
+            participation: tuple[int, int] | None = None) -> None:
         self.rounds += 1
+        if participation is not None:
+            self.selected = [*self.selected, participation[0]]  # new lists: a checkpoint's copy stays as taken
+            self.present = [*self.present, participation[1]]
         self.loss += losses.loss
         self.mixup += losses.mixup
         self.local += losses.local
@@ -73,6 +79,9 @@ class _Running:
         out = {"train_loss": self.loss / r, "train_loss_mixup": self.mixup / r,
                "train_loss_local": self.local / r, "round_s": self.wall / r,
                **{key: seconds / r for key, seconds in self.latency.items()}}
+        if self.present:  # only when clients come and go: a run with everyone keeps its old history keys
+            out.update(clients_present=sum(self.present) / len(self.present), clients_present_min=min(self.present),
+                       clients_selected=sum(self.selected) / len(self.selected))
         if self.updates:
             server, client, server_rel, client_rel = (v / r for v in self.updates)
             out.update(server_update_norm=server, client_update_norm=client,
@@ -149,7 +158,8 @@ class Trainer:
         losses = self.transport.run_round(self.state) if self.transport else run_round(self.state)
         wall = time.perf_counter() - start
         self.wall_s += wall
-        self._running.add(losses, wall, self.transport.last_timing if self.transport else None)
+        taking_part = ((len(self.state.selected), len(self.state.present)) if self.cfg.participation.active else None)
+        self._running.add(losses, wall, self.transport.last_timing if self.transport else None, taking_part)
         t, last = self.state.round, self.state.round == self.cfg.rounds
         leakage = self.measure_leakage() if self.privacy_due(t) else None
         if t % self.cfg.eval_every == 0 or last:

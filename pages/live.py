@@ -121,11 +121,18 @@ def draw(figs: LiveFigures, big: bool = False, shown: int = 1) -> None:
     c4.plotly_chart(figs.communication, key="comm")
     st.caption(f"Loss terms and communication: {figs.first_label}.")
     last = figs.last
-    m = st.columns(4)
+    present = last.get("clients_present")
+    coming = present is not None and not pd.isna(present)  # clients come and go (cfg.participation)
+    m = st.columns(5 if coming else 4)
     m[0].metric("round", int(last["round"]))
     m[1].metric("test accuracy", common.fmt_float(last["test_acc"]))
     m[2].metric("uploaded", f"{last['bytes_up'] / 1e6:,.1f} MB")
     m[3].metric("downloaded", f"{last['bytes_down'] / 1e6:,.1f} MB")
+    if coming:
+        m[4].metric("clients taking part", f"{present:.3g} a round",
+                    help=f"{figs.first_label}: the mean number of clients that took part in a round since the "
+                         f"evaluation before (fewest: {int(last['clients_present_min'])}; drawn before dropouts: "
+                         f"{last['clients_selected']:.3g}).")
 
 
 @st.fragment(run_every=REFRESH_S)

@@ -52,7 +52,8 @@ common.run_through_app_py()  # first thing: a deep link on a fresh server reruns
 HELP = field_help()
 # Which section of the form a field's error is shown under.
 SECTION_OF = {"data": "data", "num_clients": "scale", "rounds": "scale", "batch_size": "scale", "seed": "scale",
-              "optim": "scale", "eval_every": "scale", "image_every": "scale", "privacy": "scale", "mixup": "knobs",
+              "optim": "scale", "eval_every": "scale", "image_every": "scale", "privacy": "scale",
+              "participation": "scale", "mixup": "knobs",
               "averaging": "knobs", "local_loss": "knobs", "cut_layer": "knobs", "defense": "defense"}
 
 
@@ -68,6 +69,7 @@ FORM_LABELS = {
     "privacy.every": "leakage every (rounds, 0: off)", "privacy.budget": "attacker's budget",
     "privacy.clients": "clients attacked (at most)", "privacy.averaging_at_server": "the server runs ⑤'s averaging",
     "privacy.attack_steps": "decoder steps (at most)", "schedule": "① schedule",
+    "participation.fraction": "clients per round C (fraction)", "participation.dropout": "dropout p",
     "local_steps": "batches per client per round", "reset_optimizers": "re-create the optimisers",
     "split_avg.enabled": "SGLR SplitAvg",
     "defense.noise": "noise σ (0: off)", "defense.nopeek": "NoPeek α (0: off)",
@@ -259,9 +261,14 @@ def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     privacy = {"every": privacy_every, **attacker_controls((c2, c3, c4), base.privacy, fields, not privacy_every)}
     if privacy_every and rounds:
         st.caption(measuring_cost(rounds, privacy_every, privacy["budget"], privacy["clients"]))
+    p1, p2, _, _ = st.columns(4)  # clients that come and go
+    fraction = fields.real(p1, "participation.fraction", float(base.participation.fraction),
+                           help=HELP["participation.fraction"])
+    dropout = fields.real(p2, "participation.dropout", float(base.participation.dropout),
+                          help=HELP["participation.dropout"])
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
             "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
-            "privacy": privacy}
+            "privacy": privacy, "participation": {"fraction": fraction, "dropout": dropout}}
 
 
 def attacker_controls(columns, base: PrivacyConfig, fields: NumberFields, off: bool, key: str = "") -> dict[str, Any]:
@@ -362,9 +369,13 @@ def summary(cfg: RunConfig) -> str:
         f", {plural(cfg.local_steps, 'batch', 'batches')} per client" if cfg.schedule in SPLITFED_SCHEDULES else "")
     config = cfg.model_dump()
     defended = f" · defenses: {defense_words(config)}" if defenses(config) else ""
+    part = cfg.participation
+    coming = "".join(((f" · C = {part.fraction:g}: {plural(part.clients(cfg.num_clients), 'client')} "
+                       "a round") if part.fraction < 1 else "",
+                      f" · dropout p = {part.dropout:g}" if part.dropout > 0 else ""))
     return (f"techniques {common.technique_codes(config)}{schedule} · {cfg.data.dataset} · "
-            f"{plural(cfg.num_clients, 'client')} × {plural(cfg.rounds, 'round')} × b={cfg.batch_size}{leakage}"
-            f"{defended}")
+            f"{plural(cfg.num_clients, 'client')} × {plural(cfg.rounds, 'round')} × b={cfg.batch_size}{coming}"
+            f"{leakage}{defended}")
 
 
 def new_run_form() -> None:

@@ -50,6 +50,8 @@ class Averaging(Technique):
     def end_round(self, state, round_: int) -> None:
         if round_ % self.cfg.averaging.interval != 0 or state.sequential:
             return
+        if len(state.present) < state.num_clients:
+            return self.average_present(state)
         before = _distances(state.lowers, state.weights) if state.tracing else None
         up, down = state.ledger.bytes_up, state.ledger.bytes_down
         average_into(state.lowers, state.weights)
@@ -63,6 +65,27 @@ class Averaging(Technique):
             state.trace("averaging", distances_before=before, spread_before=float(np.mean(before)),
                         spread_after=float(np.mean(after)),
                         bytes=state.ledger.bytes_up - up + state.ledger.bytes_down - down)
+
+
+    @torch.no_grad()
+    def average_present(self, state) -> None:
+        """Some clients are absent (cfg.participation): the delta-weighted average of the present clients'
+        models (weights renormalised over them) is the global model. The present clients upload theirs and
+        download it; each absent client's slot gets it too, standing for the download it makes when it is
+        back (:meth:`engine.state.TrainState.begin_round` counts that), so it never trains on a stale model."""
+        present = state.present
+        if not present:
+            return
+        weights = state.weights[present] / state.weights[present].sum()
+        groups = [state.lowers] + ([state.auxes] if state.averages_aux else [])
+        for modules in groups:
+            average = average_states([modules[i].state_dict() for i in present], weights)
+            for module in modules:
+                entries = module.state_dict()
+                for key, value in average.items():
+                    entries[key].copy_(value)
+        state.ledger.model_exchange(len(present), [modules[0] for modules in groups])
+        state.behind |= set(range(state.num_clients)) - set(present)
 
 
 @torch.no_grad()

@@ -73,10 +73,12 @@ class Mixup(Technique):
                 f"{m.reduction} over partners{', grad to clients' if m.grad_to_clients else ''}")
 
     def draw(self, state, k: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Partners [k, n_s] and mixing ratios ([k, n_s] or [k, n_s, b]) for one step."""
+        """Partners [k, n_s] and mixing ratios ([k, n_s] or [k, n_s, b]) for one step; n_s is capped at
+        k - 1 when fewer clients take part than n_s + 1 (cfg.participation)."""
         m = self.cfg.mixup
-        partners = draw_partners(state.rng, k, m.num_partners)
-        size = (k, m.num_partners, b) if m.per_sample else (k, m.num_partners)
+        ns = min(m.num_partners, k - 1)
+        partners = draw_partners(state.rng, k, ns)
+        size = (k, ns, b) if m.per_sample else (k, ns)
         return partners, state.rng.beta(m.alpha, m.beta, size=size)
 
     def server_extra_losses(self, state, batch: StepBatch) -> Iterator[torch.Tensor]:
@@ -84,15 +86,16 @@ class Mixup(Technique):
         if m.num_partners == 0 or k < 2:
             return
         partners, lam = self.draw(state, k, b)
+        ns = partners.shape[1]  # n_s, or k - 1 when fewer clients take part
         device = batch.smashed.device
-        first = torch.arange(k, device=device).repeat_interleave(m.num_partners)
+        first = torch.arange(k, device=device).repeat_interleave(ns)
         second = torch.as_tensor(partners.reshape(-1), device=device)
-        lam = torch.as_tensor(lam.reshape(k * m.num_partners, *lam.shape[2:]), dtype=batch.smashed.dtype, device=device)
+        lam = torch.as_tensor(lam.reshape(k * ns, *lam.shape[2:]), dtype=batch.smashed.dtype, device=device)
         src = batch.smashed if m.grad_to_clients else batch.smashed.detach()
         s = src.view(k, b, *src.shape[1:])
         y = F.one_hot(batch.labels, state.num_classes).to(src.dtype).view(k, b, -1)
         # weight of each mixed pair: delta_i / b per sample, / n_s for the mean reduction
-        pair_weight = batch.weights[first] / (m.num_partners if m.reduction == "mean" else 1)
+        pair_weight = batch.weights[first] / (ns if m.reduction == "mean" else 1)
         per_chunk = max(1, CHUNK_SAMPLES // b)
         for lo in range(0, len(first), per_chunk):
             sl = slice(lo, lo + per_chunk)
