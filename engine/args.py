@@ -41,6 +41,7 @@ RUN_FLAGS = {
     "eval_every": "eval_every", "device": "device", "partition": "data.partition", "name": "name",
     "transport": "transport", "samples_per_client": "data.samples_per_client", "dirichlet_beta": "data.dirichlet_beta",
     "participation": "participation.fraction", "dropout": "participation.dropout",
+    "speed_spread": "participation.speed_spread", "deadline": "participation.deadline",
 }
 
 
@@ -73,6 +74,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of the clients drawn to take part each round (0 < C <= 1; default 1: all)")
     p.add_argument("--dropout", type=float, metavar="P",
                    help="probability that a drawn client fails to deliver its smashed data in a round (default 0)")
+    p.add_argument("--speed-spread", type=float, metavar="SIGMA",
+                   help="stragglers: sigma of the log-normal the clients' compute times are drawn from (default 0)")
+    p.add_argument("--deadline", type=float, metavar="D",
+                   help="a round waits at most D times T_comp for a client; slower ones miss it (default 0: none)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--eval-every", type=int, help="evaluate every this many rounds")
     p.add_argument("--device", help="cpu, cuda, cuda:0, ...")

@@ -132,10 +132,16 @@ class ParticipationConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description=(
         "p: each selected client independently fails to deliver its smashed data this round with probability "
         "p; the round goes on with the rest (with none left, nothing trains that round)"))
+    speed_spread: float = Field(0.0, ge=0, le=3, description=(
+        "stragglers: sigma of the log-normal each client's compute time per step is drawn from once per run "
+        "(median 1: in units of T_comp, the latency model's client compute per step; 0: every client as fast)"))
+    deadline: float = Field(0.0, ge=0, le=1000, description=(
+        "a round waits at most this many T_comp for a client's step: a slower client misses the round and "
+        "counts as dropped (0: no deadline, a round waits for its slowest client)"))
 
     @property
     def active(self) -> bool:
-        return self.fraction < 1 or self.dropout > 0
+        return self.fraction < 1 or self.dropout > 0 or self.speed_spread > 0 or self.deadline > 0
 
     def clients(self, n: int) -> int:
         """How many of n clients are drawn a round: max(1, floor(C n)), as FedAvg's m = max(C K, 1) is

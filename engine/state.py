@@ -18,6 +18,7 @@ from engine.techniques import Technique, active_techniques
 # Fixed offsets give each source of randomness its own stream from the one seed.
 SEED_INIT, SEED_SPLIT, SEED_BATCHES, SEED_TECHNIQUES, SEED_EVAL = 0, 1, 2, 3, 4
 SEED_PARTICIPATION = 7  # after engine.privacy's 5 and the noise defense's 6
+SEED_SPEEDS = 8  # the clients' compute speeds (stragglers), drawn once per run
 
 
 @dataclass
@@ -83,6 +84,15 @@ def initial_models(cfg: RunConfig, in_shape: tuple[int, ...],
     return lower, upper, shape, aux
 
 
+def client_speeds(cfg: RunConfig) -> np.ndarray:
+    """Each client's compute time per step in T_comp: exp(sigma z), z ~ N(0, 1), drawn once from a stream
+    of the run's seed (median 1); all ones without stragglers (``participation.speed_spread`` = 0)."""
+    sigma = cfg.participation.speed_spread
+    if sigma == 0:
+        return np.ones(cfg.num_clients)
+    return np.exp(sigma * np.random.default_rng([cfg.seed, SEED_SPEEDS]).standard_normal(cfg.num_clients))
+
+
 class TrainState:
     """Models, optimisers, client data, random generators and counters of one run."""
 
@@ -104,6 +114,9 @@ class TrainState:
         self.present: list[int] = list(range(cfg.num_clients))   # this round's clients
         self.selected: list[int] = list(range(cfg.num_clients))  # chosen this round, before dropouts
         self.behind: set[int] = set()  # absent at the last averaging: they take the global model on return
+        self.late: list[int] = []  # drawn and delivering, but slower than the deadline: missed this round
+        self.speeds = client_speeds(cfg)  # each client's compute time per step, in T_comp (median 1)
+        self.compute_units = 0.0  # client compute time of every round so far, in T_comp (the latency model's)
         self._build_clients()
         self._build_models()
         self.techniques: list[Technique] = active_techniques(cfg)
@@ -182,11 +195,26 @@ class TrainState:
             self.present = [i for i, keep in zip(self.selected, kept) if keep]
         else:
             self.present = list(self.selected)
+        self.late = [i for i in self.present if part.deadline and self.speeds[i] > part.deadline]
+        if self.late:
+            self.present = [i for i in self.present if i not in self.late]
+        self.compute_units += self.round_compute()
         back = sorted(self.behind & set(self.present))
         if back:
             models = [self.lowers[back[0]]] + ([self.auxes[back[0]]] if self.averages_aux else [])
             self.ledger.model_download(len(back), models)
             self.behind -= set(back)
+
+    def round_compute(self) -> float:
+        """This round's client compute time in T_comp: clients in parallel take as long as the slowest
+        present one, or the whole deadline when one was cut off by it (the server waited for it); clients in
+        turn (Vanilla SL, SplitFed) add up, a cut-off client's turn costing the deadline."""
+        part = self.cfg.participation
+        steps = self.cfg.local_steps if self.cfg.schedule in ("splitfed_v1", "splitfed_v2") else 1
+        times = [float(self.speeds[i]) * steps for i in self.present]
+        if self.sequential or steps > 1 or self.cfg.schedule.startswith("splitfed"):
+            return sum(times) + part.deadline * len(self.late)
+        return part.deadline if self.late else max(times, default=0.0)
 
     @property
     def averages_aux(self) -> bool:
@@ -216,7 +244,8 @@ class TrainState:
             "ledger": vars(self.ledger).copy(),
             "techniques": self.technique_states(),
             "participation": {"rng": self.participation_rng.bit_generator.state, "present": list(self.present),
-                              "selected": list(self.selected), "behind": sorted(self.behind)},
+                              "selected": list(self.selected), "behind": sorted(self.behind),
+                              "late": list(self.late), "compute_units": self.compute_units},
         }
 
     def technique_states(self) -> dict[str, list]:
@@ -244,6 +273,7 @@ class TrainState:
         if part is not None:
             self.participation_rng.bit_generator.state = part["rng"]
             self.present, self.selected, self.behind = list(part["present"]), list(part["selected"]), set(part["behind"])
+            self.late, self.compute_units = list(part.get("late", [])), float(part.get("compute_units", 0.0))
         techniques = {t.name: t for t in self.techniques}
         for name, states in sd.get("techniques", {}).items():
             for i, value in enumerate(states):

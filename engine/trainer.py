@@ -57,13 +57,15 @@ class _Running:
     updates: list[float] = field(default_factory=list)  # cfg.track_updates: summed UpdateSizes fields
     present: list[int] = field(default_factory=list)  # cfg.participation: clients here, one count a round
     selected: list[int] = field(default_factory=list)  # and chosen (before dropouts)
+    late: list[int] = field(default_factory=list)  # and cut off by the deadline
 
     def add(self, losses: RoundLosses, wall: float, latency: dict[str, float] | None = None,
-            participation: tuple[int, int] | None = None) -> None:
+            participation: tuple[int, int, int] | None = None) -> None:
         self.rounds += 1
         if participation is not None:
             self.selected = [*self.selected, participation[0]]  # new lists: a checkpoint's copy stays as taken
             self.present = [*self.present, participation[1]]
+            self.late = [*self.late, participation[2]]
         self.loss += losses.loss
         self.mixup += losses.mixup
         self.local += losses.local
@@ -81,7 +83,8 @@ class _Running:
                **{key: seconds / r for key, seconds in self.latency.items()}}
         if self.present:  # only when clients come and go: a run with everyone keeps its old history keys
             out.update(clients_present=sum(self.present) / len(self.present), clients_present_min=min(self.present),
-                       clients_selected=sum(self.selected) / len(self.selected))
+                       clients_selected=sum(self.selected) / len(self.selected),
+                       clients_late=sum(self.late) / len(self.late) if self.late else 0.0)
         if self.updates:
             server, client, server_rel, client_rel = (v / r for v in self.updates)
             out.update(server_update_norm=server, client_update_norm=client,
@@ -158,7 +161,8 @@ class Trainer:
         losses = self.transport.run_round(self.state) if self.transport else run_round(self.state)
         wall = time.perf_counter() - start
         self.wall_s += wall
-        taking_part = ((len(self.state.selected), len(self.state.present)) if self.cfg.participation.active else None)
+        taking_part = ((len(self.state.selected), len(self.state.present), len(self.state.late))
+                       if self.cfg.participation.active else None)
         self._running.add(losses, wall, self.transport.last_timing if self.transport else None, taking_part)
         t, last = self.state.round, self.state.round == self.cfg.rounds
         leakage = self.measure_leakage() if self.privacy_due(t) else None
@@ -193,6 +197,8 @@ class Trainer:
                   **self._running.metrics(), **self.state.ledger.as_metrics(), "wall_s": self.wall_s}
         if authors_test_acc is not None:
             record["authors_test_acc"] = authors_test_acc
+        if self.cfg.participation.active:  # the latency model's client compute so far, in T_comp
+            record["compute_units"] = self.state.compute_units
         for tech in self.state.techniques:  # e.g. the noise defense's defense_snr_db
             record.update(tech.metrics(self.state))
         if leakage is not None:

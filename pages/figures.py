@@ -156,6 +156,10 @@ def with_simulated_latency(history: pd.DataFrame, config: dict, t_comp: float = 
     if out.empty:
         out["latency_s"] = []
         return out
+    if "compute_units" in out and out["compute_units"].notna().all():
+        # clients that come and go, stragglers, a deadline: the run counted its own compute, in T_comp
+        out["latency_s"] = out["compute_units"] * t_comp + out["bytes_up"] / uplink_bytes_per_s
+        return out
     steps = compute_steps_in_turn(config)  # T_comp times this, per round
     out["latency_s"] = latency_curve_for_run(out["round"], out["bytes_up"], steps, t_comp, uplink_bytes_per_s,
                                              sequential=True)

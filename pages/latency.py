@@ -10,7 +10,16 @@ from engine.latency import LatencyParams, latency_curves
 from engine.studies.latency_measured import predictions
 from engine.studies.latency_study import fig8_claims, lenet_sizes
 from pages import common
-from pages.figures import BYTE_KINDS, LATENCY_PARTS, bytes_exchanged, latency_figure, latency_overlaps, measured_latency
+from pages.figures import (
+    BYTE_KINDS,
+    LATENCY_PARTS,
+    bytes_exchanged,
+    latency_figure,
+    latency_overlaps,
+    learning_curves,
+    measured_latency,
+    with_simulated_latency,
+)
 
 common.run_through_app_py()  # first thing: a deep link on a fresh server reruns through app.py
 
@@ -66,6 +75,43 @@ per_round = st.toggle("per round", True)
 st.plotly_chart(bytes_exchanged(pd.DataFrame(rows, columns=["run", "kind", "MB", "rounds"]), per_round,
                                 title="Megabytes per round, by kind" if per_round else "Megabytes in all, by kind"),
                 key="bytes")
+
+st.subheader("Stragglers and a deadline: accuracy against simulated time")
+st.caption("A run whose clients come and go (participation: a fraction C, dropouts, stragglers with "
+           "speed spread σ, a round deadline) counts its own client compute in T_comp: in a parallel round the "
+           "slowest present client, or the whole deadline when one was cut off by it. Simulated time = that × "
+           "T_comp + the bytes uploaded over the shared uplink. A deadline shortens every round and drops the "
+           "slow clients' data: what it buys is read off where the curves cross.")
+coming = [int(r["id"]) for _, r in finished.iterrows()
+          if RunConfig.model_validate((common.run_info(int(r["id"])) or {}).get("config") or {}).participation.active]
+if not coming:
+    st.info("No finished run with clients that come and go yet: queue runs with a speed spread and different "
+            "deadlines (New run, or `python -m engine submit --set participation.speed_spread=1 "
+            "--set participation.deadline=1.5 ...`).")
+else:
+    d1, d2 = st.columns(2)
+    t_comp_s = d1.number_input("T_comp: client compute per step (s)", 0.0, 100.0, 0.05, key="straggler_tcomp")
+    uplink = d2.number_input("shared uplink (Mbit/s)", 0.1, 100_000.0, 100.0, key="straggler_uplink")
+    chosen = common.pick_runs("runs", finished.loc[finished["id"].isin(coming)], coming[:6], key="straggler_runs")
+    histories, table = {}, []
+    for run_id in chosen:
+        info = common.run_info(run_id) or {}
+        part = RunConfig.model_validate(info["config"]).participation
+        h = with_simulated_latency(common.history(run_id), info["config"], t_comp_s, uplink * 1e6 / 8)
+        if h.empty:
+            continue
+        label = (f"#{run_id} {info.get('name') or 'run'} · "
+                 + (f"deadline {part.deadline:g}·T_comp" if part.deadline else "no deadline"))
+        histories[label] = h
+        table.append({"run": label, "speed spread σ": part.speed_spread, "clients late a round":
+                      float(h["clients_late"].iloc[-1]) if "clients_late" in h else 0.0,
+                      "client compute a round (T_comp)": float(h["compute_units"].iloc[-1] / h["round"].iloc[-1]),
+                      "final live accuracy": float(h["test_acc"].iloc[-1]),
+                      "simulated time (s)": float(h["latency_s"].iloc[-1])})
+    if histories:
+        st.plotly_chart(learning_curves(histories, "test_acc", "latency_s",
+                                        title="Accuracy against simulated time"), key="stragglers")
+        st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
 
 st.subheader("Measured over the network")
 st.caption("Runs trained with `--transport process` (a server and n client processes over TCP) time every "

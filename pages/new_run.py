@@ -70,6 +70,7 @@ FORM_LABELS = {
     "privacy.clients": "clients attacked (at most)", "privacy.averaging_at_server": "the server runs ⑤'s averaging",
     "privacy.attack_steps": "decoder steps (at most)", "schedule": "① schedule",
     "participation.fraction": "clients per round C (fraction)", "participation.dropout": "dropout p",
+    "participation.speed_spread": "straggler spread σ (0: none)", "participation.deadline": "deadline (T_comp, 0: none)",
     "local_steps": "batches per client per round", "reset_optimizers": "re-create the optimisers",
     "split_avg.enabled": "SGLR SplitAvg",
     "defense.noise": "noise σ (0: off)", "defense.nopeek": "NoPeek α (0: off)",
@@ -261,14 +262,19 @@ def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     privacy = {"every": privacy_every, **attacker_controls((c2, c3, c4), base.privacy, fields, not privacy_every)}
     if privacy_every and rounds:
         st.caption(measuring_cost(rounds, privacy_every, privacy["budget"], privacy["clients"]))
-    p1, p2, _, _ = st.columns(4)  # clients that come and go
+    p1, p2, p3, p4 = st.columns(4)  # clients that come and go
     fraction = fields.real(p1, "participation.fraction", float(base.participation.fraction),
                            help=HELP["participation.fraction"])
     dropout = fields.real(p2, "participation.dropout", float(base.participation.dropout),
                           help=HELP["participation.dropout"])
+    spread = fields.real(p3, "participation.speed_spread", float(base.participation.speed_spread),
+                         help=HELP["participation.speed_spread"])
+    deadline = fields.real(p4, "participation.deadline", float(base.participation.deadline),
+                           help=HELP["participation.deadline"])
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
             "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
-            "privacy": privacy, "participation": {"fraction": fraction, "dropout": dropout}}
+            "privacy": privacy, "participation": {"fraction": fraction, "dropout": dropout, "speed_spread": spread,
+                                                  "deadline": deadline}}
 
 
 def attacker_controls(columns, base: PrivacyConfig, fields: NumberFields, off: bool, key: str = "") -> dict[str, Any]:
@@ -372,7 +378,9 @@ def summary(cfg: RunConfig) -> str:
     part = cfg.participation
     coming = "".join(((f" · C = {part.fraction:g}: {plural(part.clients(cfg.num_clients), 'client')} "
                        "a round") if part.fraction < 1 else "",
-                      f" · dropout p = {part.dropout:g}" if part.dropout > 0 else ""))
+                      f" · dropout p = {part.dropout:g}" if part.dropout > 0 else "",
+                      f" · stragglers σ = {part.speed_spread:g}" if part.speed_spread > 0 else "",
+                      f" · deadline {part.deadline:g}·T_comp" if part.deadline > 0 else ""))
     return (f"techniques {common.technique_codes(config)}{schedule} · {cfg.data.dataset} · "
             f"{plural(cfg.num_clients, 'client')} × {plural(cfg.rounds, 'round')} × b={cfg.batch_size}{coming}"
             f"{leakage}{defended}")

@@ -192,7 +192,8 @@ def test_splitfed_serves_only_the_present_clients_and_v1_averages_over_them(sche
 
 
 def test_a_resumed_run_with_participation_continues_exactly(digits):
-    cfg = config("1,2,3,5", fraction=0.5, dropout=0.3, rounds=8, eval_every=2)
+    cfg = config("1,2,3,5", fraction=0.5, dropout=0.3, rounds=8, eval_every=2,
+                 participation={"speed_spread": 0.7, "deadline": 2.0})
     straight = Trainer(cfg, digits)
     expected = straight.run()
     first = Trainer(cfg, digits)
@@ -203,6 +204,7 @@ def test_a_resumed_run_with_participation_continues_exactly(digits):
     result = resumed.run()
     assert [r["test_loss"] for r in result["history"]] == [r["test_loss"] for r in expected["history"]]
     assert [r["clients_present"] for r in result["history"]] == [r["clients_present"] for r in expected["history"]]
+    assert [r["compute_units"] for r in result["history"]] == [r["compute_units"] for r in expected["history"]]
     assert all(torch.equal(flat(a), flat(b)) for a, b in zip(resumed.state.lowers, straight.state.lowers))
 
 
@@ -225,7 +227,7 @@ def test_the_command_line_sets_participation_and_names_its_flags(tmp_path, capsy
     out = tmp_path / "run.json"
     assert main(["run", *flags, "--participation", "0.5", "--dropout", "0.25", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["config"]["participation"] == {"fraction": 0.5, "dropout": 0.25}
+    assert result["config"]["participation"] == {"fraction": 0.5, "dropout": 0.25, "speed_spread": 0.0, "deadline": 0.0}
     assert all(1 <= row["clients_selected"] == 2 for row in result["history"])
     capsys.readouterr()
     assert main(["run", *flags, "--participation", "0"]) == 2
@@ -237,3 +239,47 @@ def test_the_command_line_sets_participation_and_names_its_flags(tmp_path, capsy
 @pytest.mark.parametrize("fraction,n,count", [(0.25, 10, 2), (0.35, 10, 3), (0.29, 100, 29), (0.01, 10, 1), (1.0, 7, 7)])
 def test_the_clients_drawn_are_max_1_floor_c_n(fraction, n, count):
     assert validate_config({"num_clients": n, "participation": {"fraction": fraction}}).participation.clients(n) == count
+
+
+# ---- stragglers and a deadline (the latency model's client compute) ----------------------------------
+def test_client_speeds_are_log_normal_from_their_own_stream_and_ones_without_stragglers():
+    from engine.state import client_speeds
+
+    assert client_speeds(config()).tolist() == [1.0] * 4
+    z = np.random.default_rng([1, 8]).standard_normal(4)  # the run's seed and engine.state.SEED_SPEEDS
+    assert np.allclose(client_speeds(config(participation={"speed_spread": 0.5})), np.exp(0.5 * z))
+
+
+def test_stragglers_without_a_deadline_train_the_same_run_and_wait_for_the_slowest(digits):
+    plain = Trainer(config("1,2,3,5"), digits)
+    slow = Trainer(config("1,2,3,5", participation={"speed_spread": 1.0}), digits)
+    expected, got = plain.run()["history"], slow.run()["history"]
+    assert [r["test_loss"] for r in got] == [r["test_loss"] for r in expected]
+    assert got[-1]["compute_units"] == pytest.approx(6 * slow.state.speeds.max())  # 6 rounds, the slowest each
+    assert "compute_units" not in expected[-1]
+    sequential = Trainer(config("1", participation={"speed_spread": 1.0}), digits)
+    sequential.run()
+    assert sequential.history[-1]["compute_units"] == pytest.approx(6 * sequential.state.speeds.sum())
+
+
+def test_a_deadline_drops_the_clients_slower_than_it_and_the_round_waits_the_deadline(digits):
+    cfg = config("1,2,5", participation={"speed_spread": 1.0, "deadline": 1.0})
+    trainer = Trainer(cfg, digits)
+    speeds = trainer.state.speeds
+    late = sorted(int(i) for i in np.flatnonzero(speeds > 1.0))
+    assert 0 < len(late) < 4  # seed 1 has clients on both sides of the deadline
+    history = trainer.run()["history"]
+    assert trainer.state.late == late and trainer.state.present == sorted(set(range(4)) - set(late))
+    assert history[-1]["clients_late"] == len(late) and history[-1]["clients_present"] == 4 - len(late)
+    assert history[-1]["compute_units"] == pytest.approx(6 * 1.0)  # every round waited the whole deadline
+
+
+def test_the_simulated_latency_counts_the_runs_own_compute_when_clients_come_and_go(digits):
+    import pandas as pd
+
+    from pages.figures import with_simulated_latency
+
+    trainer = Trainer(config("1,2,5", participation={"speed_spread": 1.0, "deadline": 1.0}), digits)
+    history = pd.DataFrame(trainer.run()["history"])
+    out = with_simulated_latency(history, trainer.cfg.model_dump(), t_comp=0.05, uplink_bytes_per_s=1e6)
+    assert np.allclose(out["latency_s"], history["compute_units"] * 0.05 + history["bytes_up"] / 1e6)

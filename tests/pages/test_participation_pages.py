@@ -14,7 +14,7 @@ def test_clients_that_come_and_go_are_queued_as_typed_and_said_in_the_summary(db
                for c in at.caption)
     button(at, "Queue run").click().run()
     (run,) = runs_in_db(db_url)
-    assert run.config["participation"] == {"fraction": 0.25, "dropout": 0.1}
+    assert run.config["participation"] == {"fraction": 0.25, "dropout": 0.1, "speed_spread": 0.0, "deadline": 0.0}
 
 
 def test_a_fraction_or_dropout_out_of_range_is_refused_in_the_forms_words(db_url):
@@ -34,3 +34,32 @@ def test_live_shows_how_many_clients_took_part_and_only_when_they_come_and_go(db
     metrics = {m.label: m.value for m in page("live", coming).metric}
     assert metrics["clients taking part"] == "2 a round"
     assert "clients taking part" not in {m.label for m in page("live", everyone).metric}
+
+
+def test_stragglers_and_a_deadline_are_queued_from_the_form(db_url):
+    at = page("new_run")
+    field(at, "straggler spread σ (0: none)").set_value("1.2").run()
+    field(at, "deadline (T_comp, 0: none)").set_value("1.5").run()
+    assert any("· stragglers σ = 1.2 · deadline 1.5·T_comp" in c.value for c in at.caption)
+    button(at, "Queue run").click().run()
+    (run,) = runs_in_db(db_url)
+    assert run.config["participation"] == {"fraction": 1.0, "dropout": 0.0, "speed_spread": 1.2, "deadline": 1.5}
+
+
+def test_the_latency_page_plots_what_a_deadline_buys(db_url):
+    import json
+
+    base = {"num_clients": 4, "rounds": 4, "batch_size": 8, "eval_every": 2, "seed": 1,
+            "data": {"dataset": "digits", "eval_subset": 32}}
+    slow = {"participation": {"speed_spread": 1.0}}
+    cut = {"participation": {"speed_spread": 1.0, "deadline": 1.0}}
+    waited, deadline, plain = train_runs(db_url, [("waits", slow), ("cut", cut), ("plain", {})], base)
+    at = page("latency")
+    chart = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                 if json.loads(c.proto.spec)["layout"]["title"]["text"] == "Accuracy against simulated time")
+    lines = {t["name"]: t for t in chart["data"] if t.get("name") and "min-max" not in t["name"]}
+    waits, cut_off = f"#{waited} waits · no deadline", f"#{deadline} cut · deadline 1·T_comp"
+    assert set(lines) == {waits, cut_off}  # not the plain run
+    table = at.dataframe[-1].value.set_index("run")
+    assert table.loc[cut_off, "simulated time (s)"] < table.loc[waits, "simulated time (s)"]  # shorter rounds
+    assert table.loc[cut_off, "clients late a round"] > 0 == table.loc[waits, "clients late a round"]
