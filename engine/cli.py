@@ -276,7 +276,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     if args.profile is None:
         args.profile = "splitfed_authors" if args.study == "splitfed" else "demo"
-    ns = _int_list("--clients", args.clients or ("10" if args.study in ("privacy", "privacy-defenses", "splitfed") else "10,20,40"), "10,20,40")
+    default_ns = {"privacy": "10", "privacy-defenses": "10", "splitfed": "10", "dropout": "20"}.get(args.study, "10,20,40")
+    ns = _int_list("--clients", args.clients or default_ns, "10,20,40")
     if min(ns) < 2:
         raise UsageError("--clients: every n must be at least 2")
     seeds = _int_list("--seeds", args.seeds, "0,1,2")
@@ -376,10 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "in one process, at n = 4 and 16 (or --clients)")
     bench.set_defaults(func=cmd_bench)
     rep = sub.add_parser("reproduce", help="the paper's Table 3 (or SGLR's claim) as a grid of runs, with tables and "
-                         "plots; `privacy`: what each combination leaks at two cut layers; `privacy-defenses`: what each defense buys against the strongest attack; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
-    rep.add_argument("study", choices=["table3", "sglr", "privacy", "privacy-defenses", "latency", "splitfed"])
+                         "plots; `privacy`: what each combination leaks at two cut layers; `privacy-defenses`: what each defense buys against the strongest attack; `dropout`: clients that come and go; `latency`: Fig. 8's claims and accuracy against simulated time from the Table 3 runs")
+    rep.add_argument("study", choices=["table3", "sglr", "privacy", "privacy-defenses", "latency", "splitfed", "dropout"])
     rep.add_argument("--dataset", default="fashion-mnist", choices=list(DATASETS))
-    rep.add_argument("--clients", help="comma-separated n values (default 10,20,40; privacy, privacy-defenses, splitfed: 10)")
+    rep.add_argument("--clients", help="comma-separated n values (default 10,20,40; privacy, privacy-defenses, splitfed: 10; dropout: 20)")
     rep.add_argument("--rounds", type=int, default=None,
                      help="rounds per run (default 300; latency --measured: 10; the paper: 10,000)")
     rep.add_argument("--seeds", "--seed", default="0", help="comma-separated seeds; tables show mean ± std")

@@ -32,6 +32,7 @@ from engine.data import train_size
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
 from engine.studies.common import Arm, load_results, run_key, run_name, write_csv
 from engine.studies.privacy_defenses import defense_arms, write_defense_report
+from engine.studies.dropout import dropout_arms, write_dropout_report
 from engine.studies.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
 from engine.studies.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
 from engine.trainer import Callbacks, Trainer
@@ -73,7 +74,7 @@ def one_local_epoch(dataset: str, n: int, batch_size: int) -> int:
 POLL_S = 2.0  # seconds between looks at the queued runs
 CHECKPOINT_EVERY_S = 60.0  # wall seconds between checkpoints of an in-process run
 STUDIES = {"table3": table3_arms, "sglr": sglr_arms, "privacy": privacy_arms, "privacy-defenses": defense_arms,
-           "splitfed": splitfed_arms}
+           "splitfed": splitfed_arms, "dropout": dropout_arms}
 # The profile a study uses unless told otherwise; splitfed_authors fits only the SplitFed study.
 STUDY_PROFILES = {"splitfed": ("splitfed_authors",)}
 DEFAULT_PROFILE = {"splitfed": "splitfed_authors"}
@@ -746,6 +747,9 @@ def reproduce(study: str, dataset: str, ns: list[int], rounds: int, seeds: list[
         return out
     if study == "privacy-defenses":
         write_defense_report(out, ns, seeds, results)
+        return out
+    if study == "dropout":
+        write_dropout_report(out, ns, seeds, results)
         return out
     if study == "splitfed":
         write_splitfed_report(out, arms, ns, seeds, results)
