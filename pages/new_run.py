@@ -21,6 +21,7 @@ from engine.config import (
     SCHEDULES,
     SPLITFED_SCHEDULES,
     ConfigProblem,
+    ParticipationConfig,
     PrivacyConfig,
     RunConfig,
     deep_merge,
@@ -262,19 +263,18 @@ def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     privacy = {"every": privacy_every, **attacker_controls((c2, c3, c4), base.privacy, fields, not privacy_every)}
     if privacy_every and rounds:
         st.caption(measuring_cost(rounds, privacy_every, privacy["budget"], privacy["clients"]))
-    p1, p2, p3, p4 = st.columns(4)  # clients that come and go
-    fraction = fields.real(p1, "participation.fraction", float(base.participation.fraction),
-                           help=HELP["participation.fraction"])
-    dropout = fields.real(p2, "participation.dropout", float(base.participation.dropout),
-                          help=HELP["participation.dropout"])
-    spread = fields.real(p3, "participation.speed_spread", float(base.participation.speed_spread),
-                         help=HELP["participation.speed_spread"])
-    deadline = fields.real(p4, "participation.deadline", float(base.participation.deadline),
-                           help=HELP["participation.deadline"])
+    participation = participation_controls(base.participation, fields)
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,
             "optim": {"name": optimizer, "lr": lr}, "eval_every": eval_every, "image_every": image_every,
-            "privacy": privacy, "participation": {"fraction": fraction, "dropout": dropout, "speed_spread": spread,
-                                                  "deadline": deadline}}
+            "privacy": privacy, "participation": participation}
+
+
+def participation_controls(base: ParticipationConfig, fields: NumberFields, key: str = "") -> dict[str, Any]:
+    """Clients that come and go: C, the dropout p, the stragglers' spread σ and a round deadline (one row)."""
+    columns = st.columns(4)
+    return {name: fields.real(column, f"participation.{name}", float(getattr(base, name)),
+                              help=HELP[f"participation.{name}"], key=f"{key}participation_{name}")
+            for column, name in zip(columns, ("fraction", "dropout", "speed_spread", "deadline"))}
 
 
 def attacker_controls(columns, base: PrivacyConfig, fields: NumberFields, off: bool, key: str = "") -> dict[str, Any]:
@@ -558,6 +558,7 @@ def sweep_form() -> None:
                                  f"leakage. {MEASURING_COST}")
     privacy = {"every": privacy_every, **attacker_controls(st.columns(3), PrivacyConfig(), fields, not privacy_every,
                                                              key="sweep_")}
+    participation = participation_controls(ParticipationConfig(), fields, key="sweep_")
     if not present.get(dataset):
         get_button(dataset, key=f"sweep_get_{dataset}")
     defense, strengths, strength_problem = swept_defense()
@@ -567,7 +568,7 @@ def sweep_form() -> None:
     grid: list[tuple[int, dict[str, Any]]] = []
     if not texts:
         grid = sweep_configs(rows, ns, {"rounds": rounds, "seed": seed, "eval_every": eval_every,
-                                        "data": {"dataset": dataset}, "privacy": privacy},
+                                        "data": {"dataset": dataset}, "privacy": privacy, "participation": participation},
                              defense, strengths)
         texts = sweep_problems(grid)
     configs = [raw for _, raw in grid]

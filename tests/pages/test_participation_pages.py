@@ -63,3 +63,13 @@ def test_the_latency_page_plots_what_a_deadline_buys(db_url):
     table = at.dataframe[-1].value.set_index("run")
     assert table.loc[cut_off, "simulated time (s)"] < table.loc[waits, "simulated time (s)"]  # shorter rounds
     assert table.loc[cut_off, "clients late a round"] > 0 == table.loc[waits, "clients late a round"]
+
+
+def test_the_sweep_queues_its_participation_with_every_run(db_url):
+    at = page("new_run")
+    field(at, "clients n (comma-separated)").set_value("4").run()
+    sweep = [w for w in at.text_input if w.label == "clients per round C (fraction)"][1]
+    sweep.set_value("0.5").run()
+    button(at, "Queue sweep").click().run()
+    runs = runs_in_db(db_url)
+    assert runs and {r.config["participation"]["fraction"] for r in runs} == {0.5}
