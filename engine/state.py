@@ -205,6 +205,22 @@ class TrainState:
             self.ledger.model_download(len(back), models)
             self.behind -= set(back)
 
+    def absence_reasons(self) -> dict[int, str]:
+        """Why each client missing from this round is missing (empty when every client takes part)."""
+        part, n = self.cfg.participation, self.num_clients
+        if not part.active:
+            return {}
+        out = {}
+        for i in range(n):
+            if i not in self.selected:
+                out[i] = f"not drawn this round (C = {part.fraction:g}: {part.clients(n)} of {n} clients)"
+            elif i in self.late:
+                out[i] = (f"missed the deadline: its step takes {self.speeds[i]:.2f}·T_comp, the round waits "
+                          f"{part.deadline:g}·T_comp")
+            elif i not in self.present:
+                out[i] = f"dropped out: failed to deliver its smashed data (p = {part.dropout:g})"
+        return out
+
     def round_compute(self) -> float:
         """This round's client compute time in T_comp: clients in parallel take as long as the slowest
         present one, or the whole deadline when one was cut off by it (the server waited for it); clients in

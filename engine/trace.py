@@ -87,6 +87,7 @@ class RoundResult:
     losses: RoundLosses
     ledger_before: dict[str, int]
     ledger_after: dict[str, int]
+    absent: dict[int, str] = field(default_factory=dict)  # clients missing from the round, and why
 
 
 def traced_round(state) -> RoundResult:
@@ -98,7 +99,8 @@ def traced_round(state) -> RoundResult:
         losses = run_round(state)
     finally:
         state.tracer = None
-    return RoundResult(state.cfg, state.round, trace, losses, before, state.ledger.as_metrics())
+    return RoundResult(state.cfg, state.round, trace, losses, before, state.ledger.as_metrics(),
+                       state.absence_reasons())
 
 
 def trace_round(cfg: RunConfig, dataset: Dataset | None = None, checkpoint: bytes | None = None) -> RoundResult:

@@ -108,6 +108,8 @@ def from_link(runs: dict[int, str]) -> None:
         ss.wt_run = 0
     if "wt_defense" not in ss:
         ss.wt_defense = defense_from_link(q.get("defense"))
+    if "wt_absent" not in ss:
+        ss.wt_absent = absence_from_link(q.get("absent"))
     if "wt_step" not in ss:
         ss.wt_step = step_from_link(q.get("step"))
 
@@ -138,6 +140,16 @@ def dataset_from_link(raw: str | None) -> str:
     st.info(f"data set {asked} (in the link) is not one the walkthrough shows (it shows {offered}): "
             f"showing {dataset_name(shown)}.")
     return shown
+
+
+def absence_from_link(raw: str | None) -> str:
+    """``?absent=fraction:0.5``: one of the ways clients come and go the walkthrough shows (none otherwise)."""
+    if raw is None or raw in ws.ABSENCE_CHOICES:
+        return raw or ""
+    offered = ", ".join(k for k in ws.ABSENCE_CHOICES if k)
+    st.info(f"absent = {shown_text(raw)} in the link is not one the walkthrough shows ({offered}): every client "
+            "takes part.")
+    return ""
 
 
 def defense_from_link(raw: str | None) -> str:
@@ -191,6 +203,10 @@ def controls(runs: dict[int, str], shown_data: str | None) -> DeltaGenerator | N
                  help="What every client does to its smashed data before the upload (for both algorithms side by "
                       "side): step 3 then shows what the server receives beside what the client computed. A stored "
                       "run keeps its own.")
+    c2.selectbox("clients that come and go", list(ws.ABSENCE_CHOICES), key="wt_absent",
+                 format_func=ws.ABSENCE_CHOICES.get, disabled=from_run,
+                 help="A round where some clients are missing (for both algorithms side by side): they are greyed, "
+                      "with why, and the round goes on with the others. A stored run keeps its own.")
     c3.slider("clients n", ws.MIN_CLIENTS, ws.MAX_CLIENTS, key="wt_n", disabled=from_run)
     c4.selectbox("data set", ws.DATASETS, key="wt_data", format_func=dataset_choice, disabled=from_run,
                  help="A data set that is not on this machine is shown as digits (bundled, no download).")
@@ -205,7 +221,8 @@ def controls(runs: dict[int, str], shown_data: str | None) -> DeltaGenerator | N
                           "drops its own) with at most 10 clients.")
     st.query_params.update({"algo": ss.wt_algo if ss.wt_algo != CUSTOM else ss.wt_codes, "n": str(ss.wt_n),
                             "data": ss.wt_data})
-    for name, value in (("vs", ss.wt_vs), ("run", str(ss.wt_run) if ss.wt_run else ""), ("defense", ss.wt_defense)):
+    for name, value in (("vs", ss.wt_vs), ("run", str(ss.wt_run) if ss.wt_run else ""), ("defense", ss.wt_defense),
+                        ("absent", ss.wt_absent)):
         if value:
             st.query_params[name] = value
         elif name in st.query_params:
@@ -221,7 +238,8 @@ def settings_label(shown_data: str | None) -> str:
     names = [PRESETS[ss.wt_algo].title if ss.wt_algo in PRESETS else f"techniques {ss.wt_codes}"]
     names += [PRESETS[ss.wt_vs].title] if ss.wt_vs else []
     defense = f" · {ws.DEFENSE_CHOICES[ss.wt_defense]}" if ss.wt_defense else ""
-    return f"{' and '.join(names)} · n = {ss.wt_n} · {dataset_name(shown_data)}{defense}"
+    absent = f" · {ws.ABSENCE_CHOICES[ss.wt_absent]}" if ss.wt_absent else ""
+    return f"{' and '.join(names)} · n = {ss.wt_n} · {dataset_name(shown_data)}{defense}{absent}"
 
 
 def restart_clock() -> None:
@@ -285,7 +303,8 @@ def results(runs: dict[int, str], dataset: str | None) -> list[RoundResult]:
     out = []
     for algorithm in algorithms:
         try:
-            cfg = ws.walkthrough_config(algorithm.strip(), ss.wt_n, dataset, defense=ss.wt_defense)
+            cfg = ws.walkthrough_config(algorithm.strip(), ss.wt_n, dataset, defense=ss.wt_defense,
+                                        absence=ss.wt_absent)
         except ConfigError as err:
             text = err.text().removeprefix("techniques: ")  # parse_techniques' words for the --techniques flag
             st.error(f"technique codes: {common.escape_markdown(text)}")

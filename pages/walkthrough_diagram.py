@@ -14,6 +14,7 @@ from pages.walkthrough_steps import (
     KIND_NAMES,
     TECHNIQUE_OF,
     Step,
+    absent_short,
     counted,
     fmt_bytes,
     fmt_shape,
@@ -186,9 +187,12 @@ def _client_row(i: int, step: Step | None, res: RoundResult, look: _Look | None,
     y = layout.row_y(i)
     served_now = look is not None and (not one_at_a_time(res) or served(res, step.group) == i
                                        or step.phase == "averaging")
-    on = look is not None and (i in look.clients or i in look.data)
+    absent = res.absent.get(i)
+    on = look is not None and (i in look.clients or i in look.data) and absent is None
     color = look.color if on else GREY
     second = look.clients.get(i, "") if on else ("" if served_now or look is None else _waiting(i, step, res))
+    if absent is not None:  # clients that come and go: greyed all round, with why
+        served_now, second = False, absent_short(absent)
     x, first, small = layout.client_x, layout.px(13), layout.px(11)
     parts = _data_box(i, y, look, layout) + [
         _box(x, y - layout.box_h / 2, layout.client_w, layout.box_h, color, "#F4F8FF" if on else "white",

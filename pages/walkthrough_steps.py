@@ -40,6 +40,28 @@ DEFENSE_CHOICES = {"": "no defense", "noise:0.1": "Gaussian noise σ = 0.1", "no
                    "bits:4": "4-bit quantisation", "bits:2": "2-bit quantisation"}
 
 
+# Clients that come and go, as the walkthrough offers them ("kind:value", as a link writes them).
+ABSENCE_CHOICES = {"": "every client takes part", "fraction:0.5": "half the clients drawn (C = 0.5)",
+                   "dropout:0.4": "dropouts (p = 0.4)", "deadline:1": "stragglers (σ = 1) and a deadline of 1·T_comp"}
+ABSENT_SHORT = {"not drawn": "absent: not drawn", "missed the deadline": "absent: too slow",
+                "dropped out": "absent: dropped out"}
+
+
+def absent_short(why: str) -> str:
+    """The few words a greyed client's box says ('absent: not drawn')."""
+    return next((short for start, short in ABSENT_SHORT.items() if why.startswith(start)), "absent")
+
+
+def absence_override(choice: str) -> dict:
+    """An :data:`ABSENCE_CHOICES` key as config overrides ('' -> {})."""
+    if not choice:
+        return {}
+    kind, _, value = choice.partition(":")
+    if kind == "deadline":
+        return {"participation": {"speed_spread": 1.0, "deadline": float(value)}}
+    return {"participation": {kind: float(value)}}
+
+
 def defense_override(choice: str) -> dict:
     """A :data:`DEFENSE_CHOICES` key as config overrides: 'noise:0.5' -> {'defense': {'noise': 0.5}}; '' -> {}."""
     if not choice:
@@ -48,7 +70,8 @@ def defense_override(choice: str) -> dict:
     return {"defense": {kind: int(value) if kind == "bits" else float(value)}}
 
 
-def walkthrough_config(algorithm: str, num_clients: int, dataset: str, seed: int = 0, defense: str = "") -> RunConfig:
+def walkthrough_config(algorithm: str, num_clients: int, dataset: str, seed: int = 0, defense: str = "",
+                       absence: str = "") -> RunConfig:
     """The demo profile with ``algorithm`` (a preset name, or technique codes such as '1,2,3'), n clients,
     b = 8, ``dataset`` and ``defense`` (a :data:`DEFENSE_CHOICES` key), judged by the engine's own validation
     (a ConfigError says what is wrong). A SplitFed round is walked through with one batch per client
@@ -56,7 +79,7 @@ def walkthrough_config(algorithm: str, num_clients: int, dataset: str, seed: int
     overrides = PRESETS[algorithm].overrides() if algorithm in PRESETS else techniques_to_config(algorithm)
     raw = deep_merge(deep_merge(PROFILES["demo"], overrides), {
         "name": "walkthrough", "num_clients": int(num_clients), "batch_size": BATCH_SIZE, "seed": int(seed),
-        "data": {"dataset": dataset}, **defense_override(defense)})
+        "data": {"dataset": dataset}, **defense_override(defense), **absence_override(absence)})
     if raw.get("schedule") in SPLITFED_SCHEDULES:
         raw["local_steps"] = WALK_LOCAL_STEPS
     return validate_config(raw)
@@ -224,7 +247,8 @@ def purpose(step: Step, res: RoundResult) -> str:
             "The images never leave the client: that is the point of split learning."
             + (f" Vanilla SL serves one client at a time: now client {step.group}." if sequential(res) else "")
             + (f" {algorithm_name(cfg)} serves the clients in turn, in an order drawn for this round: now client "
-               f"{served(res, step.group)}." if splitfed(res) else "")),
+               f"{served(res, step.group)}." if splitfed(res) else "")
+            + absent_words(res)),
         "forward": lambda: (
             f"Each client runs its lower model (LeNet-5 up to block {cfg.cut_layer}) on its images. What comes out "
             f"at the cut layer, the smashed data ({fmt_shape(v['shape'])} numbers per image, a few channels shown), "
@@ -266,6 +290,14 @@ def plugin_words(phase: str, cfg: RunConfig) -> str:
     """What the techniques that bring their own settings (docs/extending.md) do in this step, if any."""
     lines = plugin_lines(cfg, phase)
     return "".join(f" Also in this step, {line}." for line in lines)
+
+
+def absent_words(res: RoundResult) -> str:
+    """' Absent this round: client 1 (not drawn ...), ...' for a round some clients miss ('' when none does)."""
+    if not res.absent:
+        return ""
+    return (" Absent this round, greyed: " + "; ".join(f"client {i}, {why}" for i, why in sorted(res.absent.items()))
+            + ". An absent client neither sends nor receives, and its lower model waits.")
 
 
 def defense_lines(v: dict, cfg: RunConfig) -> list[str]:

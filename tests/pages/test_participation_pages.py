@@ -73,3 +73,24 @@ def test_the_sweep_queues_its_participation_with_every_run(db_url):
     button(at, "Queue sweep").click().run()
     runs = runs_in_db(db_url)
     assert runs and {r.config["participation"]["fraction"] for r in runs} == {0.5}
+
+
+def test_the_walkthrough_greys_an_absent_client_and_says_why(db_url):
+    from tests.pages.test_defense_pages import walkthrough_at
+
+    at = walkthrough_at(algo="locfedmix_sl", n="4", data="digits", absent="fraction:0.5", step="1")
+    assert not at.exception
+    assert next(w for w in at.selectbox if w.label == "clients that come and go").value == "fraction:0.5"
+    words = " ".join(m.value for m in at.markdown)
+    assert "Absent this round, greyed: client 1, not drawn this round (C = 0.5: 2 of 4 clients); client 3" in words
+    svg = " ".join(m.value for m in at.markdown if "<svg" in m.value)
+    assert svg.count("absent: not drawn") == 2
+
+
+def test_a_walkthrough_link_with_an_unknown_absence_says_so_and_shows_every_client(db_url):
+    from tests.pages.test_defense_pages import walkthrough_at
+
+    at = walkthrough_at(algo="locfedmix_sl", n="3", data="digits", absent="fraction:2", step="1")
+    assert any("absent = fraction:2 in the link is not one the walkthrough shows" in i.value.replace("\\", "")
+               for i in at.info)
+    assert "Absent this round" not in " ".join(m.value for m in at.markdown)
