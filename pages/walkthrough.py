@@ -142,24 +142,24 @@ def dataset_from_link(raw: str | None) -> str:
     return shown
 
 
-def absence_from_link(raw: str | None) -> str:
-    """``?absent=fraction:0.5``: one of the ways clients come and go the walkthrough shows (none otherwise)."""
-    if raw is None or raw in ws.ABSENCE_CHOICES:
+def choice_from_link(name: str, raw: str | None, choices: dict[str, str], instead: str) -> str:
+    """``?<name>=<key>``: one of ``choices`` (the empty key when the link names none, or one the walkthrough
+    does not show: then it says so, and what it shows ``instead``)."""
+    if raw is None or raw in choices:
         return raw or ""
-    offered = ", ".join(k for k in ws.ABSENCE_CHOICES if k)
-    st.info(f"absent = {shown_text(raw)} in the link is not one the walkthrough shows ({offered}): every client "
-            "takes part.")
+    offered = ", ".join(k for k in choices if k)
+    st.info(f"{name} = {shown_text(raw)} in the link is not one the walkthrough shows ({offered}): {instead}.")
     return ""
+
+
+def absence_from_link(raw: str | None) -> str:
+    """``?absent=fraction:0.5``: one of the ways clients come and go the walkthrough shows."""
+    return choice_from_link("absent", raw, ws.ABSENCE_CHOICES, "every client takes part")
 
 
 def defense_from_link(raw: str | None) -> str:
-    """``?defense=noise:0.5``: one of the defenses the walkthrough offers (none when the link names another)."""
-    if raw is None or raw in ws.DEFENSE_CHOICES:
-        return raw or ""
-    offered = ", ".join(k for k in ws.DEFENSE_CHOICES if k)
-    st.info(f"defense = {shown_text(raw)} in the link is not one the walkthrough shows ({offered}): showing no "
-            "defense.")
-    return ""
+    """``?defense=noise:0.5``: one of the defenses the walkthrough offers."""
+    return choice_from_link("defense", raw, ws.DEFENSE_CHOICES, "showing no defense")
 
 
 def step_from_link(raw: str | None) -> int:
