@@ -42,6 +42,7 @@ RUN_FLAGS = {
     "transport": "transport", "samples_per_client": "data.samples_per_client", "dirichlet_beta": "data.dirichlet_beta",
     "participation": "participation.fraction", "dropout": "participation.dropout",
     "speed_spread": "participation.speed_spread", "deadline": "participation.deadline",
+    "on_client_loss": "on_client_loss",
 }
 
 
@@ -84,6 +85,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="a label for the run")
     p.add_argument("--transport", help="inprocess (default, the reference) or process: a server and n client "
                                        "processes on this machine, over TCP")
+    p.add_argument("--on-client-loss", choices=["fail", "continue"],
+                   help="a networked run whose client dies or stops answering: fail (default) or continue with the "
+                        "others (a process started again with the lost client's rank rejoins)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, dotted (e.g. mixup.reduction=mean, local_loss.kind=norm)")
 

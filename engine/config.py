@@ -227,6 +227,11 @@ class RunConfig(_Section):
     transport: Literal["inprocess", "process"] = Field(
         "inprocess", description="inprocess: one process (the reference); process: a server and n client "
                                  "processes exchanging smashed data and gradients over TCP (torch.distributed, gloo)")
+    on_client_loss: Literal["fail", "continue"] = Field(
+        "fail", description="a networked run whose client process dies or stops answering: fail (the default: the "
+                            "run stays exactly the run it was configured to be, or ends) or continue (the server goes on "
+                            "with the other clients, records the loss, and takes the client back when a process with "
+                            "its rank joins again)")
     image_every: int = Field(0, ge=0, le=MAX_ROUNDS, description="record InfoPro reconstructions every K rounds (0: never)")
     track_updates: bool = Field(False, description=(
         "measure the server-client update imbalance: the size of the server's and each client's parameter update "
@@ -312,16 +317,15 @@ class RunConfig(_Section):
                                   f"is recorded in the evaluation rows, got {every}")
         if self.transport == "process" and self.device != "cpu":
             raise FieldValueError("transport", f"process runs its clients on the CPU (gloo), got device {self.device!r}")
+        if self.on_client_loss == "continue" and self.transport != "process":
+            raise FieldValueError("on_client_loss", "continue applies to networked runs (transport process): in one "
+                                                    "process no client can be lost")
         if self.track_updates and self.transport == "process":
             raise FieldValueError("track_updates", "needs transport inprocess: over the network the clients' "
                                   "updates happen in their own processes")
         if self.mixup.enabled and self.schedule != "parallel":
             raise FieldValueError("", f"mixup needs the parallel schedule: a {self.schedule} step holds one client's "
                                   "smashed data, with no partners to mix it with")
-        if self.participation.active and self.transport == "process":
-            which = "participation.fraction" if self.participation.fraction < 1 else "participation.dropout"
-            raise FieldValueError(which, "applies in one process only for now: the process transport runs every "
-                                         "client every round (use transport inprocess)")
         self._check_splitfed()
         return self
 

@@ -93,6 +93,23 @@ def client_speeds(cfg: RunConfig) -> np.ndarray:
     return np.exp(sigma * np.random.default_rng([cfg.seed, SEED_SPEEDS]).standard_normal(cfg.num_clients))
 
 
+def draw_participation(cfg: RunConfig, rng: np.random.Generator,
+                       speeds: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """One round's (selected, present, late) clients (``cfg.participation``): a seeded random
+    max(1, floor(C n)) clients, each of which then drops out with probability p; a delivering client
+    slower than the deadline is late and misses the round too. The draws depend on the seed alone, so a
+    client process replays them (:mod:`engine.network.client`) without being told who took part."""
+    part, n = cfg.participation, cfg.num_clients
+    selected = sorted(rng.choice(n, part.clients(n), replace=False).tolist()) if part.fraction < 1 else list(range(n))
+    if part.dropout > 0:
+        kept = rng.random(len(selected)) >= part.dropout
+        present = [i for i, keep in zip(selected, kept) if keep]
+    else:
+        present = list(selected)
+    late = [i for i in present if part.deadline and speeds[i] > part.deadline]
+    return selected, [i for i in present if i not in late], late
+
+
 class TrainState:
     """Models, optimisers, client data, random generators and counters of one run."""
 
@@ -181,23 +198,9 @@ class TrainState:
         clients, then each drops out with probability p. A client back after missing an averaging first
         takes the global lower model (:class:`engine.techniques.averaging.Averaging` left it in its slot);
         the ledger counts that download. With C = 1 and p = 0 nothing is drawn and every client is here."""
-        part, n = self.cfg.participation, self.num_clients
-        if not part.active:
+        if not self.cfg.participation.active:
             return
-        rng = self.participation_rng
-        if part.fraction < 1:
-            count = part.clients(n)
-            self.selected = sorted(rng.choice(n, count, replace=False).tolist())
-        else:
-            self.selected = list(range(n))
-        if part.dropout > 0:
-            kept = rng.random(len(self.selected)) >= part.dropout
-            self.present = [i for i, keep in zip(self.selected, kept) if keep]
-        else:
-            self.present = list(self.selected)
-        self.late = [i for i in self.present if part.deadline and self.speeds[i] > part.deadline]
-        if self.late:
-            self.present = [i for i in self.present if i not in self.late]
+        self.selected, self.present, self.late = draw_participation(self.cfg, self.participation_rng, self.speeds)
         self.compute_units += self.round_compute()
         back = sorted(self.behind & set(self.present))
         if back:
@@ -228,7 +231,7 @@ class TrainState:
         part = self.cfg.participation
         steps = self.cfg.local_steps if self.cfg.schedule in ("splitfed_v1", "splitfed_v2") else 1
         times = [float(self.speeds[i]) * steps for i in self.present]
-        if self.sequential or steps > 1 or self.cfg.schedule.startswith("splitfed"):
+        if self.sequential or self.cfg.schedule.startswith("splitfed"):
             return sum(times) + part.deadline * len(self.late)
         return part.deadline if self.late else max(times, default=0.0)
 

@@ -117,11 +117,17 @@ class Trainer:
         self.state = TrainState(self.cfg, self.dataset)
         self.evaluator = Evaluator(self.state)
         self._running = _Running()
+        self._client_events: list[dict] = []  # a networked run's, resumed in one process
         self.transport = None  # the networked rounds (engine.network.NetworkRounds), None in-process
         if self.cfg.transport == "process":
             from engine.network.server import NetworkOptions, NetworkRounds
 
             self.transport = NetworkRounds(self.state, self.network or NetworkOptions())
+
+    @property
+    def client_events(self) -> list[dict]:
+        """A networked run's lost and rejoined clients ({event, round, client, reason}), in order."""
+        return self.transport.events if self.transport is not None else self._client_events
 
     def _observe(self, full: bool = False) -> None:
         """A networked run: fetch the clients' models (``full``: and the rest of their state) first."""
@@ -199,6 +205,8 @@ class Trainer:
             record["authors_test_acc"] = authors_test_acc
         if self.cfg.participation.active:  # the latency model's client compute so far, in T_comp
             record["compute_units"] = self.state.compute_units
+        if self.cfg.on_client_loss == "continue":  # a networked run that goes on without a lost client
+            record["clients_lost"] = len(self.transport.lost) if self.transport else 0
         for tech in self.state.techniques:  # e.g. the noise defense's defense_snr_db
             record.update(tech.metrics(self.state))
         if leakage is not None:
@@ -233,6 +241,8 @@ class Trainer:
                        leak_round=last["round"])
         if self.final:
             out.update({f"final_{k}": v for k, v in self.final.items() if k != "test_acc"})
+        if self.client_events:  # on_client_loss = continue: who was lost when and why, and who came back
+            out["client_events"] = list(self.client_events)
         authors = [row["authors_test_acc"] for row in self.history if "authors_test_acc" in row]
         if authors:  # SplitFed: the authors' own figure at the last evaluation (engine.splitfed)
             out["final_authors_test_acc"] = authors[-1]
@@ -249,7 +259,8 @@ class Trainer:
         self._observe(full=True)
         return {"version": CHECKPOINT_VERSION, "config": self.cfg.model_dump(mode="json"),
                 "state": self.state.state_dict(), "history": list(self.history), "wall_s": self.wall_s,
-                "running": vars(self._running).copy(), "final": self.final}
+                "running": vars(self._running).copy(), "final": self.final,
+                **({"client_events": list(self.client_events)} if self.client_events else {})}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != CHECKPOINT_VERSION:
@@ -265,6 +276,7 @@ class Trainer:
         self.wall_s = sd["wall_s"]
         self._running = _Running(**sd["running"])
         self.final = sd["final"]
+        self.client_events[:] = sd.get("client_events", [])
 
     def checkpoint_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -123,7 +123,9 @@ def draw(figs: LiveFigures, big: bool = False, shown: int = 1) -> None:
     last = figs.last
     present = last.get("clients_present")
     coming = present is not None and not pd.isna(present)  # clients come and go (cfg.participation)
-    m = st.columns(5 if coming else 4)
+    lost = last.get("clients_lost")
+    losing = lost is not None and not pd.isna(lost)  # a networked run that goes on without a lost client
+    m = st.columns(4 + coming + losing)
     m[0].metric("round", int(last["round"]))
     m[1].metric("test accuracy", common.fmt_float(last["test_acc"]))
     m[2].metric("uploaded", f"{last['bytes_up'] / 1e6:,.1f} MB")
@@ -133,6 +135,11 @@ def draw(figs: LiveFigures, big: bool = False, shown: int = 1) -> None:
                     help=f"{figs.first_label}: the mean number of clients that took part in a round since the "
                          f"evaluation before (fewest: {int(last['clients_present_min'])}; drawn before dropouts: "
                          f"{last['clients_selected']:.3g}).")
+    if losing:
+        m[-1].metric("client processes lost", int(lost),
+                     help=f"{figs.first_label}: clients whose process died or stopped answering and has not come "
+                          "back, at this evaluation. The run goes on without them (on_client_loss = continue); the "
+                          "worker's log names each one, with the round and the reason.")
 
 
 @st.fragment(run_every=REFRESH_S)

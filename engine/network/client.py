@@ -14,6 +14,7 @@ data sizes, without their samples, so it draws exactly the batches the in-proces
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -27,9 +28,12 @@ from engine.network.wire import (
     AVERAGE,
     BATON,
     FULL,
+    GLOBAL,
     GRADS_FOLLOW,
     PULL,
     PUSH,
+    REGROUP,
+    REJOIN,
     SERVER,
     STEP,
     STOP,
@@ -43,7 +47,16 @@ from engine.network.wire import (
     open_store,
 )
 from engine.runtime import flush_denormals
-from engine.state import SEED_BATCHES, ClientData, client_partitions, initial_models, make_optimizer
+from engine.state import (
+    SEED_BATCHES,
+    SEED_PARTICIPATION,
+    ClientData,
+    client_partitions,
+    client_speeds,
+    draw_participation,
+    initial_models,
+    make_optimizer,
+)
 from engine.step import client_update
 from engine.techniques import StepBatch, Technique, active_techniques, wire_codec
 
@@ -106,6 +119,7 @@ class ClientProcess:
         self.cfg, self.index = cfg, index
         self.device = torch.device(cfg.device)
         self.tracer = None
+        self.store = None  # the run's rendezvous, where a new process group is formed (a client rejoining)
         parts, _ = client_partitions(cfg, dataset.train_y.numpy())
         own = parts[index]
         # every client's data walk (positions only for the others), advanced by the shared stream
@@ -123,7 +137,11 @@ class ClientProcess:
         self.client_opt = make_optimizer([p for m in self.modules() for p in m.parameters()], cfg, cfg.optim.lr)
         self.techniques = active_techniques(cfg)
         self.sequential = cfg.schedule == "sequential"
-        self.groups = [[c] for c in range(cfg.num_clients)] if self.sequential else [list(range(cfg.num_clients))]
+        # who takes part in each round (cfg.participation), replayed from the seed as the server draws it
+        self.participation_rng = np.random.default_rng([cfg.seed, SEED_PARTICIPATION])
+        self.speeds = client_speeds(cfg)
+        self.groups_round = 0  # the round whose groups self.groups are
+        self.groups = self._schedule(list(range(cfg.num_clients)))
 
     # what engine.step.client_update reads of a state
     tracing = False
@@ -133,26 +151,45 @@ class ClientProcess:
         return [self.lower] + ([self.aux] if self.aux is not None else [])
 
     # ---- batches -------------------------------------------------------------------------
-    def _draw(self, step: int) -> np.ndarray | None:
+    def _schedule(self, present: list[int]) -> list[list[int]]:
+        """A round's steps, as TrainState.schedule_groups orders them."""
+        if not present:
+            return []
+        return [[c] for c in present] if self.sequential else [present]
+
+    def _groups(self, round_: int) -> list[list[int]]:
+        """The steps of round ``round_`` (rounds are reached in order): with clients coming and going,
+        this round's present clients, drawn from the participation stream as TrainState.begin_round draws."""
+        if self.cfg.participation.active and round_ != self.groups_round:
+            _, present, _ = draw_participation(self.cfg, self.participation_rng, self.speeds)
+            self.groups, self.groups_round = self._schedule(present), round_
+        return self.groups
+
+    def _draw(self, round_: int, step: int) -> np.ndarray | None:
         """Advance every walk of the step's clients, in order, as TrainState.next_batches does."""
         mine = None
-        for c in self.groups[step]:
+        for c in self._groups(round_)[step]:
             idx = self.walks[c].next_batch(self.cfg.batch_size, self.data_rng)
             if c == self.index:
                 mine = idx
         return mine
 
+    def _advance(self, round_: int, step: int) -> None:
+        """The position after step ``step`` of round ``round_``."""
+        self.position = (round_, step + 1) if step + 1 < len(self._groups(round_)) else (round_ + 1, 0)
+
     def catch_up(self, round_: int, step: int) -> None:
         """Replay the shared stream up to (not including) step ``step`` of round ``round_``."""
         while self.position < (round_, step):
             r, s = self.position
-            self._draw(s)
-            self.position = (r, s + 1) if s + 1 < len(self.groups) else (r + 1, 0)
+            if s < len(self._groups(r)):  # a round nobody took part in has no step
+                self._draw(r, s)
+            self._advance(r, s)
 
     def next_batch(self, round_: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.catch_up(round_, step)
-        idx = self._draw(step)
-        self.position = (round_, step + 1) if step + 1 < len(self.groups) else (round_ + 1, 0)
+        idx = self._draw(round_, step)
+        self._advance(round_, step)
         rows = torch.as_tensor(np.searchsorted(self.samples, idx), device=self.device)
         return self.train_x[rows], self.train_y[rows]
 
@@ -189,12 +226,42 @@ class ClientProcess:
         modules = [self.lower] + ([self.aux] if with_aux else [])
         flat = flatten_states(modules)
         link.send(flat, SERVER, "uploading its model for averaging")
-        average = link.recv(tuple(flat.shape), flat.dtype, SERVER, "waiting for the averaged model")
+        self._load_flat(modules, link.recv(tuple(flat.shape), flat.dtype, SERVER, "waiting for the averaged model"))
+
+    def take_global(self, link: Link, with_aux: bool) -> None:
+        """Back after missing an averaging (cfg.participation): take the global model before training."""
+        modules = [self.lower] + ([self.aux] if with_aux else [])
+        size = flatten_states(modules).numel()
+        self._load_flat(modules, link.recv((size,), torch.float32, SERVER, "receiving the global model"))
+
+    @staticmethod
+    def _load_flat(modules: list[nn.Module], flat: torch.Tensor) -> None:
         with torch.no_grad():
-            for module, avg in zip(modules, unflatten_states(average, modules)):
+            for module, values in zip(modules, unflatten_states(flat, modules)):
                 state = module.state_dict()
-                for key, value in avg.items():
+                for key, value in values.items():
                     state[key].copy_(value)
+
+    def regroup(self, generation: int, link: Link) -> None:
+        """Leave the process group and form the next one (``generation``) with the server and the clients it
+        names: a lost client is rejoining (gloo cannot add a process to a running group)."""
+        members = json.loads(self.store.get(f"generation/{generation}/members").decode())
+        disconnect()
+        join(self.store, members.index(self.index) + 1, len(members) + 1, link.timeout.total_seconds(), generation)
+
+    def rejoin(self, models: dict) -> None:
+        """Back after this client's process was lost: take the model the server sends (the global lower
+        model), with a fresh optimiser state. The shared data stream is replayed from the start."""
+        with torch.no_grad():
+            for module, values in ((self.lower, models["lower"]), (self.aux, models["aux"])):
+                if module is None or values is None:
+                    continue
+                entries = module.state_dict()
+                for key, value in values.items():
+                    entries[key].copy_(value)
+        for module in self.modules():
+            for p in module.parameters():
+                self.client_opt.state.pop(p, None)
 
     def state(self, round_: int, full: bool) -> dict:
         """What the server's evaluator (and, ``full``, its checkpoint) needs of this client after ``round_``."""
@@ -223,6 +290,9 @@ class ClientProcess:
             walk.cursor = int(cursor)
         self.data_rng.bit_generator.state = sd["data_rng"]
         self.position = (sd["round"] + 1, 0)
+        if sd.get("participation_rng") is not None:  # the draws of every round up to sd["round"] are made
+            self.participation_rng.bit_generator.state = sd["participation_rng"]
+            self.groups_round = sd["round"]
         techniques = {t.name: t for t in self.techniques}
         for name, value in sd.get("techniques", {}).items():
             techniques[name].load_client_state(self.index, value)
@@ -235,6 +305,12 @@ class ClientProcess:
                 self.step(link, round_, step, flags)
             elif op == AVERAGE:
                 self.average(link, bool(flags & FULL))
+            elif op == REGROUP:
+                self.regroup(round_, link)
+            elif op == REJOIN:
+                self.rejoin(link.recv_object(SERVER, "receiving the model it rejoins with"))
+            elif op == GLOBAL:
+                self.take_global(link, bool(flags & FULL))
             elif op == PULL:
                 link.send_object(self.state(round_, bool(flags & FULL)), SERVER, "sending its state")
             elif op == PUSH:
@@ -258,13 +334,33 @@ def run_client(server: Address, rank: int, data_dir: str | None = None, timeout_
         if not 1 <= rank <= n:
             raise PeerLost(f"rank {rank} is not a client of this run: the server at {server} runs {n} clients "
                            f"(ranks 1 to {n})")
-        if store.add(f"rank/{rank}", 1) != 1:
+        rejoining = store.add(f"rank/{rank}", 1) != 1
+        if rejoining and not store.check([f"lost/{rank}"]):
             raise PeerLost(f"another client already joined the server at {server} as rank {rank}")
         dataset = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir, cfg.data.download, seed=cfg.seed)
         client = ClientProcess(cfg, rank - 1, dataset)
-        store.set(f"data/{rank}", data_fingerprint(dataset))
-        store.add("ready", 1)
-        join(store, rank, n + 1, timeout_s)
+        client.store = store
+        if rejoining:  # the server lost this rank's process (on_client_loss = continue): take its place
+            if cfg.on_client_loss != "continue":
+                raise PeerLost(f"another client already joined the server at {server} as rank {rank}")
+            store.set(f"rejoin_data/{rank}", data_fingerprint(dataset))
+            if store.add(f"rejoin/{rank}", 1) != 1:
+                raise PeerLost(f"another process is already rejoining the server at {server} as rank {rank}")
+            print(f"client {rank - 1}: rejoining the run at {server} at its next round", file=stream, flush=True)
+            try:
+                answer = store.get(f"rejoin_go/{rank}").decode()
+            except RuntimeError:  # the store's timeout, or the server ended meanwhile
+                raise PeerLost(f"the server at {server} did not take this client back within {timeout_s:g} s") from None
+            store.delete_key(f"rejoin_go/{rank}")
+            if not answer.isdigit():
+                raise PeerLost(f"the server {answer}")
+            generation = int(answer)
+            members = json.loads(store.get(f"generation/{generation}/members").decode())
+            join(store, members.index(rank - 1) + 1, len(members) + 1, timeout_s, generation)
+        else:
+            store.set(f"data/{rank}", data_fingerprint(dataset))
+            store.add("ready", 1)
+            join(store, rank, n + 1, timeout_s)
         client.serve(Link(timeout_s))
     except (PeerLost, DatasetNotFound) as err:
         print(f"client {rank - 1}: {' '.join(str(err).split())}", file=stream)

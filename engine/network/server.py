@@ -18,12 +18,15 @@ upload-average-download, or Vanilla SL's hand-over of the lower model through th
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections import defaultdict
@@ -37,15 +40,19 @@ from engine.network.wire import (
     AVERAGE,
     BATON,
     FULL,
+    GLOBAL,
     GRADS_FOLLOW,
     PULL,
     PUSH,
+    REGROUP,
+    REJOIN,
     SERVER,
     STEP,
     STOP,
     Address,
     Link,
     PeerLost,
+    _first_line,
     data_fingerprint,
     disconnect,
     free_port,
@@ -56,6 +63,8 @@ from engine.state import TrainState
 from engine.step import RoundLosses, cut_gradients, server_step
 from engine.techniques import StepBatch, wire_codec
 from engine.techniques.averaging import average_states
+
+log = logging.getLogger("splitlab.network")
 
 LATENCY_KEYS = ("latency_client_s", "latency_upload_s", "latency_server_s", "latency_download_s",
                 "latency_averaging_s")
@@ -88,8 +97,21 @@ class NetworkRounds:
         self.log_folder: Path | None = None  # the spawned clients' output, removed at the end
         self.fresh = "full"      # how current the server's copy of the client models is: None, light, full
         self.last_timing: dict[str, float] = {}
-        self.link = Link(options.timeout_s)
+        # cfg.on_client_loss = continue: a lost client is left out (self.lost: client -> why) until a process
+        # with its rank joins again; the run's losses and returns are self.events
+        self.continue_on_loss = state.cfg.on_client_loss == "continue"
+        self.lost: dict[int, str] = {}
+        self.events: list[dict] = []
+        self.generation = 0  # the process group is formed again (generation 1, 2, ...) when a client rejoins
+        self.stopped: dict[int, str] = {}  # rank -> what it was doing when the server stopped its hung process
+        # the global lower model (and ④' auxiliary network) a rejoining client takes: the last average
+        self.global_states = [_float_state(m) for m in self._averaged_models(state, 0)]
+        # with clients it started, the server stops a hung one itself (the watchdog below) rather than let
+        # gloo time out: a timed-out receive closes every connection of the server, not the hung one's only
+        watch = self.continue_on_loss and options.spawn
+        self.link = Link(options.timeout_s + 30 if watch else options.timeout_s)
         self.closed = False
+        self._closing = threading.Event()
         self.started_at = time.monotonic()
         self.joined_at: float | None = None  # when every client had joined (the process group formed)
         self.rounds_trained = 0  # rounds completed with these client processes
@@ -109,6 +131,10 @@ class NetworkRounds:
         self.store = store
         # no client (and no log folder) outlives a server that was never closed
         weakref.finalize(self, _kill, self.procs, self.log_folder)
+        weakref.finalize(self, self._closing.set)
+        if watch:
+            threading.Thread(target=_watchdog, args=(self.link, self.procs, self.stopped, options.timeout_s,
+                                                     self._closing), daemon=True, name="splitlab-watchdog").start()
 
     # ---- processes -----------------------------------------------------------------------
     def _spawn(self) -> None:
@@ -174,6 +200,11 @@ class NetworkRounds:
         for rank, proc in enumerate(self.procs, 1):
             if f"(rank {rank})" not in text:
                 continue
+            if rank in self.stopped:  # hung: the watchdog stopped it
+                return ClientFailed(f"client {rank - 1} (rank {rank}) {self.stopped.pop(rank)}, {self._when()}: "
+                                    f"the server stopped its process")
+            if any(e["client"] == rank - 1 and e["event"] == "rejoined" for e in self.events):
+                break  # a process started again elsewhere: this server does not own it
             try:
                 code = proc.wait(timeout=1.0)  # its sockets close a moment before its exit is reported
             except subprocess.TimeoutExpired:
@@ -205,12 +236,32 @@ class NetworkRounds:
         t = state.round + 1
         self.fresh = None
         totals, timing = RoundLosses(), defaultdict(float)
+        if self.lost:
+            self._take_back(state, t)
+        lost = set(self.lost)
+        behind, lost_behind = set(state.behind), state.behind & lost
+        state.behind -= lost_behind  # a lost client drawn this round is not back: it downloads nothing
+        state.begin_round()  # who takes part (cfg.participation; everyone by default)
+        state.behind |= lost_behind
+        if self.continue_on_loss and not state.cfg.participation.active:
+            state.present = list(range(self.n))  # everyone is drawn; the lost are taken out below
+        # the steps as the clients replay the shared data stream (they do not know who was lost) ...
         groups = state.schedule_groups()
-        for number, clients in enumerate(groups):
+        if lost:  # ... and a lost client is absent from them until it rejoins
+            here = state.present if state.cfg.participation.active else range(self.n)
+            state.present = [i for i in here if i not in lost]
+        back = sorted((behind - lost) & set(state.present))
+        if back:  # back after missing an averaging: the global model first (begin_round counted it)
+            start = time.perf_counter()
+            self._send_global(state, back, t)
+            timing["latency_averaging_s"] += time.perf_counter() - start
+        steps = [(number, [i for i in clients if i not in lost]) for number, clients in enumerate(groups)]
+        steps = [(number, clients) for number, clients in steps if clients]  # numbered as the clients replay them
+        for number, clients in steps:
             step = self._step(state, clients, t, number, timing)
-            totals.loss += step.loss / len(groups)
-            totals.mixup += step.mixup / len(groups)
-            totals.local += step.local / len(groups)
+            totals.loss += step.loss / len(steps)
+            totals.mixup += step.mixup / len(steps)
+            totals.local += step.local / len(steps)
         if state.cfg.averaging.enabled and not state.sequential and t % state.cfg.averaging.interval == 0:
             start = time.perf_counter()
             self._average(state, t)
@@ -219,27 +270,64 @@ class NetworkRounds:
         self.last_timing = {key: timing[key] for key in LATENCY_KEYS}
         return totals
 
+    def _each(self, state: TrainState, clients: list[int], action, data: list | None = None) -> tuple[list[int], list]:
+        """``action(i)`` (or ``action(i, x)`` with ``data``) for every client; returns the clients it worked for
+        and its results. A lost client (``on_client_loss = continue``) drops out; otherwise the loss ends the run."""
+        kept, out = [], []
+        for i, x in zip(clients, data if data is not None else [None] * len(clients)):
+            if i in self.lost:  # lost earlier in this round
+                continue
+            try:
+                out.append(action(i) if data is None else action(i, x))
+                kept.append(i)
+            except PeerLost as err:
+                self._lose(state, i, err)
+        return kept, out
+
+    def _lose(self, state: TrainState, client: int, err: PeerLost) -> None:
+        """Record client ``client`` as lost and go on without it (or, by default, end the run)."""
+        if not self.continue_on_loss:
+            raise err
+        reason = str(self._lost(err))
+        self.lost[client] = reason
+        state.present = [i for i in state.present if i != client]  # absent from here on (⑤ goes without it)
+        self.events.append({"event": "lost", "round": state.round + 1, "client": client, "reason": reason})
+        self.store.set(f"lost/{client + 1}", "1")
+        proc = self.procs[client] if client < len(self.procs) else None
+        if proc is not None and proc.poll() is None and not self._rejoined(client):
+            proc.kill()  # half alive: it must not answer later
+        log.warning("%s; the run goes on with %d of %d clients (to bring it back: python -m engine client --server "
+                    "%s --rank %d)", reason, self.n - len(self.lost), self.n, self.address, client + 1)
+
+    def _rejoined(self, client: int) -> bool:
+        return any(e["client"] == client and e["event"] == "rejoined" for e in self.events)
+
     def _step(self, state: TrainState, clients: list[int], t: int, number: int, timing: dict) -> RoundLosses:
         cfg, link = state.cfg, self.link
         flags = (GRADS_FOLLOW if cfg.global_backward else 0) | (BATON if state.sequential else 0)
         if state.sequential:  # Vanilla SL's model goes to the client first (timed as model exchange)
             start = time.perf_counter()
-            link.command(clients[0] + 1, STEP, t, number, flags)
-            link.send_object(self._baton(state), clients[0] + 1, "receiving the lower model")
+
+            def hand_over(i):
+                link.command(i + 1, STEP, t, number, flags)
+                link.send_object(self._baton(state), i + 1, "receiving the lower model")
+            clients, _ = self._each(state, clients, hand_over)
             timing["latency_averaging_s"] += time.perf_counter() - start
         start = time.perf_counter()
         if not state.sequential:
-            for i in clients:
-                link.command(i + 1, STEP, t, number, flags)
+            clients, _ = self._each(state, clients, lambda i: link.command(i + 1, STEP, t, number, flags))
         b, shape = cfg.batch_size, (cfg.batch_size, *state.smashed_shape)
         codec = wire_codec(state.techniques)  # quantised smashed data travel as codes (defense.bits)
         spec = codec.wire(shape) if codec else [(shape, torch.float32)]
-        pending = [([link.irecv(size, dtype, i + 1) for size, dtype in spec], link.irecv((b,), torch.int64, i + 1))
-                   for i in clients]
-        payloads = [[p.wait_for(link, i + 1, "uploading smashed data") for p in parts]
-                    for i, (parts, _) in zip(clients, pending)]
-        labels = [y.wait_for(link, i + 1, "uploading labels") for i, (_, y) in zip(clients, pending)]
+        clients, pending = self._each(state, clients, lambda i: (
+            [link.irecv(size, dtype, i + 1) for size, dtype in spec], link.irecv((b,), torch.int64, i + 1)))
+        clients, uploads = self._each(state, clients, lambda i, p: (
+            [part.wait_for(link, i + 1, "uploading smashed data") for part in p[0]],
+            p[1].wait_for(link, i + 1, "uploading labels")), pending)
+        payloads, labels = [u[0] for u in uploads], [u[1] for u in uploads]
         uploaded = time.perf_counter()
+        if not clients:  # every client of this step was lost
+            return RoundLosses()
 
         k = len(clients)
         needs_grad = cfg.global_backward or (cfg.mixup.enabled and cfg.mixup.grad_to_clients)
@@ -254,19 +342,23 @@ class NetworkRounds:
         served = time.perf_counter()
 
         if flags & GRADS_FOLLOW:
-            sends = [link.isend(g.cpu(), i + 1) for i, g in zip(clients, grads)]
-            for i, sent in zip(clients, sends):
-                sent.wait_for(link, i + 1, "receiving the cut-layer gradient")
-        reports = [link.irecv((3,), torch.float64, i + 1) for i in clients]
-        reports = [r.wait_for(link, i + 1, "updating its model") for i, r in zip(clients, reports)]
+            clients, sends = self._each(state, clients, lambda i, g: link.isend(g.cpu(), i + 1), grads)
+            clients, _ = self._each(state, clients, lambda i, sent: sent.wait_for(
+                link, i + 1, "receiving the cut-layer gradient"), sends)
+        clients, reports = self._each(state, clients, lambda i: link.irecv((3,), torch.float64, i + 1))
+        clients, reports = self._each(state, clients, lambda i, r: r.wait_for(link, i + 1, "updating its model"),
+                                      reports)
         done = time.perf_counter()
-        if state.sequential:  # the lower model comes back through the server, as the ledger counts it
-            self._keep_baton(state, link.recv_object(clients[0] + 1, "handing the lower model on"))
-            state.ledger.model_exchange(1, [state.lowers[0]])
+        if state.sequential and clients:  # the lower model comes back through the server, as the ledger counts it
+            batons = self._each(state, clients, lambda i: link.recv_object(i + 1, "handing the lower model on"))[1]
+            for baton in batons:  # a client lost holding it: the server's copy from before its step goes on
+                self._keep_baton(state, baton)
+                state.ledger.model_exchange(1, [state.lowers[0]])
             timing["latency_averaging_s"] += time.perf_counter() - done
-
+        if not reports:  # lost after the server step: the server's update stands, no client update came back
+            reports = [torch.zeros(3, dtype=torch.float64)]
         local, forward, backward = torch.stack(reports).T.tolist()
-        losses.local = sum(local) / k
+        losses.local = sum(local) / len(local)
         timing["latency_upload_s"] += max(0.0, uploaded - start - max(forward))
         timing["latency_server_s"] += served - uploaded
         if flags & GRADS_FOLLOW:  # the updates start when the gradients arrive
@@ -286,22 +378,116 @@ class NetworkRounds:
         load_param_states(state.client_opt, list(lower.parameters()), baton["opt"])
 
     def _average(self, state: TrainState, t: int) -> None:
-        """⑤ through the server: every client uploads its model, the server averages, every client downloads."""
-        with_aux = state.cfg.local_loss.enabled and state.cfg.local_loss.average_aux
-        for i in range(self.n):
-            self.link.command(i + 1, AVERAGE, t, 0, FULL if with_aux else 0)
-        models = [state.lowers[0]] + ([state.auxes[0]] if with_aux else [])
+        """⑤ through the server: every present client uploads its model, the server averages (weights
+        renormalised over the present clients when some are absent), every present client downloads. An
+        absent client's slot on the server takes the average: it is sent when the client is back."""
+        present, with_aux, link = list(state.present), state.averages_aux, self.link
+        present, _ = self._each(state, present, lambda i: link.command(i + 1, AVERAGE, t, 0, FULL if with_aux else 0))
+        models = self._averaged_models(state, 0)
         size = flatten_states(models).numel()
-        pending = [self.link.irecv((size,), torch.float32, i + 1) for i in range(self.n)]
-        uploads = [unflatten_states(p.wait_for(self.link, i + 1, "uploading its model for averaging"), models)
-                   for i, p in enumerate(pending)]
-        average = [average_states([u[k] for u in uploads], state.weights) for k in range(len(models))]
+        present, pending = self._each(state, present, lambda i: link.irecv((size,), torch.float32, i + 1))
+        present, uploads = self._each(state, present, lambda i, p: unflatten_states(
+            p.wait_for(link, i + 1, "uploading its model for averaging"), models), pending)
+        if not present:
+            return
+        weights = state.weights if len(present) == self.n else state.weights[present] / state.weights[present].sum()
+        average = [average_states([u[k] for u in uploads], weights) for k in range(len(models))]
         flat = torch.cat([v.flatten() for avg in average for v in avg.values()])
-        sends = [self.link.isend(flat, i + 1) for i in range(self.n)]
-        for i, sent in enumerate(sends):
-            sent.wait_for(self.link, i + 1, "receiving the averaged model")
-        models = [state.lowers[0]] + ([state.auxes[0]] if with_aux else [])
-        state.ledger.model_exchange(self.n, models)
+        present, sends = self._each(state, present, lambda i: link.isend(flat, i + 1))
+        present, _ = self._each(state, present, lambda i, sent: sent.wait_for(
+            link, i + 1, "receiving the averaged model"), sends)
+        state.ledger.model_exchange(len(present), models)
+        self.global_states = average
+        absent = sorted(set(range(self.n)) - set(present))
+        with torch.no_grad():
+            for i in absent:
+                for module, values in zip([state.lowers[i]] + ([state.auxes[i]] if with_aux else []), average):
+                    entries = module.state_dict()
+                    for key, value in values.items():
+                        entries[key].copy_(value)
+        state.behind |= set(absent)
+
+    def _send_global(self, state: TrainState, clients: list[int], t: int) -> None:
+        """The global model (held in a returning client's slot since the averaging it missed) to ``clients``."""
+        with_aux = state.averages_aux
+
+        def send(i):
+            flat = flatten_states(self._averaged_models(state, i))
+            self.link.command(i + 1, GLOBAL, t, 0, FULL if with_aux else 0)
+            self.link.send(flat, i + 1, "receiving the global model")
+        self._each(state, clients, send)
+
+    @staticmethod
+    def _averaged_models(state: TrainState, i: int) -> list[torch.nn.Module]:
+        """Client ``i``'s modules that ⑤ averages: its lower model, and with ④' its auxiliary network."""
+        return [state.lowers[i]] + ([state.auxes[i]] if state.averages_aux else [])
+
+    # ---- a lost client comes back --------------------------------------------------------
+    def _take_back(self, state: TrainState, t: int) -> None:
+        """Between rounds: every lost client whose rank a new process has claimed (``engine client`` started
+        again) rejoins: the process group is formed again with it, and it takes the global lower model (the
+        last average; without ⑤ the server's last copy of its own model, from the last evaluation)."""
+        store, ready = self.store, []
+        for i in sorted(self.lost):
+            if not store.check([f"rejoin/{i + 1}"]):
+                continue
+            theirs = store.get(f"rejoin_data/{i + 1}").decode()
+            ours = data_fingerprint(state.dataset)
+            if theirs != ours:
+                store.delete_key(f"rejoin/{i + 1}")
+                store.set(f"rejoin_go/{i + 1}", f"refused: it loaded other training data than the server "
+                                                f"({theirs} against {ours})")
+                log.warning("client %d tried to rejoin with other training data (%s): refused", i, theirs)
+                continue
+            ready.append(i)
+        if not ready:
+            return
+        self._regroup(ready)
+        for i in ready:
+            del self.lost[i]
+            store.delete_key(f"lost/{i + 1}")
+            store.delete_key(f"rejoin/{i + 1}")
+            if state.cfg.averaging.enabled and not state.sequential:
+                lower, aux = self.global_states[0], self.global_states[1] if state.averages_aux else None
+            else:
+                lower, aux = None, None
+            models = {"lower": lower if lower is not None else _float_state(state.lowers[i]),
+                      "aux": (aux if aux is not None else _float_state(state.auxes[i])) if state.auxes else None}
+            try:
+                self.link.command(i + 1, REJOIN, state.round)
+                self.link.send_object(models, i + 1, "receiving the model it rejoins with")
+            except PeerLost as err:
+                self._lose(state, i, err)
+                continue
+            state.behind.discard(i)
+            state.ledger.model_download(1, [state.lowers[i]] + ([state.auxes[i]] if state.auxes else []))
+            self.events.append({"event": "rejoined", "round": t, "client": i,
+                                "reason": "a process with its rank joined again"})
+            log.warning("client %d rejoined in round %d with the %s", i, t,
+                        "global lower model" if lower is not None else "server's last copy of its lower model")
+
+    def _regroup(self, joining: list[int]) -> None:
+        """Form the process group again: the server, every live client and ``joining``, ranked in client order."""
+        live = [i for i in range(self.n) if i not in self.lost]
+        members = sorted(live + joining)
+        self.generation += 1
+        g = self.generation
+        self.store.set(f"generation/{g}/members", json.dumps(members))
+        for i in live:
+            try:
+                self.link.command(i + 1, REGROUP, g)
+            except PeerLost as err:  # lost while the group is formed again: that cannot be undone here
+                raise ClientFailed(f"{self._lost(err)}, while the process group was formed again for a rejoining "
+                                   f"client") from None
+        for i in joining:
+            self.store.set(f"rejoin_go/{i + 1}", str(g))
+        disconnect()
+        try:
+            join(self.store, SERVER, len(members) + 1, self.options.join_timeout_s, g)
+        except RuntimeError as err:
+            raise ClientFailed(f"the process group could not be formed again for client(s) "
+                               f"{', '.join(map(str, joining))} to rejoin: {_first_line(err)}") from None
+        self.link.ranks = {i + 1: rank for rank, i in enumerate(members, 1)}
 
     # ---- the evaluator's view, checkpoints -----------------------------------------------
     def observe(self, state: TrainState, full: bool = False) -> None:
@@ -311,12 +497,15 @@ class NetworkRounds:
             return
         try:
             for i in range(self.n):
+                if i in self.lost:  # the server keeps its last copy
+                    continue
                 self.link.command(i + 1, PULL, state.round, 0, FULL if full else 0)
                 sd = self.link.recv_object(i + 1, "sending its state")
+                behind = i in state.behind  # its slot holds the global model it takes when it is back
                 if not state.sequential:
-                    state.lowers[i].load_state_dict(sd["lower"])
+                    _load_state(state.lowers[i], sd["lower"], keep_floats=behind)
                 if state.auxes:
-                    state.auxes[i].load_state_dict(sd["aux"])
+                    _load_state(state.auxes[i], sd["aux"], keep_floats=behind and state.averages_aux)
                 if full:
                     if not state.sequential:
                         load_param_states(state.client_opt, list(state.lowers[i].parameters()), sd["opt_lower"])
@@ -337,6 +526,8 @@ class NetworkRounds:
         walks = [(len(c.order), c.cursor) for c in state.clients]
         try:
             for i in range(self.n):
+                if i in self.lost:
+                    continue
                 lower = None if state.sequential else state.lowers[i]
                 aux = state.auxes[i] if state.auxes else None
                 self.link.command(i + 1, PUSH, state.round)
@@ -347,6 +538,7 @@ class NetworkRounds:
                     "opt_aux": param_states(state.client_opt, list(aux.parameters())) if aux is not None else None,
                     "order": state.clients[i].order, "walks": walks,
                     "data_rng": state.data_rng.bit_generator.state, "round": state.round,
+                    "participation_rng": state.participation_rng.bit_generator.state,
                     "techniques": {t.name: t.client_state(i) for t in state.techniques
                                    if t.client_state(i) is not None},
                 }, i + 1, "receiving a checkpointed state")
@@ -364,11 +556,13 @@ class NetworkRounds:
             if not failed and state is not None:
                 self.observe(state, full=True)
                 for i in range(self.n):
-                    self.link.command(i + 1, STOP)
+                    if i not in self.lost:
+                        self.link.command(i + 1, STOP)
         except (PeerLost, ClientFailed):
             failed = True
         finally:
             self.closed = True
+            self._closing.set()
             self._stop_processes(grace_s=0.0 if failed else 10.0)
             disconnect()
 
@@ -386,6 +580,33 @@ class NetworkRounds:
             shutil.rmtree(self.log_folder, ignore_errors=True)
 
 
+def _float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in module.state_dict().items() if value.is_floating_point()}
+
+
+def _watchdog(link: Link, procs: list[subprocess.Popen], stopped: dict[int, str], timeout_s: float,
+              closing: threading.Event) -> None:
+    """Stop a client process the server has waited on for more than ``timeout_s``: its connection then
+    closes and the run goes on without it (``on_client_loss = continue``)."""
+    while not closing.wait(min(0.2, timeout_s / 4)):
+        waiting = link.waiting
+        if waiting is None:
+            continue
+        peer, since, what = waiting
+        if time.monotonic() - since > timeout_s and 1 <= peer <= len(procs) and procs[peer - 1].poll() is None:
+            stopped[peer] = f"sent nothing for {timeout_s:g} s while {what}"
+            procs[peer - 1].kill()
+
+
+def _load_state(module: torch.nn.Module, theirs: dict, keep_floats: bool = False) -> None:
+    """Load a client's module state; ``keep_floats``: all but the floating-point entries (weights, BatchNorm
+    statistics), which hold the global model the client takes when it is back (its counters are its own)."""
+    if keep_floats:
+        ours = module.state_dict()
+        theirs = {key: ours[key] if value.is_floating_point() else value for key, value in theirs.items()}
+    module.load_state_dict(theirs)
+
+
 def _how_it_ended(code: int) -> str:
     """A return code in words: "was killed by SIGKILL", "exited with code 3"."""
     if code < 0:
@@ -400,7 +621,7 @@ def _plain_reason(text: str) -> str:
     """A PeerLost message without gloo's internals: "client 1 (rank 2) cannot be reached ([.../pair.cc:553]
     Connection closed by peer ...)" reads "client 1 (rank 2) closed the connection"."""
     head, sep, detail = text.partition(" cannot be reached (")
-    if sep and "closed by peer" in detail.lower():
+    if sep and any(w in detail.lower() for w in ("closed by peer", "connection reset", "read error", "broken pipe")):
         return f"{head} closed the connection"
     return text
 

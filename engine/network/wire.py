@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +23,10 @@ import torch.distributed as dist
 SERVER = 0
 
 # Commands, server -> client: an int64 tensor [op, round, step, flags]
-STEP, AVERAGE, PULL, PUSH, STOP = 1, 2, 3, 4, 5
+STEP, AVERAGE, PULL, PUSH, STOP, GLOBAL, REGROUP, REJOIN = 1, 2, 3, 4, 5, 6, 7, 8
 OP_NAMES = {STEP: "a training step", AVERAGE: "averaging", PULL: "sending its state", PUSH: "loading a state",
-            STOP: "stopping"}
+            STOP: "stopping", GLOBAL: "the global model", REGROUP: "a new process group",
+            REJOIN: "the model it rejoins with"}
 GRADS_FOLLOW, BATON, FULL = 1, 2, 4  # flags: ② gradients come back; Vanilla SL's model travels; full state
 
 
@@ -74,9 +76,12 @@ def open_store(address: Address, rank: int, timeout_s: float, world_size: int | 
         raise PeerLost(f"no SplitLab server answered at {address} within {timeout_s:g} s") from None
 
 
-def join(store: dist.TCPStore, rank: int, world_size: int, timeout_s: float) -> None:
-    """Join the run's process group (gloo over TCP); keep ``store`` alive as long as the group."""
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
+def join(store: dist.TCPStore, rank: int, world_size: int, timeout_s: float, generation: int = 0) -> None:
+    """Join the run's process group (gloo over TCP); keep ``store`` alive as long as the group. A group is
+    formed again (``generation`` 1, 2, ...) when a lost client rejoins: gloo cannot add a process to a
+    running group, so the server and every live client leave the old one and form a new one."""
+    group_store = dist.PrefixStore(f"generation/{generation}/", store) if generation else store
+    dist.init_process_group("gloo", store=group_store, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
 
 
@@ -92,8 +97,11 @@ class Link:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.sent = 0      # bytes handed to the transport (payloads, not TCP headers)
         self.received = 0
+        self.ranks: dict[int, int] = {}  # a peer's rank in the current process group, where it differs
+        self.waiting: tuple[int, float, str] | None = None  # (peer, since, what) while a wait is under way
 
     def _wait(self, work, peer: int, what: str) -> None:
+        self.waiting = (peer, time.monotonic(), what)
         try:
             work.wait(self.timeout)
         except RuntimeError as err:
@@ -101,6 +109,8 @@ class Link:
             reason = "closed the connection" if any(w in text for w in ("closed", "reset", "read error", "broken pipe")) \
                 else f"sent nothing for {self.timeout.total_seconds():g} s" if "timed out" in text else _first_line(err)
             raise PeerLost(f"{peer_name(peer)} {reason} while {what}") from None
+        finally:
+            self.waiting = None
 
     def send(self, tensor: torch.Tensor, peer: int, what: str) -> None:
         self.isend(tensor, peer).wait_for(self, peer, what)
@@ -109,7 +119,7 @@ class Link:
         tensor = tensor.detach().contiguous()
         self.sent += tensor.numel() * tensor.element_size()
         try:
-            return _Pending(dist.isend(tensor, peer), tensor)
+            return _Pending(dist.isend(tensor, self.ranks.get(peer, peer)), tensor)
         except RuntimeError as err:
             raise PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})") from None
 
@@ -117,7 +127,7 @@ class Link:
         buf = torch.empty(shape, dtype=dtype)
         self.received += buf.numel() * buf.element_size()
         try:
-            return _Pending(dist.irecv(buf, peer), buf)
+            return _Pending(dist.irecv(buf, self.ranks.get(peer, peer)), buf)
         except RuntimeError as err:
             raise PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})") from None
 

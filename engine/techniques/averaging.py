@@ -13,10 +13,14 @@ from engine.techniques.base import Technique, register
 
 
 @torch.no_grad()
-def average_into(modules: list[nn.Module], weights: torch.Tensor) -> None:
-    """Replace every module's floating-point state by the weighted average over ``modules``."""
+def average_into(modules: list[nn.Module], weights: torch.Tensor, present: list[int] | None = None) -> None:
+    """Replace every module's floating-point state by the weighted average over ``modules`` (or over
+    the ``present`` ones only, their weights renormalised: the others take the average as it is)."""
     states = [m.state_dict() for m in modules]
-    average = average_states(states, weights)
+    if present is None:
+        average = average_states(states, weights)
+    else:
+        average = average_states([states[i] for i in present], weights[present] / weights[present].sum())
     for s in states:
         for key, value in average.items():
             s[key].copy_(value)
@@ -50,42 +54,23 @@ class Averaging(Technique):
     def end_round(self, state, round_: int) -> None:
         if round_ % self.cfg.averaging.interval != 0 or state.sequential:
             return
-        if len(state.present) < state.num_clients:
-            return self.average_present(state)
+        present = state.present
+        if not present:  # nobody took part: nothing to average
+            return
         before = _distances(state.lowers, state.weights) if state.tracing else None
         up, down = state.ledger.bytes_up, state.ledger.bytes_down
-        average_into(state.lowers, state.weights)
-        models = [state.lowers[0]]
-        if self.cfg.local_loss.enabled and self.cfg.local_loss.average_aux:
-            average_into(state.auxes, state.weights)
-            models.append(state.auxes[0])
-        state.ledger.model_exchange(state.num_clients, models)
+        groups = [state.lowers] + ([state.auxes] if state.averages_aux else [])
+        for modules in groups:
+            average_into(modules, state.weights, present if len(present) < state.num_clients else None)
+        state.ledger.model_exchange(len(present), [modules[0] for modules in groups])
+        # an absent client's slot holds the global model now, standing for the download it makes when it
+        # is back (engine.state.TrainState.begin_round counts that), so it never trains on a stale model
+        state.behind |= set(range(state.num_clients)) - set(present)
         if before is not None:
             after = _distances(state.lowers, state.weights)
             state.trace("averaging", distances_before=before, spread_before=float(np.mean(before)),
                         spread_after=float(np.mean(after)),
                         bytes=state.ledger.bytes_up - up + state.ledger.bytes_down - down)
-
-
-    @torch.no_grad()
-    def average_present(self, state) -> None:
-        """Some clients are absent (cfg.participation): the delta-weighted average of the present clients'
-        models (weights renormalised over them) is the global model. The present clients upload theirs and
-        download it; each absent client's slot gets it too, standing for the download it makes when it is
-        back (:meth:`engine.state.TrainState.begin_round` counts that), so it never trains on a stale model."""
-        present = state.present
-        if not present:
-            return
-        weights = state.weights[present] / state.weights[present].sum()
-        groups = [state.lowers] + ([state.auxes] if state.averages_aux else [])
-        for modules in groups:
-            average = average_states([modules[i].state_dict() for i in present], weights)
-            for module in modules:
-                entries = module.state_dict()
-                for key, value in average.items():
-                    entries[key].copy_(value)
-        state.ledger.model_exchange(len(present), [modules[0] for modules in groups])
-        state.behind |= set(range(state.num_clients)) - set(present)
 
 
 @torch.no_grad()

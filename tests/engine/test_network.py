@@ -139,6 +139,53 @@ def test_a_networked_checkpoint_resumes_in_process_and_over_the_network_alike(di
             pytest.approx({k: v for k, v in ref.items() if k not in TIMING_KEYS}, abs=1e-5)
 
 
+# ---- clients that come and go (cfg.participation) over the network -----------------------------------
+COMING_AND_GOING = {
+    # a fraction and dropouts, averaging every round with ④' (absent clients fall behind and come back)
+    "locfedmix_sl": {"num_clients": 4, "rounds": 6, "participation": {"fraction": 0.5, "dropout": 0.3},
+                     "local_loss": {"average_aux": True}, "averaging": {"interval": 1}},
+    # Vanilla SL skips the absent clients in its sequence; the lower model goes around the present ones
+    "vanilla_sl": {"num_clients": 4, "rounds": 6, "participation": {"dropout": 0.4}},
+    # stragglers cut off by a deadline count as absent; SGLR's averaging of the cut-layer gradients
+    "sglr": {"num_clients": 4, "rounds": 6, "participation": {"speed_spread": 1.0, "deadline": 1.2}},
+}
+
+
+@pytest.mark.parametrize("preset", list(COMING_AND_GOING))
+def test_clients_that_come_and_go_train_over_the_network_exactly_as_in_one_process(preset, digits):
+    overrides = COMING_AND_GOING[preset]
+    reference = Trainer(config(preset, "inprocess", **overrides), digits)
+    ref = reference.run()
+    networked = Trainer(config(preset, "process", **overrides), digits)
+    net = networked.run()
+    present = [r["clients_present"] for r in ref["history"]]
+    assert min(present) < 4, "no client was ever absent: the test would not test absence"
+    assert_same_history(ref["history"], net["history"])
+    assert_same_models(reference, networked)
+    assert networked.state.ledger.model_down == reference.state.ledger.model_down
+    assert networked.state.behind == reference.state.behind
+    assert no_client_processes_left(networked)
+
+
+def test_a_networked_run_with_absent_clients_resumes_from_a_checkpoint_exactly(digits):
+    """The participation draws are part of the checkpoint: a client process started afresh replays them."""
+    overrides = COMING_AND_GOING["locfedmix_sl"]
+    first = Trainer(config("locfedmix_sl", "process", **overrides), digits)
+
+    class StopAt3(Callbacks):
+        def should_stop(self, trainer):
+            return trainer.round == 3
+
+    assert first.run(StopAt3())["summary"]["stopped"]
+    assert first.state.behind, "no client was behind at the checkpoint: the test would not test the return"
+    resumed = Trainer.from_checkpoint(first.checkpoint_bytes(), digits)
+    got = resumed.run()
+    uninterrupted = Trainer(config("locfedmix_sl", "inprocess", **overrides), digits)
+    expected = uninterrupted.run()
+    assert_same_history(expected["history"], got["history"])
+    assert_same_models(uninterrupted, resumed)
+
+
 def test_a_networked_runs_round_is_traced_in_one_process(digits):
     from engine.trace import trace_round
 

@@ -208,10 +208,7 @@ def test_a_resumed_run_with_participation_continues_exactly(digits):
     assert all(torch.equal(flat(a), flat(b)) for a, b in zip(resumed.state.lowers, straight.state.lowers))
 
 
-def test_participation_is_refused_over_the_process_transport_for_now():
-    with pytest.raises(ConfigError) as err:
-        config(fraction=0.5, transport="process")
-    assert err.value.text().startswith("participation.fraction applies in one process only for now")
+def test_a_fraction_above_one_is_refused_naming_the_field():
     with pytest.raises(ConfigError) as err:
         config(fraction=1.5)
     assert err.value.text() == "participation.fraction must be greater than 0 and at most 1, got 1.5"

@@ -16,8 +16,10 @@ def dashboard_on(url: str, monkeypatch) -> Iterator[str]:
     monkeypatch.setenv("SPLITLAB_NO_WORKER", "1")
     monkeypatch.delenv("SPLITLAB_READONLY", raising=False)
     st.cache_data.clear()
+    st.cache_resource.clear()  # e.g. Live's figures, keyed by run id and round: another test's run 1 is not this one
     yield url
     st.cache_data.clear()
+    st.cache_resource.clear()
     close(url)
 
 

@@ -94,3 +94,46 @@ def test_a_walkthrough_link_with_an_unknown_absence_says_so_and_shows_every_clie
     assert any("absent = fraction:2 in the link is not one the walkthrough shows" in i.value.replace("\\", "")
                for i in at.info)
     assert "Absent this round" not in " ".join(m.value for m in at.markdown)
+
+
+def test_a_networked_run_that_loses_a_client_goes_on_and_live_and_the_workers_log_say_so(db_url, monkeypatch, caplog):
+    """A real worker trains a networked run (on_client_loss = continue); client 1's process is killed with
+    SIGKILL during round 2's server step. The run finishes, the worker's log names the loss, and Live
+    shows the lost process."""
+    import logging
+    import os
+    import signal
+    from pathlib import Path
+
+    from engine.network import server as server_module
+    from storage import queries
+    from storage.db import connect
+
+    real, killed = server_module.server_step, []
+
+    def server_step(state, batch):
+        if state.round + 1 == 2 and not killed:
+            for proc in Path("/proc").iterdir():  # this process's client with rank 2
+                try:
+                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
+                    parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if parent == os.getpid() and b"client" in cmd and cmd[cmd.index(b"--rank") + 1] == b"2":
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    killed.append(int(proc.name))
+        return real(state, batch)
+
+    monkeypatch.setattr(server_module, "server_step", server_step)
+    base = {"num_clients": 3, "rounds": 4, "batch_size": 8, "eval_every": 2, "transport": "process",
+            "on_client_loss": "continue", "data": {"dataset": "digits", "eval_subset": 32}}
+    with caplog.at_level(logging.WARNING, logger="splitlab.network"):
+        (run_id,) = train_runs(db_url, [("lossy", {})], base)
+    assert len(killed) == 1
+    assert any(r.getMessage().startswith("client 1 (rank 2) closed the connection") and
+               "the run goes on with 2 of 3 clients" in r.getMessage() for r in caplog.records)
+    with connect(db_url).read() as s:
+        events = queries.get_run(s, run_id).summary["client_events"]
+    assert [(e["event"], e["round"], e["client"]) for e in events] == [("lost", 2, 1)]
+    metrics = {m.label: m.value for m in page("live", run_id).metric}
+    assert metrics["client processes lost"] == "1"
