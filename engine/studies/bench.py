@@ -26,6 +26,7 @@ from engine.presets import deep_merge, get_preset
 from engine.round import run_round
 from engine.runtime import flush_denormals, tune_allocator
 from engine.state import TrainState
+from engine.studies.bench_peers import lockstep_round, splitfed_authors_round
 
 BATCH = 64
 SHAPE = (3, 32, 32)
@@ -44,6 +45,22 @@ def median_time(fn: Callable[[], None], repeats: int) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def median_times(arms: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median wall seconds of each arm after a warm-up, the arms timed in turn within each repetition."""
+    for _ in range(WARMUP):
+        for fn in arms.values():
+            fn()
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for _ in range(repeats):
+        for arm, fn in arms.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[arm].append(time.perf_counter() - start)
+    return {arm: statistics.median(ts) for arm, ts in times.items()}
 
 
 EXECUTIONS = ("loop", "batched")
@@ -91,12 +108,20 @@ def bench_one(n: int, num_partners: int, repeats: int, device: str, executions: 
     out = {"n": n, "batch": BATCH, "num_partners": num_partners,
            "centralized_s": median_time(reference_step(n, num_partners, device, False), repeats),
            "centralized_plus_mixup_s": median_time(reference_step(n, num_partners, device, True), repeats)}
+    # Parallel SL against its peers (engine.studies.bench_peers), timed in turn, so that a change of load
+    # on the machine falls on every arm alike
+    arms = {"lockstep": lockstep_round(n, SHAPE, device, BATCH),
+            "splitfed_authors": splitfed_authors_round(n, SHAPE, device, BATCH)}
     for execution in executions:
-        for preset, reference in (("parallel_sl", "centralized_s"), ("locfedmix_sl", "centralized_plus_mixup_s")):
-            state = round_state(preset, n, num_partners, device, execution)
-            seconds = median_time(lambda state=state: run_round(state), repeats)
-            out[f"{preset}_{execution}_s"] = seconds
-            out[f"{preset}_{execution}_ratio"] = seconds / out[reference]
+        state = round_state("parallel_sl", n, num_partners, device, execution)
+        arms[f"parallel_sl_{execution}"] = lambda state=state: run_round(state)
+    out.update({f"{arm}_s": seconds for arm, seconds in median_times(arms, repeats).items()})
+    for execution in executions:
+        out[f"parallel_sl_{execution}_ratio"] = out[f"parallel_sl_{execution}_s"] / out["centralized_s"]
+        out[f"parallel_sl_{execution}_vs_lockstep"] = out[f"parallel_sl_{execution}_s"] / out["lockstep_s"]
+        state = round_state("locfedmix_sl", n, num_partners, device, execution)
+        out[f"locfedmix_sl_{execution}_s"] = median_time(lambda state=state: run_round(state), repeats)
+        out[f"locfedmix_sl_{execution}_ratio"] = out[f"locfedmix_sl_{execution}_s"] / out["centralized_plus_mixup_s"]
     return out
 
 
@@ -116,6 +141,10 @@ def run_bench(clients: str = "20,100", repeats: int = 5, as_json: bool = False, 
                 for ex in executions)
             print(f"n={n:>4} b={BATCH} n_s={ns} on {device}: centralized {r['centralized_s'] * 1e3:.1f} ms, "
                   f"+ mixup + decoder {r['centralized_plus_mixup_s'] * 1e3:.1f} ms | {parts}", flush=True)
+            peers = " | ".join(f"Parallel SL {ex} = {r[f'parallel_sl_{ex}_vs_lockstep']:.2f}x it" for ex in executions)
+            print(f"       peers: lockstep loop (SGLR authors' style) {r['lockstep_s'] * 1e3:7.1f} ms, SplitFed "
+                  f"authors' style {r['splitfed_authors_s'] * 1e3:7.1f} ms = "
+                  f"{r['splitfed_authors_s'] / r['lockstep_s']:.2f}x it | {peers}", flush=True)
     meta = {"device": device, "device_name": device_name(device), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(), "repeats": repeats}
     if as_json:
