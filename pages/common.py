@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from pydantic import ValidationError
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from engine.config import ParticipationConfig
 from storage import queries
 from storage.db import Database, connect, resolve_db_url
 from storage.models import RunStatus
@@ -112,6 +114,18 @@ def run_info(run_id: int) -> dict | None:
             return queries.get_run(s, run_id).as_dict()
         except queries.RunNotFound:
             return None
+
+
+@st.cache_data(ttl=READ_TTL_S, show_spinner=False)
+def participation(run_id: int) -> ParticipationConfig | None:
+    """The run's clients-come-and-go settings (None when there is no such run, or its stored config no
+    longer reads as one); validated once per run, not on every rerun of a page."""
+    info = run_info(run_id)
+    try:
+        return ParticipationConfig.model_validate((info or {}).get("config", {}).get("participation", {})) \
+            if info else None
+    except ValidationError:
+        return None
 
 
 @st.cache_data(ttl=1, show_spinner=False)

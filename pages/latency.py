@@ -83,7 +83,7 @@ st.caption("A run whose clients come and go (participation: a fraction C, dropou
            "T_comp + the bytes uploaded over the shared uplink. A deadline shortens every round and drops the "
            "slow clients' data: what it buys is read off where the curves cross.")
 coming = [int(r["id"]) for _, r in finished.iterrows()
-          if RunConfig.model_validate((common.run_info(int(r["id"])) or {}).get("config") or {}).participation.active]
+          if (part := common.participation(int(r["id"]))) is not None and part.active]
 if not coming:
     st.info("No finished run with clients that come and go yet: queue runs with a speed spread and different "
             "deadlines (New run, or `python -m engine submit --set participation.speed_spread=1 "
@@ -95,8 +95,9 @@ else:
     chosen = common.pick_runs("runs", finished.loc[finished["id"].isin(coming)], coming[:6], key="straggler_runs")
     histories, table = {}, []
     for run_id in chosen:
-        info = common.run_info(run_id) or {}
-        part = RunConfig.model_validate(info["config"]).participation
+        info, part = common.run_info(run_id) or {}, common.participation(run_id)
+        if not info or part is None:  # deleted meanwhile
+            continue
         h = with_simulated_latency(common.history(run_id), info["config"], t_comp_s, uplink * 1e6 / 8)
         if h.empty:
             continue
