@@ -61,7 +61,7 @@ def unavailable() -> str | None:
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (Debian: apt-get install iproute2)"
     try:
-        with shaped_uplink("splitlab-probe") as link:
+        with shaped_uplink(f"slp{os.getpid() % 1000000:06d}") as link:  # its own name: test workers probe at once
             link.set_rate(10)
     except OSError as err:
         return f"this machine does not allow it: {err}"

@@ -49,3 +49,13 @@ def write_csv(path: Path, rows: list[dict], empty_header: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else empty_header)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (studies write PNGs; no display is needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

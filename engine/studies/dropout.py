@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.config import deep_merge
 from engine.presets import PRESETS, TABLE3_ROWS
-from engine.studies.common import Arm, write_csv
+from engine.studies.common import Arm, pyplot, write_csv
 
 FRACTIONS = (1.0, 0.5, 0.2)
 DROPOUTS = (0.0, 0.1, 0.3)
@@ -147,10 +147,7 @@ def write_dropout_report(out: Path, ns: list[int], seeds: list[int], results: di
 
 
 def _plot(out: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(DROPOUTS), figsize=(13, 4.2), sharey=True)
     for ax, p in zip(axes, DROPOUTS):

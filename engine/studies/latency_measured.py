@@ -23,6 +23,7 @@ from engine.latency import LatencyParams, latency, method_for_techniques
 from engine.models import num_state_elements, prod
 from engine.presets import get_preset, get_profile
 from engine.state import initial_models
+from engine.studies.common import pyplot
 from engine.studies.latency_study import PAPER_INPUT_SHAPES
 
 METHODS = {"vanilla_sl": "Vanilla SL", "splitfed": "SplitFed", "locsplitfed": "LocSplitFed",
@@ -108,10 +109,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rates = sorted({r["mbit"] for r in rows})
     fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), squeeze=False)

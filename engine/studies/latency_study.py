@@ -21,7 +21,7 @@ import numpy as np
 from engine.data import load_dataset
 from engine.latency import BEST_CASE_LABEL, WORST_CASE_LABEL, LatencyParams, latency_curve_for_run, latency_curves
 from engine.models import InfoProDecoder, num_state_elements, prod, smashed_shape, split_lenet5
-from engine.studies.common import load_results, run_key
+from engine.studies.common import load_results, pyplot, run_key
 from engine.studies.reproduce import table3_arms
 
 RATIOS = ((10, 1), (1, 1), (1, 10))
@@ -138,10 +138,7 @@ def simulated_curves(runs: dict[str, dict], sizes: Sizes, ratio: tuple[float, fl
 
 def write_latency_study(out_dir: str, dataset: str, table3_dir: Path, n: int, seed: int = 0,
                         rounds: int = 10_000) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = Path(out_dir) / f"latency-{dataset}"
     out.mkdir(parents=True, exist_ok=True)

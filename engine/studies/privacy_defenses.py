@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.config import deep_merge
 from engine.presets import TABLE3_ROWS, techniques_to_config
-from engine.studies.common import Arm, write_csv
+from engine.studies.common import Arm, pyplot, write_csv
 
 CUTS = (1, 2)
 BASES = (("parallel", "Parallel SL", "1,2"), ("row8", "LocFedMix-SL", TABLE3_ROWS[8].techniques))
@@ -218,10 +218,7 @@ def write_defense_report(out: Path, ns: list[int], seeds: list[int], results: di
 
 
 def _plot(out: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colours = {"noise": "#D62728", "nopeek": "#1F77B4", "bits": "#2CA02C"}
     fig, axes = plt.subplots(len(CUTS), len(BASES), figsize=(12, 9), squeeze=False)

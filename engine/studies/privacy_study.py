@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from engine.presets import TABLE3_ROWS, techniques_to_config
+from engine.studies.common import pyplot
 
 CUTS = (1, 2)
 LEAK_EVERY_EVALS = 10  # measure every 10 evaluations: 3 times in a run evaluated 30 times
@@ -169,10 +170,7 @@ def write_privacy_report(out: Path, ns: list[int], seeds: list[int], results: di
 
 
 def _plots(out: Path, n: int, seeds: list[int], results: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     colours = plt.get_cmap("tab20").colors
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)

@@ -30,10 +30,10 @@ from pydantic import ValidationError
 from engine.config import MIXUP_REDUCTIONS, RunConfig, deep_merge, validate_config
 from engine.data import train_size
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config, without_mixup
-from engine.studies.common import Arm, load_results, run_key, run_name, write_csv
-from engine.studies.privacy_defenses import defense_arms, write_defense_report
+from engine.studies.common import Arm, load_results, pyplot, run_key, run_name, write_csv
 from engine.studies.dropout import dropout_arms, write_dropout_report
 from engine.studies.paper import TABLE3_ACCURACY, TABLE3_CLIENTS, paper_mixup_effects
+from engine.studies.privacy_defenses import defense_arms, write_defense_report
 from engine.studies.privacy_study import LEAK_EVERY_EVALS, privacy_arms, write_privacy_report
 from engine.trainer import Callbacks, Trainer
 
@@ -352,10 +352,7 @@ def gains_table(rows: list[dict]) -> str:
 def write_gain_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
     """``gain_n<n>.png``: each pair's accuracy difference over the rounds (live curves, a five-evaluation
     running mean; one line per seed), with the paper's +0.2 to +4.3 points for row 8 - row 7 shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     styles = ["-", "--", ":", "-."]
@@ -516,10 +513,7 @@ def markdown_table(arms: list[Arm], ns: list[int], rows: list[dict], study: str,
 
 def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], rows: list[dict],
                 results: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     cell = {(r["arm"], r["n"]): r for r in rows}
@@ -559,10 +553,7 @@ def write_plots(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], row
 
 def write_imbalance_plot(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
     """``imbalance.png``: the server's update norm over a client's, round by round, one line per arm and n."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     # One colour per arm, one line style per seed, one width per n: 13 lines stay tellable apart.
     colours = plt.get_cmap("tab10").colors
@@ -620,10 +611,7 @@ def splitfed_rows(arms: list[Arm], ns: list[int], seeds: list[int], results: dic
 
 def write_splitfed_report(out: Path, arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> None:
     """``table.md``/``table.csv`` (both figures per version) and ``curves_n<n>.png`` (both figures over the rounds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     rows = splitfed_rows(arms, ns, seeds, results)
