@@ -288,6 +288,10 @@ class NetworkRounds:
         """Record client ``client`` as lost and go on without it (or, by default, end the run)."""
         if not self.continue_on_loss:
             raise err
+        if err.timed_out:  # gloo's timeout closed every connection of the server: nobody is left to go on with
+            raise ClientFailed(f"{self._lost(err)}; a client that stops answering is left out only when this server "
+                               "started it (it then stops the process itself); gloo's timeout closes every "
+                               "connection of the server, so the run ends") from None
         reason = str(self._lost(err))
         self.lost[client] = reason
         state.present = [i for i in state.present if i != client]  # absent from here on (⑤ goes without it)

@@ -31,7 +31,12 @@ GRADS_FOLLOW, BATON, FULL = 1, 2, 4  # flags: ② gradients come back; Vanilla S
 
 
 class PeerLost(RuntimeError):
-    """The process on the other end of a link died or stopped answering."""
+    """The process on the other end of a link died or stopped answering (``timed_out``: gloo's timeout ran
+    out, which closes every connection of this process, not only that peer's)."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,11 @@ class Link:
             work.wait(self.timeout)
         except RuntimeError as err:
             text = str(err).lower()
-            reason = "closed the connection" if any(w in text for w in ("closed", "reset", "read error", "broken pipe")) \
-                else f"sent nothing for {self.timeout.total_seconds():g} s" if "timed out" in text else _first_line(err)
-            raise PeerLost(f"{peer_name(peer)} {reason} while {what}") from None
+            closed = any(w in text for w in ("closed", "reset", "read error", "broken pipe"))
+            timed_out = not closed and "timed out" in text
+            reason = "closed the connection" if closed \
+                else f"sent nothing for {self.timeout.total_seconds():g} s" if timed_out else _first_line(err)
+            raise PeerLost(f"{peer_name(peer)} {reason} while {what}", timed_out=timed_out) from None
         finally:
             self.waiting = None
 

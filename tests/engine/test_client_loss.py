@@ -187,3 +187,37 @@ def test_the_command_line_flag_sets_it_and_names_bad_values(capsys):
     assert "--on-client-loss: invalid choice: 'sometimes'" in capsys.readouterr().err
     assert main(["run", "--dataset", "digits", "--on-client-loss", "continue", "--rounds", "1"]) == 2
     assert "error: --on-client-loss continue applies to networked runs" in capsys.readouterr().err
+
+
+def test_a_hung_client_the_server_did_not_start_still_ends_the_run_saying_why(digits, monkeypatch):
+    """Clients started elsewhere (`engine serve`): the server cannot stop a hung one, and gloo's timeout
+    closes every connection of the server, so the run ends (rather than going on with nobody)."""
+    from engine.network.wire import Address, free_port
+
+    address = Address("127.0.0.1", free_port())
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    clients = [subprocess.Popen([sys.executable, "-m", "engine", "client", "--server", str(address), "--rank", str(r),
+                                 "--timeout", "60"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL) for r in (1, 2, 3)]
+    try:
+        real = server_module.server_step
+
+        def server_step(state, batch):
+            if state.round + 1 == 3 and clients[2].poll() is None:
+                os.kill(clients[2].pid, signal.SIGSTOP)
+            return real(state, batch)
+
+        monkeypatch.setattr(server_module, "server_step", server_step)
+        trainer = Trainer(config(rounds=6), digits,
+                          network=NetworkOptions(listen=address, spawn=False, timeout_s=3, join_timeout_s=120))
+        with pytest.raises(ClientFailed) as err:
+            trainer.run()
+        message = str(err.value)
+        assert message.startswith("client 2 (rank 3) sent nothing for 3 s while ")
+        assert "in round 3" in message and message.endswith("so the run ends")
+        assert [row["round"] for row in trainer.history] == [2]
+    finally:
+        for proc in clients:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
