@@ -85,6 +85,14 @@ def flatten_states(modules: list[nn.Module]) -> torch.Tensor:
     return torch.cat([v.detach().flatten().float() for m in modules for v in float_state(m).values()])
 
 
+@torch.no_grad()
+def copy_into(module: nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` (some of ``module``'s state entries: an average, the global model) into ``module``."""
+    entries = module.state_dict()
+    for key, value in values.items():
+        entries[key].copy_(value)
+
+
 def unflatten_states(flat: torch.Tensor, like: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
     """The inverse of :func:`flatten_states`, laid out as ``like``'s states (views into ``flat``)."""
     out, offset = [], 0
@@ -236,11 +244,8 @@ class ClientProcess:
 
     @staticmethod
     def _load_flat(modules: list[nn.Module], flat: torch.Tensor) -> None:
-        with torch.no_grad():
-            for module, values in zip(modules, unflatten_states(flat, modules)):
-                state = module.state_dict()
-                for key, value in values.items():
-                    state[key].copy_(value)
+        for module, values in zip(modules, unflatten_states(flat, modules)):
+            copy_into(module, values)
 
     def regroup(self, generation: int, link: Link) -> None:
         """Leave the process group and form the next one (``generation``) with the server and the clients it
@@ -252,13 +257,9 @@ class ClientProcess:
     def rejoin(self, models: dict) -> None:
         """Back after this client's process was lost: take the model the server sends (the global lower
         model), with a fresh optimiser state. The shared data stream is replayed from the start."""
-        with torch.no_grad():
-            for module, values in ((self.lower, models["lower"]), (self.aux, models["aux"])):
-                if module is None or values is None:
-                    continue
-                entries = module.state_dict()
-                for key, value in values.items():
-                    entries[key].copy_(value)
+        for module, values in ((self.lower, models["lower"]), (self.aux, models["aux"])):
+            if module is not None and values is not None:
+                copy_into(module, values)
         for module in self.modules():
             for p in module.parameters():
                 self.client_opt.state.pop(p, None)

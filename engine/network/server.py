@@ -35,7 +35,14 @@ from pathlib import Path
 
 import torch
 
-from engine.network.client import flatten_states, load_param_states, param_states, unflatten_states
+from engine.network.client import (
+    copy_into,
+    flatten_states,
+    float_state,
+    load_param_states,
+    param_states,
+    unflatten_states,
+)
 from engine.network.wire import (
     AVERAGE,
     BATON,
@@ -203,7 +210,7 @@ class NetworkRounds:
             if rank in self.stopped:  # hung: the watchdog stopped it
                 return ClientFailed(f"client {rank - 1} (rank {rank}) {self.stopped.pop(rank)}, {self._when()}: "
                                     f"the server stopped its process")
-            if any(e["client"] == rank - 1 and e["event"] == "rejoined" for e in self.events):
+            if self._rejoined(rank - 1):
                 break  # a process started again elsewhere: this server does not own it
             try:
                 code = proc.wait(timeout=1.0)  # its sockets close a moment before its exit is reported
@@ -345,13 +352,17 @@ class NetworkRounds:
         grads = cut_gradients(state, batch)
         served = time.perf_counter()
 
+        sends = {}
         if flags & GRADS_FOLLOW:
-            clients, sends = self._each(state, clients, lambda i, g: link.isend(g.cpu(), i + 1), grads)
-            clients, _ = self._each(state, clients, lambda i, sent: sent.wait_for(
-                link, i + 1, "receiving the cut-layer gradient"), sends)
+            clients, posted = self._each(state, clients, lambda i, g: link.isend(g.cpu(), i + 1), grads)
+            sends = dict(zip(clients, posted))
+        # the reports are awaited before the gradients' sends: a receive from a client that died fails at once,
+        # where a send to it can wait out gloo's timeout (which closes every connection of the server)
         clients, reports = self._each(state, clients, lambda i: link.irecv((3,), torch.float64, i + 1))
         clients, reports = self._each(state, clients, lambda i, r: r.wait_for(link, i + 1, "updating its model"),
                                       reports)
+        clients, _ = self._each(state, clients, lambda i: sends[i].wait_for(
+            link, i + 1, "receiving the cut-layer gradient") if i in sends else None)
         done = time.perf_counter()
         if state.sequential and clients:  # the lower model comes back through the server, as the ledger counts it
             batons = self._each(state, clients, lambda i: link.recv_object(i + 1, "handing the lower model on"))[1]
@@ -403,12 +414,9 @@ class NetworkRounds:
         state.ledger.model_exchange(len(present), models)
         self.global_states = average
         absent = sorted(set(range(self.n)) - set(present))
-        with torch.no_grad():
-            for i in absent:
-                for module, values in zip([state.lowers[i]] + ([state.auxes[i]] if with_aux else []), average):
-                    entries = module.state_dict()
-                    for key, value in values.items():
-                        entries[key].copy_(value)
+        for i in absent:
+            for module, values in zip(self._averaged_models(state, i), average):
+                copy_into(module, values)
         state.behind |= set(absent)
 
     def _send_global(self, state: TrainState, clients: list[int], t: int) -> None:
@@ -585,7 +593,7 @@ class NetworkRounds:
 
 
 def _float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone() for key, value in module.state_dict().items() if value.is_floating_point()}
+    return {key: value.detach().clone() for key, value in float_state(module).items()}
 
 
 def _watchdog(link: Link, procs: list[subprocess.Popen], stopped: dict[int, str], timeout_s: float,

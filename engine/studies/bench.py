@@ -35,16 +35,7 @@ WARMUP = 2
 
 def median_time(fn: Callable[[], None], repeats: int) -> float:
     """Median wall seconds of ``fn`` after a warm-up."""
-    for _ in range(WARMUP):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_times({"fn": fn}, repeats)["fn"]
 
 
 def median_times(arms: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
