@@ -1,4 +1,5 @@
-"""Session-wide fixtures: a throwaway PostgreSQL server (tests/postgres.py), started on first use."""
+"""Session-wide fixtures, each built on first use: a throwaway PostgreSQL server (tests/postgres.py),
+and the leakage runs a real worker trained (shared by the AppTest and the browser files)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,17 @@ def postgres_url(postgres):
 
     close(url)
     postgres.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def leakage_db(tmp_path_factory):
+    """A SQLite file holding tests.pages.support.LEAKAGE_RUNS (leaky LocFedMix-SL, leaky SplitFed,
+    quiet SplitFed; ids 1-3), trained once by a real worker. Tests copy it and never write to it."""
+    from storage.db import close
+    from tests.pages.support import LEAKAGE_RUNS, train_runs
+
+    path = tmp_path_factory.mktemp("leakage") / "trained.db"
+    url = f"sqlite:///{path}"
+    assert train_runs(url, LEAKAGE_RUNS) == [1, 2, 3]
+    close(url)  # checkpoints the WAL into the file, so a copy holds everything
+    return path

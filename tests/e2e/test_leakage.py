@@ -1,5 +1,5 @@
 """Privacy leakage in a real browser: runs a real worker trained with ``privacy.every`` (and one
-without) on the InfoPro, Compare and result pages, on a full host and a read-only one. Each page
+without; the session's ``leakage_db``) on the InfoPro, Compare and result pages, on a full host and a read-only one. Each page
 draws its leakage section with no traceback and never shows "None" or "nan"; screenshots go to
 ``artifacts/screenshots/leakage-*.png``.
 """
@@ -13,19 +13,8 @@ import pytest
 
 from storage.db import close
 from tests.e2e.support import settle, shoot
-from tests.pages.support import LEAKAGE_RUNS, train_runs
 
 TALL = {"width": 1400, "height": 3200}  # Streamlit scrolls inside its main block: a tall window shows it all
-
-
-@pytest.fixture(scope="module")
-def trained_db(tmp_path_factory):
-    """The AppTest files' runs (leaky LocFedMix-SL, leaky SplitFed, quiet SplitFed), trained once."""
-    path = tmp_path_factory.mktemp("leakage") / "trained.db"
-    url = f"sqlite:///{path}"
-    train_runs(url, LEAKAGE_RUNS)
-    close(url)  # checkpoints the WAL into the file, so a copy holds everything
-    return path
 
 
 def main_text(page) -> str:
@@ -44,8 +33,8 @@ def visit(page, url: str, heading: str) -> str:
 
 
 @pytest.mark.parametrize("readonly", [False, True], ids=["full", "read-only"])
-def test_leakage_pages_in_a_browser(start_app, browser, trained_db, tmp_path, readonly):
-    shutil.copy(trained_db, tmp_path / "e2e.db")
+def test_leakage_pages_in_a_browser(start_app, browser, leakage_db, tmp_path, readonly):
+    shutil.copy(leakage_db, tmp_path / "e2e.db")
     app = start_app(readonly=readonly)
     page = browser.new_page(viewport=TALL)
     mode = "readonly" if readonly else "full"

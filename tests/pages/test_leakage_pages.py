@@ -3,7 +3,7 @@
 the result page and its HTML report, and the New run form's field. Runs that never measured say how
 to turn it on; nothing shows "None" or "nan".
 
-The runs are trained once for the module (each leakage measurement trains the server's attack, a
+The runs are trained once for the session (``leakage_db``, shared with the browser file) (each leakage measurement trains the server's attack, a
 few seconds on a CPU); every test only reads them.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import plotly.io as pio
 import pytest
@@ -23,10 +24,12 @@ from tests.pages.test_compare_page import numbers, shown_text
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[str, list[int]]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('leakage') / 'dashboard.db'}"
-    ids = train_runs(url, LEAKAGE_RUNS)
-    yield url, ids
+def trained(leakage_db, tmp_path_factory) -> tuple[str, list[int]]:
+    """A copy of the session's trained leakage runs (tests/conftest.py), as this module's database."""
+    path = tmp_path_factory.mktemp("leakage") / "dashboard.db"
+    shutil.copy(leakage_db, path)
+    url = f"sqlite:///{path}"
+    yield url, [1, 2, 3]
     close(url)
 
 
