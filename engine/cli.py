@@ -18,7 +18,10 @@ from engine.args import UsageError, _Parser, add_run_arguments, run_command, run
 from engine.config import MIXUP_REDUCTIONS
 from engine.data import DATASET_INFO, DATASETS
 from engine.presets import PRESETS, PROFILES, TECHNIQUE_CODES
-from storage.cli import add_queue_commands
+
+# The commands a networked run starts once per process: their parser leaves out the queue's commands,
+# whose database and pandas imports would add about a second to every client's start.
+NETWORKED_COMMANDS = ("serve", "client")
 
 
 class TerminalProgress:
@@ -324,7 +327,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(queue: bool = True) -> argparse.ArgumentParser:
+    """Every command; ``queue=False`` leaves out the queue's (worker, submit, status, ...)."""
     parser = _Parser(prog="python -m engine", description="SplitLab: the parallel split-learning simulator")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("presets", help="list the named algorithms").set_defaults(func=cmd_presets)
@@ -406,9 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_reproduce)
     # The queue commands (worker, submit, status, export, cancel) live with the database code;
     # the engine's core never imports storage, only this front door does.
-    add_queue_commands(sub)
+    if queue:
+        from storage.cli import add_queue_commands
+
+        add_queue_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else argv
+    return run_command(build_parser(queue=not argv or argv[0] not in NETWORKED_COMMANDS), argv)
