@@ -4,6 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PORT   ?= 8501
+# pytest-xdist workers, whole files to each; torch gets one thread per worker (two workers of two
+# threads on two cores run slower than one).
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install run test test-fast bench worker clean
 
@@ -19,10 +23,11 @@ run: install
 	$(PY) app.py --server.port $(PORT) --server.headless true
 
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
+# the inner loop: leaves out the browser, load, networked, worker-process and learning tests (tests/conftest.py)
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install
 	$(PY) -m engine bench

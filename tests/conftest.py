@@ -4,10 +4,40 @@ and the leakage runs a real worker trained (shared by the AppTest and the browse
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from tests.postgres import PostgresServer, PostgresUnavailable
+
+# Files that start processes of their own (a browser and the app, client processes, workers) or train
+# for long: ``make test-fast`` leaves them out (they are marked ``slow``), and ``make test`` hands them
+# to its workers first, the longest first, so that the two workers end together.
+SLOW_FILES = ("tests/engine/test_network.py", "tests/e2e/", "tests/load/", "tests/engine/test_client_loss.py",
+              "tests/engine/test_learning.py", "tests/worker/test_resume.py", "tests/worker/test_networked_worker.py",
+              "tests/engine/test_network_shaping.py", "tests/worker/test_queue_load.py", "tests/worker/test_claim.py",
+              "tests/worker/test_exit_with_parent.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def slow_rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return next((i for i, prefix in enumerate(SLOW_FILES) if path.startswith(prefix)), len(SLOW_FILES))
+
+    for item in items:
+        if slow_rank(item) < len(SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=slow_rank)  # stable: the order within a file, and of the other files, is kept
+
+
+@pytest.fixture(autouse=True)
+def main_module_restored():
+    """Streamlit's AppTest leaves the page it ran as ``sys.modules["__main__"]``; a process pool
+    started later with the spawn method would then run that page in each child (which dies at once).
+    Serially the pools' tests happen to run before the page tests; under pytest-xdist they may not."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")
