@@ -7,7 +7,7 @@ PORT   ?= 8501
 # pytest-xdist workers, whole files to each; torch gets one thread per worker (two workers of two
 # threads on two cores run slower than one).
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-fast bench worker clean
 

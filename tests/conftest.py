@@ -10,12 +10,14 @@ import pytest
 
 from tests.postgres import PostgresServer, PostgresUnavailable
 
-# Files that start processes of their own (a browser and the app, client processes, workers) or train
-# for long: ``make test-fast`` leaves them out (they are marked ``slow``), and ``make test`` hands them
-# to its workers first, the longest first, so that the two workers end together.
+# Files that start processes of their own (a browser and the app, client processes, workers, a
+# process pool) or train for long: ``make test-fast`` leaves them out (they are marked ``slow``), and
+# ``make test`` hands them to its workers first, longest first, so that the two workers end together.
 SLOW_FILES = ("tests/engine/test_network.py", "tests/e2e/", "tests/load/", "tests/engine/test_client_loss.py",
               "tests/engine/test_learning.py", "tests/worker/test_resume.py", "tests/worker/test_networked_worker.py",
               "tests/engine/test_network_shaping.py", "tests/worker/test_queue_load.py", "tests/worker/test_claim.py",
+              "tests/engine/test_reproduce.py", "tests/pages/test_live_while_training.py",
+              "tests/worker/test_workers_listing.py", "tests/pages/test_latency_measured_page.py",
               "tests/worker/test_exit_with_parent.py")
 
 
