@@ -374,13 +374,17 @@ class NetworkRounds:
             reports = [torch.zeros(3, dtype=torch.float64)]
         local, forward, backward = torch.stack(reports).T.tolist()
         losses.local = sum(local) / len(local)
-        timing["latency_upload_s"] += max(0.0, uploaded - start - max(forward))
+        # The clients' own clocks split the windows the server saw, never beyond them: the parts add up to
+        # done - start even where a loaded machine stretches a client's measured time past what the server waited.
+        fwd = min(max(forward), uploaded - start)
+        timing["latency_upload_s"] += uploaded - start - fwd
         timing["latency_server_s"] += served - uploaded
         if flags & GRADS_FOLLOW:  # the updates start when the gradients arrive
-            timing["latency_client_s"] += max(forward) + max(backward)
-            timing["latency_download_s"] += max(0.0, done - served - max(backward))
+            bwd = min(max(backward), done - served)
+            timing["latency_client_s"] += fwd + bwd
+            timing["latency_download_s"] += done - served - bwd
         else:  # without ② the clients update while the server computes: only what is left after it counts
-            timing["latency_client_s"] += max(forward) + max(0.0, done - served)
+            timing["latency_client_s"] += fwd + (done - served)
         return losses
 
     def _baton(self, state: TrainState) -> dict:
