@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def main_module_restored():
     """Streamlit's AppTest leaves the page it ran as ``sys.modules["__main__"]``; a process pool
-    started later with the spawn method would then run that page in each child (which dies at once).
+    started later with the spawn method would then run that page in each child (some children died of it).
     Serially the pools' tests happen to run before the page tests; under pytest-xdist they may not."""
     main = sys.modules["__main__"]
     yield
