@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,6 +41,7 @@ from engine.network.client import (
     param_states,
     unflatten_states,
 )
+from engine.network.launcher import launch_method, start_client
 from engine.network.wire import (
     AVERAGE,
     BATON,
@@ -145,18 +144,14 @@ class NetworkRounds:
 
     # ---- processes -----------------------------------------------------------------------
     def _spawn(self) -> None:
+        try:
+            launch_method()
+        except ValueError as err:
+            raise ClientFailed(f"the clients cannot be started: {err}") from None
         folder = self.log_folder = Path(tempfile.mkdtemp(prefix="splitlab-clients-"))
-        root = str(Path(__file__).resolve().parents[2])  # the clients import this very engine
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("SPLITLAB_CLIENT_THREADS", "1"), "PYTHONPATH": path,
-               "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "FATAL")}
         for rank in range(1, self.n + 1):
             log = folder / f"client-{rank - 1}.log"
-            with open(log, "wb") as out:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "engine", "client", "--server", str(self.address), "--rank", str(rank),
-                     "--timeout", f"{max(self.options.timeout_s * 10, 600):g}"],
-                    stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL))
+            self.procs.append(start_client(self.address, rank, max(self.options.timeout_s * 10, 600), log))
             self.logs.append(log)
 
     def _log_tail(self, rank: int) -> str:

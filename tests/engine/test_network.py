@@ -17,6 +17,7 @@ import torch
 
 from engine.config import config_problems, deep_merge, validate_config
 from engine.data import load_dataset
+from engine.network.launcher import ForkedClient
 from engine.network.server import LATENCY_KEYS, ClientFailed, NetworkOptions
 from engine.network.wire import Address, free_port, open_store
 from engine.presets import PRESETS, get_preset, get_profile
@@ -302,6 +303,7 @@ def test_a_client_that_cannot_start_fails_the_start_with_what_it_said(digits, tm
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'starting...'\necho 'cannot start: out of memory' >&2\nexit 3\n")
     fake.chmod(0o755)
+    monkeypatch.setenv("SPLITLAB_CLIENT_LAUNCH", "exec")  # each client a fresh interpreter: this one
     monkeypatch.setattr(sys, "executable", str(fake))
     with pytest.raises(ClientFailed, match=r"^client \d exited with code 3 before joining: cannot start: out of memory$"):
         Trainer(config("parallel_sl", "process"), digits)
@@ -315,6 +317,7 @@ def test_a_client_killed_after_it_joined_is_not_reported_as_never_joining(digits
     fake.write_text(f"#!/bin/sh\ncase \"$*\" in *'--rank 2'*) exec sleep 600;; esac\n"
                     f"echo $$ > {tmp_path}/client.pid\nexec {real} \"$@\"\n")
     fake.chmod(0o755)
+    monkeypatch.setenv("SPLITLAB_CLIENT_LAUNCH", "exec")  # each client a fresh interpreter: this one
     monkeypatch.setattr(sys, "executable", str(fake))
     listen = Address("127.0.0.1", free_port())
     killed = threading.Event()
@@ -340,6 +343,51 @@ def test_clients_on_other_data_than_the_server_are_refused(digits):
                          digits.classes)
     with pytest.raises(ClientFailed, match=r"client 0 loaded other training data than the server \(digits "):
         Trainer(config("parallel_sl", "process"), other)
+
+
+def test_clients_forked_from_the_launcher_train_as_fresh_interpreters_do(digits, monkeypatch):
+    """By default the clients are forked from one pre-imported launcher process; SPLITLAB_CLIENT_LAUNCH=exec
+    starts each as ``python -m engine client``. The two train the same run bit for bit."""
+    forked = Trainer(config("locfedmix_sl", "process"), digits)
+    by_fork = forked.run()
+    assert forked.transport.procs and all(isinstance(p, ForkedClient) for p in forked.transport.procs)
+    monkeypatch.setenv("SPLITLAB_CLIENT_LAUNCH", "exec")
+    fresh = Trainer(config("locfedmix_sl", "process"), digits)
+    by_exec = fresh.run()
+    assert all(isinstance(p, subprocess.Popen) for p in fresh.transport.procs)
+    untimed = [[{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in out["history"]]
+               for out in (by_fork, by_exec)]
+    assert untimed[0] == untimed[1]
+    assert_same_models(forked, fresh, tol=0.0)
+    assert no_client_processes_left(forked) and no_client_processes_left(fresh)
+
+
+def test_a_script_without_a_main_guard_runs_a_networked_run_once(tmp_path):
+    """multiprocessing would run the parent's main script again in each child it starts; the launcher's
+    clients must not (a script that trains without ``if __name__ == "__main__"`` would start itself again)."""
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from engine.config import deep_merge, validate_config\n"
+        "from engine.presets import get_preset, get_profile\n"
+        "from engine.trainer import Trainer\n"
+        "print('script started', flush=True)\n"
+        "data = deep_merge(get_profile('demo'), get_preset('parallel_sl').overrides())\n"
+        "cfg = validate_config(deep_merge(data, {'num_clients': 2, 'rounds': 2, 'eval_every': 2,\n"
+        "                                        'data': {'dataset': 'digits'}, 'transport': 'process'}))\n"
+        "out = Trainer(cfg).run()\n"
+        "print('trained', len(out['history']), flush=True)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["script started", "trained 1"], done.stdout
+
+
+def test_a_bad_client_launch_setting_is_one_line(digits, monkeypatch):
+    monkeypatch.setenv("SPLITLAB_CLIENT_LAUNCH", "thread")
+    with pytest.raises(ClientFailed, match=r"^the clients cannot be started: SPLITLAB_CLIENT_LAUNCH must be 'fork' or "
+                                           r"'exec', got 'thread'$"):
+        Trainer(config("parallel_sl", "process"), digits)
 
 
 def _engine(*args: str, **kwargs) -> subprocess.Popen:

@@ -103,25 +103,20 @@ def test_a_networked_run_that_loses_a_client_goes_on_and_live_and_the_workers_lo
     import logging
     import os
     import signal
-    from pathlib import Path
 
     from engine.network import server as server_module
     from storage import queries
     from storage.db import connect
+    from tests.helpers import client_processes
 
     real, killed = server_module.server_step, []
 
     def server_step(state, batch):
         if state.round + 1 == 2 and not killed:
-            for proc in Path("/proc").iterdir():  # this process's client with rank 2
-                try:
-                    cmd = (proc / "cmdline").read_bytes().split(b"\0")
-                    parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                if parent == os.getpid() and b"client" in cmd and cmd[cmd.index(b"--rank") + 1] == b"2":
-                    os.kill(int(proc.name), signal.SIGKILL)
-                    killed.append(int(proc.name))
+            for pid, rank in client_processes().items():  # this process's client with rank 2
+                if rank == 2:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
         return real(state, batch)
 
     monkeypatch.setattr(server_module, "server_step", server_step)

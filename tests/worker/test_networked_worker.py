@@ -8,11 +8,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 from storage.models import RunStatus
 from storage.queries import get_run, history_rows, request_cancel
 from storage.worker import Worker, WorkerOptions
+from tests.helpers import client_processes
 from tests.storage.support import queue, tiny_config
 
 NETWORKED = {"transport": "process", "rounds": 5000, "eval_every": 2, "image_every": 0,
@@ -20,19 +20,8 @@ NETWORKED = {"transport": "process", "rounds": 5000, "eval_every": 2, "image_eve
 
 
 def client_pids() -> list[int]:
-    """This process's children that are networked-run clients (``python -m engine client``)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == os.getpid() and b"client" in cmd and b"engine" in cmd:
-            pids.append(int(proc.name))
-    return sorted(pids)
+    """This process's networked-run client processes."""
+    return sorted(client_processes())
 
 
 def run_worker_in_background(db) -> threading.Thread:
