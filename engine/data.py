@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -449,23 +451,36 @@ def _not_found(name: str, searched: list[Path], detail: str = "") -> DatasetNotF
     return DatasetNotFound(message, name, tuple(str(p) for p in searched))
 
 
+DIGITS_SPLIT = Path(__file__).with_name("digits_split.json")  # the 80/20 split, in scikit-learn's order
+
+
+def _digits_images_and_labels() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits as ([N, 8, 8] float64 in 0..16, [N] labels). Read from the CSV that
+    scikit-learn ships, as its ``load_digits`` reads it, without importing scikit-learn (about a second
+    of CPU in every worker and client process); through ``load_digits`` where the file is elsewhere."""
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if csv is None or not csv.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(csv, "rt", encoding="utf-8") as rows:
+        data = np.loadtxt(rows, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
 @functools.lru_cache(maxsize=1)
 def _load_digits() -> Dataset:
-    """scikit-learn's 8x8 digits, scaled to [0, 1], resized to 1x28x28, fixed 80/20 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    """scikit-learn's 8x8 digits, scaled to [0, 1], resized to 1x28x28, fixed 80/20 split: the one
+    ``train_test_split(test_size=0.2, stratify=labels, random_state=0)`` draws, stored in
+    ``digits_split.json`` (a test checks that it still is)."""
+    pixels, target = _digits_images_and_labels()
+    images = torch.as_tensor(pixels, dtype=torch.float32).unsqueeze(1) / 16.0
     images = F.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
-    train_idx, test_idx = train_test_split(
-        np.arange(len(labels)),
-        test_size=_DIGITS_TEST_FRACTION,
-        stratify=bunch.target,
-        random_state=_DIGITS_SPLIT_SEED,
-    )
-    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    labels = torch.as_tensor(target, dtype=torch.int64)
+    split = json.loads(DIGITS_SPLIT.read_text())
+    train_idx, test_idx = torch.as_tensor(split["train"]), torch.as_tensor(split["test"])
     classes = tuple(str(c) for c in range(10))
     return Dataset("digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], classes)
 

@@ -1,7 +1,7 @@
 """Starting the client processes of a networked run on this machine (``--transport process``).
 
-A fresh Python that imports torch, the engine, torch's compiler front end (the first optimiser pulls
-it in) and scikit-learn (the digits) spends about 3.5 s of CPU before it trains. So by default the
+A fresh Python that imports torch, the engine and torch's compiler front end (the first optimiser
+pulls it in) spends about 2.5 s of CPU before it trains. So by default the
 clients are forked from one pre-imported launcher process (multiprocessing's fork server, which
 imports :mod:`engine.network.zygote` once per server process): each client then costs a fork.
 ``SPLITLAB_CLIENT_LAUNCH=exec`` (and any platform without a fork server) starts each client as

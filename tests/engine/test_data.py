@@ -230,6 +230,31 @@ def test_digits_needs_no_files_and_is_deterministic(isolated_dirs):
     assert torch.equal(again.train_x, ds.train_x) and torch.equal(again.test_y, ds.test_y)
 
 
+def test_digits_are_scikit_learns_split_as_train_test_split_draws_it(monkeypatch):
+    """The loader reads scikit-learn's CSV itself and takes the split from engine/digits_split.json; both
+    equal what load_digits and train_test_split give, bit for bit, and so does the fallback through them."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    train, test = train_test_split(np.arange(len(bunch.target)), test_size=data._DIGITS_TEST_FRACTION,
+                                   stratify=bunch.target, random_state=data._DIGITS_SPLIT_SEED)
+    pixels, labels = data._digits_images_and_labels()
+    assert np.array_equal(pixels, bunch.images) and np.array_equal(labels, bunch.target)
+    data.clear_cache()
+    ds = load_dataset("digits")
+    images = torch.nn.functional.interpolate(torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0,
+                                             size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+    assert torch.equal(ds.train_x, images[torch.as_tensor(train)])
+    assert torch.equal(ds.test_x, images[torch.as_tensor(test)])
+    assert ds.train_y.tolist() == bunch.target[train].tolist() and ds.test_y.tolist() == bunch.target[test].tolist()
+    # where scikit-learn's CSV is not where it is today, load_digits reads it
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    pixels_again, labels_again = data._digits_images_and_labels()
+    assert np.array_equal(pixels_again, bunch.images) and np.array_equal(labels_again, bunch.target)
+    data.clear_cache()
+
+
 def test_synthetic_is_seeded_and_shaped():
     a = load_dataset("synthetic", synthetic_shape=(1, 28, 28), synthetic_train=300, synthetic_test=50, seed=3)
     data.clear_cache()
