@@ -48,8 +48,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
-from scipy.special import digamma
 from torch import nn
 from torch.nn import functional as F
 
@@ -255,6 +253,9 @@ def ksg_mutual_information(x: np.ndarray, z: np.ndarray, k: int = KSG_K) -> floa
     ``x`` [N, dx] and ``z`` [N, dz]. Unbiased for independent samples and accurate for moderate
     dependence; it underestimates strong dependence in high dimensions (tests state how much).
     """
+    from scipy.spatial import cKDTree  # here, not at the top: every worker and app imports this module
+    from scipy.special import digamma
+
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     z = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
     n = len(x)

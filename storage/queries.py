@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
@@ -27,7 +26,9 @@ from storage.arrays import SCORE_KEYS, pack_client_snapshot, unpack_client_snaps
 from storage.db import StorageError
 from storage.models import METRIC_COLUMNS, Checkpoint, Image, Metric, Run, RunStatus, WorkerRecord
 
-if TYPE_CHECKING:  # only a type here: reading the database needs no torch
+if TYPE_CHECKING:  # only types here: reading the database needs no torch, the worker and the CLI no pandas
+    import pandas as pd
+
     from engine.config import RunConfig
 
 
@@ -360,6 +361,8 @@ def history_rows(session: Session, run_id: int) -> list[dict[str, Any]]:
 
 def run_history(session: Session, run_id: int) -> pd.DataFrame:
     """The run's evaluation steps as a DataFrame, one row per step, one column per figure."""
+    import pandas as pd
+
     rows = history_rows(session, run_id)
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(METRIC_COLUMNS))
 
