@@ -3,6 +3,7 @@ and the leakage runs a real worker trained (shared by the AppTest and the browse
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 
@@ -69,12 +70,22 @@ def postgres_url(postgres):
 @pytest.fixture(scope="session")
 def leakage_db(tmp_path_factory):
     """A SQLite file holding tests.pages.support.LEAKAGE_RUNS (leaky LocFedMix-SL, leaky SplitFed,
-    quiet SplitFed; ids 1-3), trained once by a real worker. Tests copy it and never write to it."""
+    quiet SplitFed; ids 1-3), trained once by a real worker. Tests copy it and never write to it.
+    Under pytest-xdist the workers share it: the first to ask trains it while the others wait."""
     from storage.db import close
     from tests.pages.support import LEAKAGE_RUNS, train_runs
 
-    path = tmp_path_factory.mktemp("leakage") / "trained.db"
-    url = f"sqlite:///{path}"
-    assert train_runs(url, LEAKAGE_RUNS) == [1, 2, 3]
-    close(url)  # checkpoints the WAL into the file, so a copy holds everything
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, above each worker's own
+    folder = root / "leakage-trained"
+    folder.mkdir(exist_ok=True)
+    path = folder / "trained.db"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").exists():
+            url = f"sqlite:///{path}"
+            assert train_runs(url, LEAKAGE_RUNS) == [1, 2, 3]
+            close(url)  # checkpoints the WAL into the file, so a copy holds everything
+            (folder / "done").touch()
     return path
