@@ -131,12 +131,12 @@ def draw(figs: LiveFigures, big: bool = False, shown: int = 1) -> None:
     m[2].metric("uploaded", f"{last['bytes_up'] / 1e6:,.1f} MB")
     m[3].metric("downloaded", f"{last['bytes_down'] / 1e6:,.1f} MB")
     if coming:
-        m[4].metric("clients taking part a round", f"{present:.3g}",
+        m[4].metric("clients per round", f"{present:.3g}",
                     help=f"{figs.first_label}: the mean number of clients that took part in a round since the "
                          f"evaluation before (fewest: {int(last['clients_present_min'])}; drawn before dropouts: "
                          f"{last['clients_selected']:.3g}).")
     if losing:
-        m[-1].metric("client processes lost", int(lost),
+        m[-1].metric("clients lost", int(lost),
                      help=f"{figs.first_label}: clients whose process died or stopped answering and has not come "
                           "back, at this evaluation. The run goes on without them (on_client_loss = continue); the "
                           "worker's log names each one, with the round and the reason.")

@@ -32,8 +32,8 @@ def test_live_shows_how_many_clients_took_part_and_only_when_they_come_and_go(db
             "eval_subset": 32}}
     coming, everyone = train_runs(db_url, [("half", {"participation": {"fraction": 0.5}}), ("all", {})], base)
     metrics = {m.label: m.value for m in page("live", coming).metric}
-    assert metrics["clients taking part a round"] == "2"
-    assert "clients taking part a round" not in {m.label for m in page("live", everyone).metric}
+    assert metrics["clients per round"] == "2"
+    assert "clients per round" not in {m.label for m in page("live", everyone).metric}
 
 
 def test_stragglers_and_a_deadline_are_queued_from_the_form(db_url):
@@ -131,4 +131,4 @@ def test_a_networked_run_that_loses_a_client_goes_on_and_live_and_the_workers_lo
         events = queries.get_run(s, run_id).summary["client_events"]
     assert [(e["event"], e["round"], e["client"]) for e in events] == [("lost", 2, 1)]
     metrics = {m.label: m.value for m in page("live", run_id).metric}
-    assert metrics["client processes lost"] == "1"
+    assert metrics["clients lost"] == "1"
