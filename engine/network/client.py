@@ -210,7 +210,7 @@ class ClientProcess:
         smashed = self.lower(x)
         sent, payload = client_upload(self, self.techniques, self.index, smashed)
         forward = time.perf_counter() - start
-        for pending in [link.isend(tensor, SERVER) for tensor in (*payload, y)]:
+        for pending in [link.isend(tensor, SERVER, "uploading smashed data") for tensor in (*payload, y)]:
             pending.wait_for(link, SERVER, "uploading smashed data")
         grads = None
         if flags & GRADS_FOLLOW:

@@ -326,7 +326,8 @@ class NetworkRounds:
         codec = wire_codec(state.techniques)  # quantised smashed data travel as codes (defense.bits)
         spec = codec.wire(shape) if codec else [(shape, torch.float32)]
         clients, pending = self._each(state, clients, lambda i: (
-            [link.irecv(size, dtype, i + 1) for size, dtype in spec], link.irecv((b,), torch.int64, i + 1)))
+            [link.irecv(size, dtype, i + 1, "uploading smashed data") for size, dtype in spec],
+            link.irecv((b,), torch.int64, i + 1, "uploading labels")))
         clients, uploads = self._each(state, clients, lambda i, p: (
             [part.wait_for(link, i + 1, "uploading smashed data") for part in p[0]],
             p[1].wait_for(link, i + 1, "uploading labels")), pending)
@@ -349,11 +350,14 @@ class NetworkRounds:
 
         sends = {}
         if flags & GRADS_FOLLOW:
-            clients, posted = self._each(state, clients, lambda i, g: link.isend(g.cpu(), i + 1), grads)
+            clients, posted = self._each(state, clients, lambda i, g: link.isend(g.cpu(), i + 1,
+                                                                                  "receiving the cut-layer gradient"),
+                                         grads)
             sends = dict(zip(clients, posted))
         # the reports are awaited before the gradients' sends: a receive from a client that died fails at once,
         # where a send to it can wait out gloo's timeout (which closes every connection of the server)
-        clients, reports = self._each(state, clients, lambda i: link.irecv((3,), torch.float64, i + 1))
+        clients, reports = self._each(state, clients, lambda i: link.irecv((3,), torch.float64, i + 1,
+                                                                                 "updating its model"))
         clients, reports = self._each(state, clients, lambda i, r: r.wait_for(link, i + 1, "updating its model"),
                                       reports)
         clients, _ = self._each(state, clients, lambda i: sends[i].wait_for(
@@ -399,7 +403,8 @@ class NetworkRounds:
         present, _ = self._each(state, present, lambda i: link.command(i + 1, AVERAGE, t, 0, FULL if with_aux else 0))
         models = self._averaged_models(state, 0)
         size = flatten_states(models).numel()
-        present, pending = self._each(state, present, lambda i: link.irecv((size,), torch.float32, i + 1))
+        present, pending = self._each(state, present, lambda i: link.irecv(
+            (size,), torch.float32, i + 1, "uploading its model for averaging"))
         present, uploads = self._each(state, present, lambda i, p: unflatten_states(
             p.wait_for(link, i + 1, "uploading its model for averaging"), models), pending)
         if not present:
@@ -407,7 +412,7 @@ class NetworkRounds:
         weights = state.weights if len(present) == self.n else state.weights[present] / state.weights[present].sum()
         average = [average_states([u[k] for u in uploads], weights) for k in range(len(models))]
         flat = torch.cat([v.flatten() for avg in average for v in avg.values()])
-        present, sends = self._each(state, present, lambda i: link.isend(flat, i + 1))
+        present, sends = self._each(state, present, lambda i: link.isend(flat, i + 1, "receiving the averaged model"))
         present, _ = self._each(state, present, lambda i, sent: sent.wait_for(
             link, i + 1, "receiving the averaged model"), sends)
         state.ledger.model_exchange(len(present), models)

@@ -120,26 +120,26 @@ class Link:
             self.waiting = None
 
     def send(self, tensor: torch.Tensor, peer: int, what: str) -> None:
-        self.isend(tensor, peer).wait_for(self, peer, what)
+        self.isend(tensor, peer, what).wait_for(self, peer, what)
 
-    def isend(self, tensor: torch.Tensor, peer: int) -> "_Pending":
+    def isend(self, tensor: torch.Tensor, peer: int, what: str = "") -> "_Pending":
         tensor = tensor.detach().contiguous()
         self.sent += tensor.numel() * tensor.element_size()
         try:
             return _Pending(dist.isend(tensor, self.ranks.get(peer, peer)), tensor)
         except RuntimeError as err:
-            raise PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})") from None
+            raise _not_posted(peer, what, err) from None
 
-    def irecv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int) -> "_Pending":
+    def irecv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int, what: str = "") -> "_Pending":
         buf = torch.empty(shape, dtype=dtype)
         self.received += buf.numel() * buf.element_size()
         try:
             return _Pending(dist.irecv(buf, self.ranks.get(peer, peer)), buf)
         except RuntimeError as err:
-            raise PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})") from None
+            raise _not_posted(peer, what, err) from None
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int, what: str) -> torch.Tensor:
-        return self.irecv(shape, dtype, peer).wait_for(self, peer, what)
+        return self.irecv(shape, dtype, peer, what).wait_for(self, peer, what)
 
     def send_object(self, obj: object, peer: int, what: str) -> None:
         buf = io.BytesIO()
@@ -165,6 +165,14 @@ class _Pending:
     def wait_for(self, link: Link, peer: int, what: str) -> torch.Tensor:
         link._wait(self.work, peer, what)
         return self.tensor
+
+
+def _not_posted(peer: int, what: str, err: RuntimeError) -> PeerLost:
+    """An exchange that could not even be posted: its peer's connection had already closed (said as a
+    wait on it says it), or another reason in gloo's words."""
+    if what and any(w in str(err).lower() for w in ("closed", "reset", "read error", "broken pipe")):
+        return PeerLost(f"{peer_name(peer)} closed the connection while {what}")
+    return PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})")
 
 
 def _first_line(err: BaseException) -> str:
