@@ -211,7 +211,7 @@ class ClientProcess:
         sent, payload = client_upload(self, self.techniques, self.index, smashed)
         forward = time.perf_counter() - start
         for pending in [link.isend(tensor, SERVER, "uploading smashed data") for tensor in (*payload, y)]:
-            pending.wait_for(link, SERVER, "uploading smashed data")
+            pending.wait()
         grads = None
         if flags & GRADS_FOLLOW:
             grads = [link.recv(tuple(smashed.shape), smashed.dtype, SERVER, "waiting for the cut-layer gradient")]

@@ -329,8 +329,8 @@ class NetworkRounds:
             [link.irecv(size, dtype, i + 1, "uploading smashed data") for size, dtype in spec],
             link.irecv((b,), torch.int64, i + 1, "uploading labels")))
         clients, uploads = self._each(state, clients, lambda i, p: (
-            [part.wait_for(link, i + 1, "uploading smashed data") for part in p[0]],
-            p[1].wait_for(link, i + 1, "uploading labels")), pending)
+            [part.wait() for part in p[0]],
+            p[1].wait()), pending)
         payloads, labels = [u[0] for u in uploads], [u[1] for u in uploads]
         uploaded = time.perf_counter()
         if not clients:  # every client of this step was lost
@@ -350,18 +350,16 @@ class NetworkRounds:
 
         sends = {}
         if flags & GRADS_FOLLOW:
-            clients, posted = self._each(state, clients, lambda i, g: link.isend(g.cpu(), i + 1,
-                                                                                  "receiving the cut-layer gradient"),
-                                         grads)
+            clients, posted = self._each(state, clients, lambda i, g: link.isend(
+                g.cpu(), i + 1, "receiving the cut-layer gradient"), grads)
             sends = dict(zip(clients, posted))
         # the reports are awaited before the gradients' sends: a receive from a client that died fails at once,
         # where a send to it can wait out gloo's timeout (which closes every connection of the server)
         clients, reports = self._each(state, clients, lambda i: link.irecv((3,), torch.float64, i + 1,
                                                                                  "updating its model"))
-        clients, reports = self._each(state, clients, lambda i, r: r.wait_for(link, i + 1, "updating its model"),
+        clients, reports = self._each(state, clients, lambda i, r: r.wait(),
                                       reports)
-        clients, _ = self._each(state, clients, lambda i: sends[i].wait_for(
-            link, i + 1, "receiving the cut-layer gradient") if i in sends else None)
+        clients, _ = self._each(state, clients, lambda i: sends[i].wait() if i in sends else None)
         done = time.perf_counter()
         if state.sequential and clients:  # the lower model comes back through the server, as the ledger counts it
             batons = self._each(state, clients, lambda i: link.recv_object(i + 1, "handing the lower model on"))[1]
@@ -406,15 +404,14 @@ class NetworkRounds:
         present, pending = self._each(state, present, lambda i: link.irecv(
             (size,), torch.float32, i + 1, "uploading its model for averaging"))
         present, uploads = self._each(state, present, lambda i, p: unflatten_states(
-            p.wait_for(link, i + 1, "uploading its model for averaging"), models), pending)
+            p.wait(), models), pending)
         if not present:
             return
         weights = state.weights if len(present) == self.n else state.weights[present] / state.weights[present].sum()
         average = [average_states([u[k] for u in uploads], weights) for k in range(len(models))]
         flat = torch.cat([v.flatten() for avg in average for v in avg.values()])
         present, sends = self._each(state, present, lambda i: link.isend(flat, i + 1, "receiving the averaged model"))
-        present, _ = self._each(state, present, lambda i, sent: sent.wait_for(
-            link, i + 1, "receiving the averaged model"), sends)
+        present, _ = self._each(state, present, lambda i, sent: sent.wait(), sends)
         state.ledger.model_exchange(len(present), models)
         self.global_states = average
         absent = sorted(set(range(self.n)) - set(present))

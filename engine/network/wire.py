@@ -110,9 +110,8 @@ class Link:
         try:
             work.wait(self.timeout)
         except RuntimeError as err:
-            text = str(err).lower()
-            closed = any(w in text for w in ("closed", "reset", "read error", "broken pipe"))
-            timed_out = not closed and "timed out" in text
+            closed = _closed(err)
+            timed_out = not closed and "timed out" in str(err).lower()
             reason = "closed the connection" if closed \
                 else f"sent nothing for {self.timeout.total_seconds():g} s" if timed_out else _first_line(err)
             raise PeerLost(f"{peer_name(peer)} {reason} while {what}", timed_out=timed_out) from None
@@ -120,26 +119,26 @@ class Link:
             self.waiting = None
 
     def send(self, tensor: torch.Tensor, peer: int, what: str) -> None:
-        self.isend(tensor, peer, what).wait_for(self, peer, what)
+        self.isend(tensor, peer, what).wait()
 
-    def isend(self, tensor: torch.Tensor, peer: int, what: str = "") -> "_Pending":
+    def isend(self, tensor: torch.Tensor, peer: int, what: str) -> "_Pending":
         tensor = tensor.detach().contiguous()
         self.sent += tensor.numel() * tensor.element_size()
         try:
-            return _Pending(dist.isend(tensor, self.ranks.get(peer, peer)), tensor)
+            return _Pending(dist.isend(tensor, self.ranks.get(peer, peer)), tensor, self, peer, what)
         except RuntimeError as err:
             raise _not_posted(peer, what, err) from None
 
-    def irecv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int, what: str = "") -> "_Pending":
+    def irecv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int, what: str) -> "_Pending":
         buf = torch.empty(shape, dtype=dtype)
         self.received += buf.numel() * buf.element_size()
         try:
-            return _Pending(dist.irecv(buf, self.ranks.get(peer, peer)), buf)
+            return _Pending(dist.irecv(buf, self.ranks.get(peer, peer)), buf, self, peer, what)
         except RuntimeError as err:
             raise _not_posted(peer, what, err) from None
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, peer: int, what: str) -> torch.Tensor:
-        return self.irecv(shape, dtype, peer, what).wait_for(self, peer, what)
+        return self.irecv(shape, dtype, peer, what).wait()
 
     def send_object(self, obj: object, peer: int, what: str) -> None:
         buf = io.BytesIO()
@@ -159,18 +158,28 @@ class Link:
 
 @dataclass
 class _Pending:
+    """A posted exchange with ``peer``: ``what`` it is for names it if the peer is lost."""
+
     work: object
     tensor: torch.Tensor
+    link: Link
+    peer: int
+    what: str
 
-    def wait_for(self, link: Link, peer: int, what: str) -> torch.Tensor:
-        link._wait(self.work, peer, what)
+    def wait(self) -> torch.Tensor:
+        self.link._wait(self.work, self.peer, self.what)
         return self.tensor
+
+
+def _closed(err: RuntimeError) -> bool:
+    """gloo's error says the peer's connection closed (the peer died or hung up)."""
+    return any(w in str(err).lower() for w in ("closed", "reset", "read error", "broken pipe"))
 
 
 def _not_posted(peer: int, what: str, err: RuntimeError) -> PeerLost:
     """An exchange that could not even be posted: its peer's connection had already closed (said as a
     wait on it says it), or another reason in gloo's words."""
-    if what and any(w in str(err).lower() for w in ("closed", "reset", "read error", "broken pipe")):
+    if _closed(err):
         return PeerLost(f"{peer_name(peer)} closed the connection while {what}")
     return PeerLost(f"{peer_name(peer)} cannot be reached ({_first_line(err)})")
 
