@@ -83,9 +83,24 @@ def keep_logs(folder: Path) -> None:
         shutil.copy(log, SHOTS / log.name)
 
 
+# Drawn: no element still loading its code (Streamlit's Suspense skeleton), every Plotly chart has its SVG,
+# every image has loaded.
+_DRAWN = """() => !document.querySelector("[data-testid='stSkeleton']")
+    && [...document.querySelectorAll("[data-testid='stPlotlyChart']")].every(c => c.querySelector('.main-svg'))
+    && [...document.images].every(i => i.complete)"""
+
+
+def wait_drawn(page, timeout_ms: int = 30_000) -> None:
+    """Wait until what the page shows is drawn (charts, images), instead of pausing for a fixed time."""
+    page.wait_for_function(_DRAWN, timeout=timeout_ms)
+
+
 def shoot(page, name: str) -> None:
+    """A full-page screenshot once what is shown is drawn (a page that keeps loading is shot after 10 s)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(800)
+    page.wait_for_timeout(300)  # Streamlit fades elements back in after a script run
+    with contextlib.suppress(playwright.TimeoutError):
+        wait_drawn(page, 10_000)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 

@@ -5,7 +5,7 @@ The app, the browser and the screenshot helpers come from ``conftest.py``.
 
 from __future__ import annotations
 
-from tests.e2e.support import choose, set_number, shoot
+from tests.e2e.support import choose, set_number, settle, shoot, wait_drawn
 
 
 def test_submit_a_run_and_watch_it_learn(start_app, browser):
@@ -32,7 +32,8 @@ def test_submit_a_run_and_watch_it_learn(start_app, browser):
                                 ("run?run=1", "Run #1: LocFedMix-SL", "7-result-page")):
         page.goto(f"{app_url}/{path}")
         page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
-        page.wait_for_timeout(2500)  # let the charts draw
+        settle(page, 60_000)
+        wait_drawn(page)  # the charts and images
         assert not page.get_by_text("Traceback").count(), name
         assert not page.locator("[data-testid='stException']").count(), name
         shoot(page, name)

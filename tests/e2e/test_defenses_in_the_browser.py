@@ -17,7 +17,7 @@ import re
 import pytest
 
 from storage.db import close
-from tests.e2e.support import choose, run_count, settle, shoot, type_into, wait_for_run_end
+from tests.e2e.support import choose, run_count, settle, shoot, type_into, wait_drawn, wait_for_run_end
 from tests.pages.test_defense_pages import LFM, leak_figures, store_run
 
 expect = pytest.importorskip("playwright.sync_api").expect
@@ -163,7 +163,7 @@ def test_the_trade_off_pages_in_the_browser(trade_off, browser, view):
     page.get_by_text(re.compile("The dashed line is the Pareto front")).first.wait_for(timeout=20_000)
     chart = page.locator(".js-plotly-plot").filter(has_text="Privacy-utility trade-off").first
     chart.scroll_into_view_if_needed()
-    page.wait_for_timeout(1500)
+    wait_drawn(page)
     text = no_traceback(page)
     assert f"#{ids['σ=2']} (σ=2), #{ids['σ=0.5']} (σ=0.5), #{ids['none']} (no defense)" in text
     assert "Pareto front (no run beats these on both)" in chart.inner_text()
@@ -198,5 +198,4 @@ def test_the_walkthrough_upload_step_with_a_defense(start_app, browser, view):
     received = page.get_by_text("as the server receives them after the defense", exact=False).first
     received.wait_for(timeout=20_000)
     received.scroll_into_view_if_needed()
-    page.wait_for_timeout(600)
     shoot(page, f"defense-9-walkthrough-received-{size}")

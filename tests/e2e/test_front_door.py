@@ -170,10 +170,11 @@ REFUSED = [  # (form label, typed, the message)
 def test_numbers_the_browser_cannot_hold_are_refused_as_typed(start_app, browser):
     app = start_app()
     page = browser.new_page(viewport=VIEW)
-    for i, (label, typed, message) in enumerate(REFUSED):
-        one_run = open_new_run(page, app.url)
+    one_run = open_new_run(page, app.url)
+    for i, (label, typed, message) in enumerate(REFUSED):  # one after another on one page, each put right
         type_into(page, "clients n", "7", one_run)  # a value first, so the summary has something to hold on to
         one_run.get_by_text(re.compile(r"7 clients × 300 rounds")).wait_for(timeout=10_000)
+        before = one_run.get_by_label(label, exact=True).input_value()
         type_into(page, label, typed, one_run)
         assert one_run.get_by_label(label, exact=True).input_value() == typed, (label, typed)  # as typed
         one_run.get_by_text(message).first.wait_for(timeout=10_000)
@@ -187,6 +188,9 @@ def test_numbers_the_browser_cannot_hold_are_refused_as_typed(start_app, browser
         assert run_count(app.db_url) == 0, (label, typed)
         if i in (2, 3):
             shoot(page, f"front-door-refused-{label.replace(' ', '-')}-{typed}")
+        type_into(page, label, before, one_run)  # put right: the message goes and Queue is on again
+        expect(one_run.get_by_text(message)).to_have_count(0)
+        expect(queue).to_be_enabled()
     close(app.db_url)
 
 

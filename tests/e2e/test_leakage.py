@@ -1,7 +1,7 @@
 """Privacy leakage in a real browser: runs a real worker trained with ``privacy.every`` (and one
-without; the session's ``leakage_db``) on the InfoPro, Compare and result pages, on a full host and a read-only one. Each page
-draws its leakage section with no traceback and never shows "None" or "nan"; screenshots go to
-``artifacts/screenshots/leakage-*.png``.
+without; the session's ``leakage_db``) on the InfoPro, Compare and result pages, on a full host and
+a read-only one. Each page draws its leakage section with no traceback and never shows "None" or
+"nan"; screenshots go to ``artifacts/screenshots/leakage-*.png``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from storage.db import close
-from tests.e2e.support import settle, shoot
+from tests.e2e.support import settle, shoot, wait_drawn
 
 TALL = {"width": 1400, "height": 3200}  # Streamlit scrolls inside its main block: a tall window shows it all
 
@@ -25,7 +25,7 @@ def visit(page, url: str, heading: str) -> str:
     page.goto(url)
     page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
     settle(page, 60_000)
-    page.wait_for_timeout(2000)  # let the charts draw
+    wait_drawn(page)  # the charts and images
     text = main_text(page)
     assert "Traceback" not in text and page.locator("[data-testid='stException']").count() == 0, url
     assert not re.search(r"\bNone\b|\bnan\b", text), url

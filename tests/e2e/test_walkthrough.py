@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from engine.data import DatasetNotFound, load_dataset
-from tests.e2e.support import settle, shoot
+from tests.e2e.support import settle, shoot, wait_drawn
 
 VIEW = {"width": 1400, "height": 1700}  # Streamlit scrolls inside its main block: tall enough for a whole step
 
@@ -21,7 +21,7 @@ def main_text(page) -> str:
 def wait_for_step(page, title: str) -> str:
     page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
     settle(page, 60_000)
-    page.wait_for_timeout(1500)  # let the images and charts draw
+    wait_drawn(page)  # the images and charts
     text = main_text(page)
     assert "Traceback" not in text and page.locator("[data-testid='stException']").count() == 0
     assert not re.search(r"\bNone\b|\bnan\b", text)
