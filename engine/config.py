@@ -330,7 +330,7 @@ class RunConfig(_Section):
         return self
 
     def _check_splitfed(self) -> None:
-        """The SplitFed schedules' settings (:mod:`engine.splitfed`), and what they exclude."""
+        """The SplitFed schedules' settings (:mod:`engine.schedules.splitfed`), and what they exclude."""
         splitfed = self.schedule in SPLITFED_SCHEDULES
         if splitfed and self.split_avg.enabled:
             raise FieldValueError("split_avg.enabled", f"needs the parallel schedule: a {self.schedule} step serves "

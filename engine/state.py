@@ -184,15 +184,6 @@ class TrainState:
         """Every distinct module on the client side (lower models, then auxiliary networks)."""
         return unique_modules(self.lowers) + unique_modules(self.auxes or [])
 
-    def schedule_groups(self) -> list[list[int]]:
-        """This round's clients served together: all at once (parallel) or one after another (sequential;
-        an absent client is skipped). The SplitFed schedules draw a new order every round and serve each
-        client many batches (:mod:`engine.splitfed`)."""
-        ids = list(self.present)
-        if not ids:
-            return []
-        return [[i] for i in ids] if self.sequential else [ids]
-
     def begin_round(self) -> None:
         """Draw who takes part this round (``cfg.participation``): a seeded random max(1, floor(C n))
         clients, then each drops out with probability p. A client back after missing an averaging first

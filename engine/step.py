@@ -1,7 +1,7 @@
 """One training step, read like the paper's Algorithm 4: the clients served together forward,
 the server's losses (+ mixup) and one server step, the cut-layer gradients down (+ SplitAvg), the
-client steps (+ local losses). The schedules (:mod:`engine.round` for parallel and Vanilla SL,
-:mod:`engine.splitfed` for SplitFed V1/V2) decide which clients a step serves and in what order.
+client steps (+ local losses). The schedules (:mod:`engine.schedules`: parallel, Vanilla SL, SplitFed
+V1 and V2, one file each) decide which clients a step serves and in what order.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class RoundLosses:
     mixup: float = 0.0
     local: float = 0.0
     updates: UpdateSizes | None = None  # with cfg.track_updates
-    authors_test_acc: float | None = None  # SplitFed schedules, evaluation rounds (engine.splitfed)
+    authors_test_acc: float | None = None  # SplitFed schedules, evaluation rounds (engine.schedules.splitfed)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A trace of one round, for teaching: what each step of the round moved, recorded by the code that trains.
 
-The round (:mod:`engine.round`) and the techniques call ``state.trace(phase, **values)`` at each step;
+The round (:mod:`engine.schedules`) and the techniques call ``state.trace(phase, **values)`` at each step;
 that does nothing unless a :class:`RoundTrace` is attached to the state. Recorded tensors are detached
 CPU copies and recording draws no random number and changes no tensor, so a traced round leaves
 exactly the state an untraced one leaves (tested for every preset).

@@ -20,9 +20,10 @@ from engine.config import RunConfig
 from engine.data import Dataset
 from engine.evaluate import Evaluator, reconstruction_snapshot
 from engine.privacy import LEAK_EXTRA_KEYS, LEAK_KEYS, LeakageReport, attach_to_snapshot, measure_run
-from engine.round import RoundLosses, run_round
 from engine.runtime import flush_denormals, tune_allocator
+from engine.schedules import get as get_schedule
 from engine.state import TrainState
+from engine.step import RoundLosses
 
 CHECKPOINT_VERSION = 1
 
@@ -115,6 +116,7 @@ class Trainer:
         if self.cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {self.cfg.device!r} requested but CUDA is not available here")
         self.state = TrainState(self.cfg, self.dataset)
+        self.schedule = get_schedule(self.cfg.schedule)  # how a round orders its steps (engine.schedules)
         self.evaluator = Evaluator(self.state)
         self._running = _Running()
         self._client_events: list[dict] = []  # a networked run's, resumed in one process
@@ -164,7 +166,7 @@ class Trainer:
     def step(self, cb: Callbacks) -> None:
         """One round, then the evaluation and images that fall due after it."""
         start = time.perf_counter()
-        losses = self.transport.run_round(self.state) if self.transport else run_round(self.state)
+        losses = self.transport.run_round(self.state) if self.transport else self.schedule.run_round(self.state)
         wall = time.perf_counter() - start
         self.wall_s += wall
         taking_part = ((len(self.state.selected), len(self.state.present), len(self.state.late))
@@ -244,7 +246,7 @@ class Trainer:
         if self.client_events:  # on_client_loss = continue: who was lost when and why, and who came back
             out["client_events"] = list(self.client_events)
         authors = [row["authors_test_acc"] for row in self.history if "authors_test_acc" in row]
-        if authors:  # SplitFed: the authors' own figure at the last evaluation (engine.splitfed)
+        if authors:  # SplitFed: the authors' own figure at the last evaluation (engine.schedules.splitfed)
             out["final_authors_test_acc"] = authors[-1]
         return out
 

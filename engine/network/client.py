@@ -2,7 +2,7 @@
 
 It holds only its own part: its training samples, its lower model, its auxiliary network and their
 optimiser. It waits for the server's commands; a step is the client half of a round of
-:mod:`engine.round`: draw a batch, forward, upload smashed data and labels, receive the cut-layer
+:mod:`engine.schedules`: draw a batch, forward, upload smashed data and labels, receive the cut-layer
 gradient (②), add the local loss (④) and take one optimiser step, with the same functions the
 in-process engine uses. Vanilla SL's one lower model (and its optimiser state) travels through the
 server from client to client.
@@ -47,6 +47,7 @@ from engine.network.wire import (
     open_store,
 )
 from engine.runtime import flush_denormals
+from engine.schedules import get as get_schedule
 from engine.state import (
     SEED_BATCHES,
     SEED_PARTICIPATION,
@@ -145,11 +146,12 @@ class ClientProcess:
         self.client_opt = make_optimizer([p for m in self.modules() for p in m.parameters()], cfg, cfg.optim.lr)
         self.techniques = active_techniques(cfg)
         self.sequential = cfg.schedule == "sequential"
+        self.schedule = get_schedule(cfg.schedule)  # its steps, as the server runs them
         # who takes part in each round (cfg.participation), replayed from the seed as the server draws it
         self.participation_rng = np.random.default_rng([cfg.seed, SEED_PARTICIPATION])
         self.speeds = client_speeds(cfg)
         self.groups_round = 0  # the round whose groups self.groups are
-        self.groups = self._schedule(list(range(cfg.num_clients)))
+        self.groups = self.schedule.steps(list(range(cfg.num_clients)))
 
     # what engine.step.client_update reads of a state
     tracing = False
@@ -159,18 +161,12 @@ class ClientProcess:
         return [self.lower] + ([self.aux] if self.aux is not None else [])
 
     # ---- batches -------------------------------------------------------------------------
-    def _schedule(self, present: list[int]) -> list[list[int]]:
-        """A round's steps, as TrainState.schedule_groups orders them."""
-        if not present:
-            return []
-        return [[c] for c in present] if self.sequential else [present]
-
     def _groups(self, round_: int) -> list[list[int]]:
         """The steps of round ``round_`` (rounds are reached in order): with clients coming and going,
         this round's present clients, drawn from the participation stream as TrainState.begin_round draws."""
         if self.cfg.participation.active and round_ != self.groups_round:
             _, present, _ = draw_participation(self.cfg, self.participation_rng, self.speeds)
-            self.groups, self.groups_round = self._schedule(present), round_
+            self.groups, self.groups_round = self.schedule.steps(present), round_
         return self.groups
 
     def _draw(self, round_: int, step: int) -> np.ndarray | None:

@@ -1,4 +1,4 @@
-"""The server's side of a networked run: the rounds of :mod:`engine.round` with the clients in other processes.
+"""The server's side of a networked run: the rounds of :mod:`engine.schedules` with the clients in other processes.
 
 The server holds the upper model, its optimiser and the random streams of mixup and SplitAvg; it
 receives smashed data and labels, takes the server step with the in-process engine's own
@@ -65,6 +65,7 @@ from engine.network.wire import (
     join,
     open_store,
 )
+from engine.schedules import get as get_schedule
 from engine.state import TrainState
 from engine.step import RoundLosses, cut_gradients, server_step
 from engine.techniques import StepBatch, wire_codec
@@ -98,6 +99,7 @@ class NetworkRounds:
         self.options = options
         self.address = options.listen or Address("127.0.0.1", free_port())
         self.n = state.num_clients
+        self.schedule = get_schedule(state.cfg.schedule)  # a lockstep one: the config refuses SplitFed here
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.log_folder: Path | None = None  # the spawned clients' output, removed at the end
@@ -248,7 +250,7 @@ class NetworkRounds:
         if self.continue_on_loss and not state.cfg.participation.active:
             state.present = list(range(self.n))  # everyone is drawn; the lost are taken out below
         # the steps as the clients replay the shared data stream (they do not know who was lost) ...
-        groups = state.schedule_groups()
+        groups = self.schedule.steps(list(state.present))
         if lost:  # ... and a lost client is absent from them until it rejoins
             here = state.present if state.cfg.participation.active else range(self.n)
             state.present = [i for i in here if i not in lost]

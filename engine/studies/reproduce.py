@@ -581,7 +581,7 @@ def write_imbalance_plot(out: Path, arms: list[Arm], ns: list[int], seeds: list[
 
 def splitfed_rows(arms: list[Arm], ns: list[int], seeds: list[int], results: dict[str, dict]) -> list[dict]:
     """Per version and n: SplitLab's figure (final, full test set) beside the figure the authors' code
-    prints (engine.splitfed: round-start lower model, the upper model that served the client, the
+    prints (engine.schedules.splitfed: round-start lower model, the upper model that served the client, the
     client's own test shard), each as the final value and the mean of the last five evaluations."""
     rows = []
     for arm in arms:

@@ -1,4 +1,4 @@
-"""The SplitFed schedules (engine.splitfed) equal a plain per-client computation of the SplitFed
+"""The SplitFed schedules (engine.schedules.splitfed_v1 and _v2) equal a plain per-client computation of the SplitFed
 authors' round, written from their code's description: the clients in turn, in a random order,
 ``local_steps`` batches each, one server step per batch; V1 trains a copy of the upper model per
 client and averages the copies, V2 trains one upper model; the lower models are averaged (⑤).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 
 import pytest
@@ -51,17 +52,15 @@ def test_a_round_reports_how_far_it_moved_the_server_and_the_clients(preset, mon
 
 
 def test_history_rows_average_the_rounds_since_the_last_evaluation(monkeypatch):
-    import engine.trainer as trainer_module
-
     trainer = Trainer(config(), tiny_dataset())
-    rounds, original = [], trainer_module.run_round
+    rounds, original = [], trainer.schedule.run_round
 
     def recording(state):
         losses = original(state)
         rounds.append(losses.updates)
         return losses
 
-    monkeypatch.setattr(trainer_module, "run_round", recording)
+    monkeypatch.setattr(trainer, "schedule", dataclasses.replace(trainer.schedule, run_round=recording))
     trainer.run()
     first = trainer.history[0]
     assert first["server_update_norm"] == pytest.approx((rounds[0].server + rounds[1].server) / 2)

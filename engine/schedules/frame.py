@@ -1,0 +1,37 @@
+"""What every schedule does around its steps, and the loop of steps the lockstep schedules share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from engine.state import TrainState
+from engine.step import RoundLosses, parameters, run_step, update_sizes
+
+
+@contextmanager
+def one_round(state: TrainState) -> Iterator[tuple[int, RoundLosses]]:
+    """Round ``t = state.round + 1``: who takes part is drawn first; the block trains the round's steps
+    into the loss totals it is given; then the update sizes (``cfg.track_updates``), the end-of-round
+    hooks (averaging every T_c) and the round counter."""
+    t = state.round + 1
+    totals = RoundLosses()
+    before = parameters(state) if state.cfg.track_updates else None
+    state.begin_round()  # who takes part (cfg.participation; everyone by default)
+    yield t, totals
+    if before is not None:  # the clients' update before averaging (SplitFed V1: the server's after its own)
+        totals.updates = update_sizes(before, parameters(state))
+    for tech in state.techniques:
+        tech.end_round(state, t)
+    state.round = t
+
+
+def serve_steps(state: TrainState, steps: list[list[int]], t: int, totals: RoundLosses) -> None:
+    """Run ``steps`` in order, each serving its clients together; each loss term is the mean over the steps."""
+    for number, clients in enumerate(steps):
+        if state.tracing:
+            state.tracer.step = number
+        step = run_step(state, clients, t)
+        totals.loss += step.loss / len(steps)
+        totals.mixup += step.mixup / len(steps)
+        totals.local += step.local / len(steps)
