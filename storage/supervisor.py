@@ -210,8 +210,13 @@ def dashboard_supervisor() -> WorkerSupervisor | None:
 def serve_dashboard(script: Path, args: list[str]) -> int:
     """``python app.py [streamlit options]``: start the worker, then serve ``script`` with Streamlit in this
     process (so the worker's parent is the server, and it stops with it)."""
+    from streamlit.runtime.pages_manager import PagesManager
     from streamlit.web import cli
 
+    # app.py names its pages with st.navigation. Left to itself, Streamlit assumes the folder layout
+    # of multipage apps until a first script run calls st.navigation, so the server's first visitor
+    # saw the files of pages/ (app, common, figures, form fields, ...) in the sidebar for a second or two.
+    PagesManager.uses_pages_directory = False
     dashboard_supervisor()
     sys.argv = ["streamlit", "run", str(script), *args]
     return cli.main()

@@ -216,6 +216,14 @@ def parent_command(pid: int) -> str:
     return Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
+NAVIGATION = {"New run", "Runs", "Live", "Compare", "InfoPro", "Latency", "Round walkthrough", "Result page"}
+# every page name the sidebar's navigation shows, from the first paint on
+RECORD_NAVIGATION = """window.__splitlab_nav = new Set();
+new MutationObserver(() => document.querySelectorAll("[data-testid='stSidebarNavLink']").forEach(
+    link => window.__splitlab_nav.add(link.innerText.trim().split("\\n").pop()))
+).observe(document, {subtree: true, childList: true, characterData: true});"""
+
+
 def test_make_run_starts_the_worker_with_the_server_and_starts_a_new_one_after_kill_9(browser, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'make-run.db'}"
     run_id = queue(db_url, name="waiting for a worker")
@@ -239,9 +247,12 @@ def test_make_run_starts_the_worker_with_the_server_and_starts_a_new_one_after_k
         assert "app.py" in parent_command(workers[0])  # the server's own child: it stops with the server
 
         page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.add_init_script(RECORD_NAVIGATION)
         page.goto(f"http://127.0.0.1:{port}/runs")
         sidebar = page.locator("[data-testid='stSidebar']")
         sidebar.get_by_text(f"Worker {first}: idle").wait_for(timeout=60_000)
+        # the server's first visitor never sees the files of pages/ listed (common, figures, form fields, ...)
+        assert set(page.evaluate("[...window.__splitlab_nav]")) == NAVIGATION
         mark_page(page)
         os.kill(workers[0], signal.SIGKILL)
         killed_at = time.time()
