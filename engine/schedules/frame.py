@@ -19,7 +19,7 @@ def one_round(state: TrainState) -> Iterator[tuple[int, RoundLosses]]:
     before = parameters(state) if state.cfg.track_updates else None
     state.begin_round()  # who takes part (cfg.participation; everyone by default)
     yield t, totals
-    if before is not None:  # the clients' update before averaging (SplitFed V1: the server's after its own)
+    if before is not None:  # after the steps (SplitFed V1: after averaging its server copies), before ⑤
         totals.updates = update_sizes(before, parameters(state))
     for tech in state.techniques:
         tech.end_round(state, t)
