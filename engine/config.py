@@ -164,8 +164,9 @@ class PrivacyConfig(_Section):
         "attack up to this many clients' lower models (identical ones, as after averaging, count once): "
         "the mean and the worst client are reported"))
     averaging_at_server: bool = Field(True, description=(
-        "the server runs ⑤'s averaging and so holds the lower models (white-box attacks apply); false: "
-        "averaging runs elsewhere (a separate aggregator), and only the black-box attack applies"))
+        "the server runs ⑤'s averaging (or relays Vanilla SL's lower model to the next client) and so holds "
+        "the lower models (white-box attacks apply); false: that runs elsewhere (a separate aggregator, or "
+        "clients handing the model on directly), and only the black-box attack applies"))
 
 
 class DefenseConfig(_Section):

@@ -613,8 +613,10 @@ def distinct_clients(lowers: list[nn.Module], candidates: list[int], limit: int)
 
 
 def server_holds_lower_models(cfg) -> bool:
-    """Whether the white-box attacks apply: ⑤ averages the lower models and the server runs the averaging."""
-    return cfg.averaging.enabled and cfg.privacy.averaging_at_server
+    """Whether the white-box attacks apply: the server holds the lower models when it runs ⑤'s averaging,
+    or when it relays Vanilla SL's one lower model from client to client (the ledger counts that handoff
+    as passing through the server), unless ``privacy.averaging_at_server`` says that runs elsewhere."""
+    return (cfg.averaging.enabled or cfg.schedule == "sequential") and cfg.privacy.averaging_at_server
 
 
 def measure_client(state, client: int, num_shown: int = 4) -> ClientLeakage:

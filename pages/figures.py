@@ -583,8 +583,8 @@ def accuracy_vs_leakage(points: pd.DataFrame, metric: str, combinations: list[st
 # (``leak_psnr_whitebox``): a short name for a picture's header, and what the server does.
 ATTACKS = {
     "blackbox": ("black-box", "a decoder the server trains on data of its own, from smashed data back to images"),
-    "whitebox": ("white-box", ("holding the lower model (as averaging gives it), the server optimises an image "
-                               "that the lower model maps to the smashed data it received")),
+    "whitebox": ("white-box", ("holding the lower model (as averaging, or Vanilla SL's handoff, gives it), the "
+                               "server optimises an image that the lower model maps to the smashed data it received")),
     "hybrid": ("hybrid", "the white-box optimisation, started from the black-box decoder's output"),
     "mean": ("data mean", "no use of the smashed data: every image guessed as the mean of the server's own images, "
                           "the floor any server reaches"),

@@ -446,6 +446,21 @@ def test_white_box_attacks_apply_when_the_server_averages_the_lower_models(digit
     assert row["leak_psnr"] == pytest.approx(max(row["leak_psnr_blackbox"], row["leak_psnr_mean"]))
 
 
+def test_white_box_attacks_apply_where_the_server_relays_vanilla_sl_s_lower_model(digits, monkeypatch):
+    monkeypatch.setattr(privacy, "TARGET_IMAGES", 32)
+    cfg = validate_config({**white_box_config(clients=2).model_dump(), "schedule": "sequential",
+                           "mixup": {"enabled": False}, "local_loss": {"enabled": False}})
+    assert not cfg.averaging.enabled  # no ⑤: the server holds the one lower model as it hands it on
+    row = Trainer(cfg, digits).run()["history"][-1]
+    assert row["leak_clients"] == 1  # one lower model, shared by every client
+    assert row["leak_psnr_whitebox"] is not None and row["leak_psnr_hybrid"] is not None
+    assert row["leak_psnr"] == pytest.approx(max(row[f"leak_psnr_{a}"] for a in privacy.ATTACKS))
+    direct = validate_config({**cfg.model_dump(),
+                              "privacy": {**cfg.privacy.model_dump(), "averaging_at_server": False}})
+    row = Trainer(direct, digits).run()["history"][-1]  # clients hand the model on directly
+    assert row["leak_psnr_whitebox"] is None and row["leak_psnr_hybrid"] is None
+
+
 def test_without_averaging_several_clients_are_attacked_and_the_worst_is_reported(digits, monkeypatch):
     monkeypatch.setattr(privacy, "TARGET_IMAGES", 32)
     result = Trainer(white_box_config(clients=2), digits).run()
