@@ -68,7 +68,7 @@ FORM_LABELS = {
     "mixup.beta": "λ ~ Beta(α, β): β", "averaging.interval": "T_c, average every (rounds)",
     "split_lr.alpha": "SplitLr α", "split_avg.fraction": "SplitAvg φ", "cut_layer": "cut after LeNet-5 block",
     "privacy.every": "leakage every (rounds, 0: off)", "privacy.budget": "attacker's budget",
-    "privacy.clients": "clients attacked (at most)", "privacy.averaging_at_server": "the server holds the lower models",
+    "privacy.clients": "clients attacked (at most)", "privacy.averaging_at_server": "server holds models",
     "privacy.attack_steps": "decoder steps (at most)", "schedule": "① schedule",
     "participation.fraction": "clients per round C (fraction)", "participation.dropout": "dropout p",
     "participation.speed_spread": "straggler spread σ (0: none)", "participation.deadline": "deadline (T_comp, 0: none)",

@@ -40,13 +40,13 @@ def test_measurements_counts_the_rounds_the_trainer_measures(rounds, every):
 def test_the_attacker_fields_are_greyed_while_leakage_is_off_and_queued_as_shown(db_url):
     at = page("new_run")
     assert select(at, "attacker's budget").disabled and field(at, "clients attacked (at most)").disabled
-    assert box(at, "the server holds the lower models").disabled
+    assert box(at, "server holds models").disabled
     assert not cost_lines(at)
     field(at, EVERY).set_value("100").run()
     assert not select(at, "attacker's budget").disabled
     select(at, "attacker's budget").set_value("fast").run()
     field(at, "clients attacked (at most)").set_value("3").run()
-    box(at, "the server holds the lower models").uncheck().run()
+    box(at, "server holds models").uncheck().run()
     assert any("leakage measured every 100 rounds by the fast attacker" in c.value for c in at.caption)
     button(at, "Queue run").click().run()
     (run,) = runs_in_db(db_url)
