@@ -167,8 +167,12 @@ def attack_grid(record, classes: tuple[str, ...] | None = None,
 
 
 def identical_clients_note(config: dict, round_: int) -> str | None:
-    """Why every client's pictures can be the same at ``round_``: averaging ⑤ ran at the end of it, so
-    the lower models (and with ④' the decoders) are one. None when no averaging fell on this round."""
+    """Why every client's pictures can be the same at ``round_``: Vanilla SL trains one lower model, or
+    averaging ⑤ ran at the end of the round, so the lower models (and with ④' the decoders) are one.
+    None when neither holds."""
+    if config.get("schedule") == "sequential":
+        return ("Why the clients look alike: Vanilla SL trains one lower model, handed from client to client "
+                "(through the server), so every client's smashed data is the same for the same test images.")
     averaging = config.get("averaging") or {}
     interval = int(averaging.get("interval") or 1)
     if not averaging.get("enabled") or round_ % interval != 0:

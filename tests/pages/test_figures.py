@@ -232,6 +232,12 @@ def test_identical_clients_note_only_when_averaging_fell_on_the_round(averaging,
         assert ("decoder" in note) == local["average_aux"]
 
 
+def test_identical_clients_note_for_vanilla_sl_s_one_lower_model():
+    note = identical_clients_note({"schedule": "sequential", "averaging": {"enabled": False}}, 7)
+    assert note is not None and "Vanilla SL trains one lower model" in note
+    assert identical_clients_note({"schedule": "parallel", "averaging": {"enabled": False}}, 7) is None
+
+
 def test_reconstruction_mse_keeps_identical_clients_visible():
     mse = pd.DataFrame({"round": [2, 4] * 3, "client": [f"client {c}" for c in (0, 0, 1, 1, 2, 2)],
                         "mse": [0.1, 0.05] * 3})
