@@ -145,7 +145,6 @@ class ClientProcess:
         self.auxes = {index: self.aux}
         self.client_opt = make_optimizer([p for m in self.modules() for p in m.parameters()], cfg, cfg.optim.lr)
         self.techniques = active_techniques(cfg)
-        self.sequential = cfg.schedule == "sequential"
         self.schedule = get_schedule(cfg.schedule)  # its steps, as the server runs them
         # who takes part in each round (cfg.participation), replayed from the seed as the server draws it
         self.participation_rng = np.random.default_rng([cfg.seed, SEED_PARTICIPATION])

@@ -359,8 +359,7 @@ class NetworkRounds:
         # where a send to it can wait out gloo's timeout (which closes every connection of the server)
         clients, reports = self._each(state, clients, lambda i: link.irecv((3,), torch.float64, i + 1,
                                                                                  "updating its model"))
-        clients, reports = self._each(state, clients, lambda i, r: r.wait(),
-                                      reports)
+        clients, reports = self._each(state, clients, lambda i, r: r.wait(), reports)
         clients, _ = self._each(state, clients, lambda i: sends[i].wait() if i in sends else None)
         done = time.perf_counter()
         if state.sequential and clients:  # the lower model comes back through the server, as the ledger counts it

@@ -31,7 +31,11 @@ def serve_steps(state: TrainState, steps: list[list[int]], t: int, totals: Round
     for number, clients in enumerate(steps):
         if state.tracing:
             state.tracer.step = number
-        step = run_step(state, clients, t)
-        totals.loss += step.loss / len(steps)
-        totals.mixup += step.mixup / len(steps)
-        totals.local += step.local / len(steps)
+        add_step(totals, run_step(state, clients, t), len(steps))
+
+
+def add_step(totals: RoundLosses, step: RoundLosses, count: int) -> None:
+    """Add one of a round's ``count`` steps to its loss totals (each term the mean over the steps)."""
+    totals.loss += step.loss / count
+    totals.mixup += step.mixup / count
+    totals.local += step.local / count

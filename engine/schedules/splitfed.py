@@ -22,11 +22,10 @@ models, so training is the same with or without it.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
 from engine.evaluate import authors_test_shards, evaluate_model
-from engine.schedules.frame import one_round
+from engine.schedules.frame import add_step, one_round
 from engine.state import TrainState, make_optimizer
 from engine.step import RoundLosses, run_step
 
@@ -34,6 +33,9 @@ from engine.step import RoundLosses, run_step
 class ServerTurns:
     """The server's side of one round's turns. As it is, V2's: every turn is served by the one upper model.
     V1's (:class:`engine.schedules.splitfed_v1.ServerCopies`) serves each turn with the client's own copy."""
+
+    def __init__(self, state: TrainState):
+        self.state = state
 
     def serving(self, client: int) -> AbstractContextManager[None]:
         """A context in which ``state.upper`` is the upper model that serves ``client``."""
@@ -43,12 +45,9 @@ class ServerTurns:
         """After the last turn (V1 averages its copies here)."""
 
 
-Turns = Callable[[TrainState], ServerTurns]  # makes the server's side of a round, given the state
-
-
-def splitfed_round(state: TrainState, turns: Turns) -> RoundLosses:
+def splitfed_round(state: TrainState, turns: type[ServerTurns]) -> RoundLosses:
     """Train one SplitFed round (every client ``local_steps`` batches, in a random order) and return its
-    loss terms, each the mean over the round's batches. ``turns`` makes the server's side of the round."""
+    loss terms, each the mean over the round's batches. ``turns`` is the server's side of the round (V1, V2)."""
     cfg = state.cfg
     if cfg.reset_optimizers:
         reset_client_optimizer(state)
@@ -66,10 +65,7 @@ def splitfed_round(state: TrainState, turns: Turns) -> RoundLosses:
                         state.tracer.step = number
                     if cfg.reset_optimizers:
                         reset_server_optimizer(state)
-                    step = run_step(state, [client], t)
-                    totals.loss += step.loss / steps
-                    totals.mixup += step.mixup / steps
-                    totals.local += step.local / steps
+                    add_step(totals, run_step(state, [client], t), steps)
                     number += 1
                 if shards:  # the authors' test: round-start lower model, the upper model that served it, own shard
                     x, y = shards[client]

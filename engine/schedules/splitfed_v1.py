@@ -27,7 +27,7 @@ class ServerCopies(ServerTurns):
     copies kept: the average needs nothing else)."""
 
     def __init__(self, state: TrainState):
-        self.state = state
+        super().__init__(state)
         self.global_upper, self.global_opt = state.upper, state.server_opt
         self.total: dict[str, torch.Tensor] = {}
         # the delta_i of the clients served (they sum to 1 when every client takes part)
@@ -55,15 +55,12 @@ class ServerCopies(ServerTurns):
                 self.total[key] = self.total[key] + term if key in self.total else term
 
     @torch.no_grad()
-    def average_into_global(self) -> None:
-        """The global upper model becomes sum_i delta_i w_s,i (the delta_i sum to 1; with absent clients,
-        over the clients served, renormalised)."""
+    def end(self) -> None:
+        """After the last turn the global upper model becomes sum_i delta_i w_s,i (the delta_i sum to 1;
+        with absent clients, over the clients served, renormalised)."""
         entries = self.global_upper.state_dict()
         for key, value in self.total.items():
             entries[key].copy_(value / self.weight_sum.to(value.dtype) if self.partial else value)
-
-    def end(self) -> None:
-        self.average_into_global()
 
 
 register(Schedule("splitfed_v1", splitfed_v1_round))

@@ -11,7 +11,7 @@ from engine.step import RoundLosses
 
 def splitfed_v2_round(state: TrainState) -> RoundLosses:
     """Train one SplitFed V2 round and return its loss terms."""
-    return splitfed_round(state, lambda state: ServerTurns())
+    return splitfed_round(state, ServerTurns)
 
 
 register(Schedule("splitfed_v2", splitfed_v2_round))
