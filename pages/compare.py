@@ -169,7 +169,8 @@ if finished.empty:
     st.stop()
 c1, c2 = st.columns(2)
 datasets = sorted(finished["dataset"].unique())
-dataset = c1.selectbox("data set", datasets, datasets.index(default_dataset(finished)))
+dataset = c1.selectbox("data set", datasets, datasets.index(default_dataset(finished)),
+                       key="compare_dataset")  # keyed: a run finishing on another data set keeps the pick
 target = c2.slider("target accuracy for 'rounds to target'", 0.1, 1.0, 0.75, 0.01)
 results = finished_results(runs.loc[runs["dataset"] == dataset], target)
 st.markdown("**Final test accuracy** (best per column highlighted)")

@@ -176,8 +176,12 @@ if not with_images:
                 "reconstructions.")
     st.stop()
 labels = {int(r["id"]): common.run_label(r) for _, r in runs.iterrows()}
+# keyed, so that a run finishing underneath (a new entry in the list) keeps the pick instead of making a new
+# widget that falls back to the run the page was opened with; the address follows the pick (a copied link
+# shows this run)
 run_id = st.selectbox("run", with_images, with_images.index(linked) if linked in with_images else 0,
-                      format_func=labels.get)
+                      format_func=labels.get, key="infopro_run")
+st.query_params["run"] = str(run_id)
 rounds = common.image_rounds(run_id)
 round_ = st.select_slider("round", rounds, rounds[-1]) if len(rounds) > 1 else rounds[0]
 records = common.images(run_id, round_)

@@ -128,7 +128,8 @@ if not networked:
     st.info("No finished networked runs yet: queue one with `python -m engine submit --transport process ...`, "
             "or run `python -m engine reproduce latency --measured` for the shaped-network comparison.")
     st.stop()
-label = st.selectbox("networked run", [name for name, _ in networked])
+label = st.selectbox("networked run", [name for name, _ in networked],
+                     key="latency_networked_run")  # keyed: a new networked run keeps the pick
 info = dict(networked)[label]
 h = common.history(int(info["id"]))
 timed = h.dropna(subset=[k for k in LATENCY_PARTS if k in h.columns]) if set(LATENCY_PARTS) <= set(h.columns) else h.iloc[0:0]

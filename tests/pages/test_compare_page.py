@@ -11,6 +11,7 @@ import re
 import numpy as np
 import plotly.io as pio
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.config import validate_config
@@ -126,6 +127,16 @@ def test_infopro_shows_large_labelled_snapshots_and_explains_identical_clients(l
     assert "Why the clients look alike" in text and "T_c = 1" in text
     assert "Client 0" in text and "reconstruction MSE" in text
     assert not re.search(r"\bNone\b|\bnan\b", text)
+
+
+def test_infopro_keeps_the_run_picked_as_a_run_finishes_underneath_and_its_address_follows(lab, db_url):
+    at = page("infopro", lab[2])
+    (newest,) = train(db_url, digits(LOCFEDMIX))  # the list of runs changes above ...
+    st.cache_data.clear()  # ... the page's cached list has expired ...
+    at.selectbox[0].select(lab[0]).run()  # ... and the user picks another run from the list on screen
+    assert not at.exception
+    assert at.selectbox[0].options[0].startswith(f"#{newest} ") and at.selectbox[0].value == lab[0]
+    assert at.query_params["run"] == str(lab[0])  # a copied link shows what is on screen
 
 
 def test_infopro_has_no_averaging_note_for_runs_without_averaging(db_url):
