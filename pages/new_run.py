@@ -30,7 +30,7 @@ from engine.config import (
 )
 from engine.preflight import run_problems
 from engine.presets import PRESETS, PROFILES, TABLE3_ROWS, techniques_to_config
-from engine.privacy import MEASURE_SECONDS, measurements
+from engine.privacy import bfloat16_native, measure_seconds, measurements
 from engine.techniques import plugins
 from pages import common
 from pages.common import plural
@@ -294,15 +294,17 @@ def attacker_controls(columns, base: PrivacyConfig, fields: NumberFields, off: b
 def measuring_cost(rounds: int, every: int, budget: str, clients: int | None) -> str:
     """What measuring leakage will add to the run, from the measured seconds of one measurement."""
     count = measurements(rounds, every)
-    low, high = MEASURE_SECONDS[budget]
+    low, high = measure_seconds(budget)
+    where = ("a CPU with native bfloat16, as the machine serving this page has" if bfloat16_native()
+             else "in float32: the machine serving this page has no native bfloat16, so its attacker runs in float32")
     most = max(clients or 1, 1)
     upto = f", up to {most}× that where the {most} attacked clients' lower models differ" if most > 1 else ""
     weaker = " The fast attacker is weaker: a stronger server beats its figures by about 3 dB." if budget == "fast" else ""
     when = (f"every {plural(every, 'round')}, the last at round {rounds:,}" if rounds % every == 0 else
             f"every {plural(every, 'round')} and at the end, round {rounds:,}") if count > 1 else f"at round {rounds:,}"
     return (f"Leakage will be measured {plural(count, 'time')} ({when}). "
-            f"One measurement of one client took {low}–{high} s on one CPU core of SplitLab's development machine "
-            f"with the {budget} attacker: about {duration(count * low)} to {duration(count * high)} added to the "
+            f"One measurement of one client took {low}–{high} s with the {budget} attacker on one CPU core of "
+            f"SplitLab's development machine ({where}): about {duration(count * low)} to {duration(count * high)} added to the "
             f"run{upto}.{weaker} The result page reports the time it took.")
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from engine.config import validate_config
-from engine.privacy import MEASURE_SECONDS, measurements
+from engine.privacy import MEASURE_SECONDS, MEASURE_SECONDS_FLOAT32, bfloat16_native, measurements
 from engine.trainer import Trainer
+from pages.new_run import duration
 from tests.pages.support import button, errors, field, page, runs_in_db
 
 EVERY = "leakage every (rounds, 0: off)"
@@ -58,18 +59,25 @@ def test_the_form_states_the_cost_of_measuring_before_queueing(db_url):
     at = page("new_run")  # the preset's 300 rounds
     field(at, EVERY).set_value("100").run()
     (line,) = cost_lines(at)
-    low, high = MEASURE_SECONDS["strong"]
+    seconds = MEASURE_SECONDS if bfloat16_native() else MEASURE_SECONDS_FLOAT32  # this CPU's precision
+    low, high = seconds["strong"]
     assert line.startswith("Leakage will be measured 3 times (every 100 rounds, the last at round 300).")
-    assert f"{low}–{high} s" in line and f"{3 * low / 60:.1f} min to {3 * high / 60:.1f} min" in line
+    assert f"{low}–{high} s" in line and f"about {duration(3 * low)} to {duration(3 * high)} added" in line
     assert "up to 2× that where the 2 attacked clients' lower models differ" in line
+    assert ("a CPU with native bfloat16" if bfloat16_native() else "no native bfloat16") in line
     field(at, EVERY).set_value("200").run()
     select(at, "attacker's budget").set_value("fast").run()
     field(at, "clients attacked (at most)").set_value("1").run()
     (line,) = cost_lines(at)
-    low, high = MEASURE_SECONDS["fast"]
+    low, high = seconds["fast"]
     assert line.startswith("Leakage will be measured 2 times (every 200 rounds and at the end, round 300).")
-    assert f"about {2 * low} s to {2 * high} s added to the run." in line and "up to" not in line
+    assert f"about {duration(2 * low)} to {duration(2 * high)} added to the run." in line and "up to" not in line
     assert "weaker" in line
+
+
+def test_durations_are_written_in_seconds_minutes_or_hours():
+    assert [duration(s) for s in (42, 119, 120, 390, 7199, 7200)] == ["42 s", "119 s", "2.0 min", "6.5 min",
+                                                                        "120.0 min", "2.0 h"]
 
 
 def test_an_unreadable_number_of_attacked_clients_blocks_queue(db_url):
