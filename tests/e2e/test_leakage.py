@@ -21,10 +21,14 @@ def main_text(page) -> str:
     return page.locator("[data-testid='stMain']").inner_text()
 
 
-def visit(page, url: str, heading: str) -> str:
+def visit(page, url: str, heading: str, charts: int = 0) -> str:
+    """Open ``url``; once its heading shows, wait for the script run to end and for ``charts`` charts
+    (on a loaded machine the run may end its first 300 ms without the status widget having shown)."""
     page.goto(url)
     page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
     settle(page, 60_000)
+    if charts:
+        page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {charts}", timeout=60_000)
     wait_drawn(page)  # the charts and images
     text = main_text(page)
     assert "Traceback" not in text and page.locator("[data-testid='stException']").count() == 0, url
@@ -39,7 +43,7 @@ def test_leakage_pages_in_a_browser(start_app, browser, leakage_db, tmp_path, re
     page = browser.new_page(viewport=TALL)
     mode = "readonly" if readonly else "full"
 
-    text = visit(page, f"{app.url}/infopro?run=1", "What the server can see")
+    text = visit(page, f"{app.url}/infopro?run=1", "What the server can see", charts=2)
     assert "attacks client 0 at round 4" in text and "attack SSIM" in text
     assert page.get_by_role("img").count() >= 4  # three clients' snapshots and the server's view
     assert page.locator(".js-plotly-plot").count() == 2  # reconstruction MSE, leakage over rounds
@@ -50,12 +54,12 @@ def test_leakage_pages_in_a_browser(start_app, browser, leakage_db, tmp_path, re
     assert ("New run form" in text) != readonly  # a read-only host has no form to point to
     shoot(page, f"leakage-infopro-hint-{mode}")
 
-    text = visit(page, f"{app.url}/compare", "Compare")
+    text = visit(page, f"{app.url}/compare", "Compare", charts=2)
     assert "Privacy-utility trade-off" in text and "1 finished run on digits left out" in text
     assert page.locator(".js-plotly-plot").count() == 2  # the trade-off, accuracy against n
     shoot(page, f"leakage-compare-{mode}")
 
-    text = visit(page, f"{app.url}/run?run=1", "Run #1: lfm leaky")
+    text = visit(page, f"{app.url}/run?run=1", "Run #1: lfm leaky", charts=6)
     assert "What the server can see (leakage at round 4, client 0)" in text
     assert page.locator(".js-plotly-plot").count() == 6  # four curves, two leakage figures
     shoot(page, f"leakage-result-{mode}")
