@@ -40,13 +40,14 @@ these protocols the server computes the loss, so it holds the labels.
 
 On a CPU that computes bfloat16 natively (AMX or AVX-512 BF16) the attacker's two long loops, the
 decoder's training and the white-box optimisation, run in bfloat16 mixed precision
-(:func:`attack_precision`): 2 to 2.7 times faster per measurement, and no weaker (the same figures
-within 0.15 dB on the study's trained models, docs/privacy.md). Everything scored stays float32.
+(:func:`attack_precision`): 2 to 2.7 times faster per measurement, and no weaker (within 0.3 dB, as
+often above as below, on the study's trained models, docs/privacy.md). Everything scored stays float32.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -337,11 +338,16 @@ def native_convolutions():
 BFLOAT16 = True  # False: the attacker's loops always in float32 (the reference for attack_precision's claim)
 
 
+@functools.cache
+def _cpu_computes_bfloat16() -> bool:
+    """This CPU's oneDNN computes bfloat16 in hardware (asked once: it cannot change while running)."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def bfloat16_native(device: torch.device | str = "cpu") -> bool:
     """Whether the attacker's loops run in bfloat16 on ``device``: a CPU whose oneDNN computes it in
     hardware (elsewhere autocast would emulate it, slower than float32), and :data:`BFLOAT16`."""
-    return (BFLOAT16 and torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    return BFLOAT16 and torch.device(device).type == "cpu" and _cpu_computes_bfloat16()
 
 
 def attack_precision(device: torch.device):

@@ -181,7 +181,8 @@ labels = {int(r["id"]): common.run_label(r) for _, r in runs.iterrows()}
 # shows this run)
 run_id = st.selectbox("run", with_images, with_images.index(linked) if linked in with_images else 0,
                       format_func=labels.get, key="infopro_run")
-st.query_params["run"] = str(run_id)
+if st.query_params.get("run") != str(run_id):
+    st.query_params["run"] = str(run_id)
 rounds = common.image_rounds(run_id)
 round_ = st.select_slider("round", rounds, rounds[-1]) if len(rounds) > 1 else rounds[0]
 records = common.images(run_id, round_)

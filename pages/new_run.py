@@ -296,7 +296,7 @@ def measuring_cost(rounds: int, every: int, budget: str, clients: int | None) ->
     count = measurements(rounds, every)
     low, high = measure_seconds(budget)
     where = ("a CPU with native bfloat16, as the machine serving this page has" if bfloat16_native()
-             else "in float32: the machine serving this page has no native bfloat16, so its attacker runs in float32")
+             else "in float32, as on the machine serving this page, which has no native bfloat16")
     most = max(clients or 1, 1)
     upto = f", up to {most}× that where the {most} attacked clients' lower models differ" if most > 1 else ""
     weaker = " The fast attacker is weaker: a stronger server beats its figures by about 3 dB." if budget == "fast" else ""
@@ -304,8 +304,8 @@ def measuring_cost(rounds: int, every: int, budget: str, clients: int | None) ->
             f"every {plural(every, 'round')} and at the end, round {rounds:,}") if count > 1 else f"at round {rounds:,}"
     return (f"Leakage will be measured {plural(count, 'time')} ({when}). "
             f"One measurement of one client took {low}–{high} s with the {budget} attacker on one CPU core of "
-            f"SplitLab's development machine ({where}): about {duration(count * low)} to {duration(count * high)} added to the "
-            f"run{upto}.{weaker} The result page reports the time it took.")
+            f"SplitLab's development machine ({where}): about {duration(count * low)} to "
+            f"{duration(count * high)} added to the run{upto}.{weaker} The result page reports the time it took.")
 
 
 def duration(seconds: float) -> str:
