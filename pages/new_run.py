@@ -18,6 +18,7 @@ import streamlit as st
 
 from engine.config import (
     MAX_CLIENTS,
+    MAX_ROUNDS,
     SCHEDULES,
     SPLITFED_SCHEDULES,
     ConfigProblem,
@@ -261,7 +262,7 @@ def scale_controls(base: RunConfig, fields: NumberFields) -> dict[str, Any]:
     privacy_every = fields.whole(c1, "privacy.every", base.privacy.every,
                                  help=HELP["privacy.every"] + f". {MEASURING_COST}")
     privacy = {"every": privacy_every, **attacker_controls((c2, c3, c4), base.privacy, fields, not privacy_every)}
-    if privacy_every and rounds:
+    if 0 < (privacy_every or 0) <= MAX_ROUNDS and (rounds or 0) > 0:  # out of range: its message, no cost line
         st.caption(measuring_cost(rounds, privacy_every, privacy["budget"], privacy["clients"]))
     participation = participation_controls(base.participation, fields)
     return {"num_clients": n, "rounds": rounds, "batch_size": batch, "seed": seed,

@@ -75,6 +75,17 @@ def test_the_form_states_the_cost_of_measuring_before_queueing(db_url):
     assert "weaker" in line
 
 
+def test_an_out_of_range_interval_gets_its_message_and_no_cost_line(db_url):
+    """Seen in Chromium: with -3 typed, the line said "measured -100 times ... about -1400 s"."""
+    at = page("new_run")
+    for typed in ("-3", "99999999999999999999", "1.5"):
+        field(at, EVERY).set_value(typed).run()
+        assert cost_lines(at) == [], typed
+        assert any("leakage every" in e.value for e in at.error), typed
+    field(at, EVERY).set_value("100").run()
+    assert len(cost_lines(at)) == 1 and not at.error
+
+
 def test_durations_are_written_in_seconds_minutes_or_hours():
     assert [duration(s) for s in (42, 119, 120, 390, 7199, 7200)] == ["42 s", "119 s", "2.0 min", "6.5 min",
                                                                         "120.0 min", "2.0 h"]
